@@ -1,0 +1,1 @@
+"""kd-pipeline: teacher -> assistant -> student knowledge distillation for timm classifiers."""

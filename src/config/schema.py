@@ -1,0 +1,74 @@
+"""The run configuration: one dataclass per concern, composed into ``RunConfig``.
+
+YAML files and ``--set key=value`` overrides are validated against these types by
+``src.config.loader`` (unknown keys and wrong types are errors that name the key).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from src.engine.config import EngineConfig
+
+STAGE_NAMES = ("teacher", "assistant", "student", "baseline", "direct")
+
+
+@dataclass
+class DataConfig:
+    """Which images, how they are split and how they are shown to the model."""
+
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    data_dir: str = "data"
+    download: bool = False
+    image_size: int = 16
+    val_fraction: float = 0.15  # of the data (digits) or of the official train split (cifar, imagefolder)
+    test_fraction: float = 0.15  # digits, and imagefolder without test/: carved from train
+    subset: Optional[int] = None  # at most N samples per split, stratified
+    augment: bool = True  # random crop with padding (+ horizontal flip where it makes sense)
+
+
+@dataclass
+class ModelsConfig:
+    """The timm architectures of each role and how they are initialised."""
+
+    family: Literal["cnn", "vit"] = "cnn"
+    teacher: str = "resnet50"
+    assistant: str = "resnet34"
+    student: str = "resnet18"
+    small_input: Optional[bool] = None  # None: on when image_size < 64 (3x3 stem / small patches)
+    patch_size: Optional[int] = None  # ViT only; None: follows the image size
+    pretrained: bool = False  # teacher only: timm hub where online, or teacher_weights
+    teacher_weights: Optional[str] = None  # local .safetensors/.pth/.bin file for the teacher
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class DistillationConfig:
+    """KD loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+
+    temperature: float = 4.0
+    alpha_start: float = 0.9
+    alpha_end: float = 0.5
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the run executes."""
+
+    seed: int = 42
+    deterministic: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    vram_budget_gb: Optional[float] = 6.0  # CUDA only; None disables the planner
+    attention_every: int = 10  # ViT attention maps every N epochs (0 disables)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as ``config.yaml`` in the run directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    stages: list[str] = field(default_factory=lambda: ["teacher", "assistant", "student", "baseline"])
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    train: EngineConfig = field(default_factory=EngineConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -1,0 +1,1 @@
+"""The training engine: trains any classifier for one stage, given an objective."""

@@ -1,0 +1,37 @@
+"""Exceptions that carry the process exit code the command-line contract promises.
+
+The entry points catch these (see ``src.pipeline.cli``) and turn them into one line on stderr
+and the documented exit code, so no user ever sees a traceback for a mistake they can fix.
+"""
+from __future__ import annotations
+
+import signal
+
+
+class KDPipelineError(Exception):
+    """Base class: an error the command line reports without a traceback."""
+
+    exit_code: int = 1
+
+
+class UserError(KDPipelineError):
+    """Bad input: a flag, a config value, missing data, an unreadable file (exit code 2)."""
+
+    exit_code = 2
+
+
+class IncompatibleResumeError(UserError):
+    """A resume whose saved run cannot be continued with the requested settings (exit code 2)."""
+
+
+class TrainingInterrupted(KDPipelineError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved first. Exit code is 128 + signal number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name

@@ -1,0 +1,1 @@
+"""GPU memory planning under a VRAM budget."""

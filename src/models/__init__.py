@@ -1,0 +1,1 @@
+"""The timm model factory with small-input options."""

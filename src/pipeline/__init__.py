@@ -1,0 +1,1 @@
+"""The TAKD pipeline: stages, run directory, reports and the shared command line."""

@@ -1,0 +1,1 @@
+"""Shared utilities every stage uses: guards, CSV logging, reproducibility, metrics, atomic files."""

@@ -1,0 +1,1 @@
+"""Plots that need model internals (ViT attention maps)."""
