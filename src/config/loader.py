@@ -1,0 +1,271 @@
+"""YAML + command-line flags + ``--set`` overrides -> one validated ``RunConfig``.
+
+Precedence is defaults < YAML < flags < ``--set``. Validation is generic over the schema's
+dataclass annotations, so a new field is checked the moment it is added to the schema; every
+mistake becomes a ``UserError`` that names the dotted key and what is allowed, because a typo
+in a config must never silently train the wrong thing for hours.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from src.config.schema import STAGE_NAMES, RunConfig
+from src.errors import UserError
+
+_NONE_WORDS = ("none", "null", "~")
+
+
+def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema (``train.lr``, ``stages``, ...)."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(schema_keys(hints[f.name], key + "."))
+        else:
+            keys.append(key)
+    return keys
+
+
+def _unknown_key(key: str) -> UserError:
+    close = difflib.get_close_matches(key, schema_keys(), n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_describe(a) for a in inner) + " or null"
+    if origin is list:
+        return "a list of " + _describe(typing.get_args(tp)[0]) + "s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise a UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    bad = UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except UserError:
+                continue
+        raise bad
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `off`/`on` as a bool
+            value = {False: "off", True: "on"}[value]
+        if value in choices:
+            return value
+        raise bad
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):  # "teacher,student" from a flag or --set
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(key, item, item_tp) for item in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"schema type {tp!r} of '{key}' is not supported by the loader")
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a (partial) nested mapping, validating every value."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise _unknown_key(f"{prefix}{key}")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        key, tp = f"{prefix}{name}", hints[name]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise UserError(f"config key '{key}': expected a mapping of settings, got {value!r}")
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict; unknown paths are reported with a suggestion."""
+    if key not in schema_keys():
+        raise _unknown_key(key)
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.1"`` -> ``("train.lr", 0.1)``; the value is read as YAML (numbers, bools, lists)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set expects KEY=VALUE (e.g. train.lr=0.01), got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        return key, value
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        return key, value.strip()  # keep "off"/"no"/"on" as words; bool fields want true/false
+    return key, parsed
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` ({} for an empty file); unreadable or malformed -> UserError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a nested mapping (e.g. a saved config.yaml) into a ``RunConfig``."""
+    cfg = _build(RunConfig, raw)
+    validate(cfg)
+    return cfg
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    cli_values: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < YAML at ``path`` < ``cli_values`` (dotted key -> value, None = not given) < ``overrides``."""
+    raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for key, value in (cli_values or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    for text in overrides:
+        _set_dotted(raw, *parse_override(text))
+    return config_from_dict(raw)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field rules the types alone cannot express. Normalises ``stages`` to pipeline order."""
+    unknown = [s for s in cfg.stages if s not in STAGE_NAMES]
+    _check(not unknown, f"config key 'stages': unknown stage {', '.join(map(repr, unknown))}; "
+           f"allowed: {', '.join(STAGE_NAMES)}")
+    _check(bool(cfg.stages), "config key 'stages': at least one stage is needed")
+    _check(len(set(cfg.stages)) == len(cfg.stages), "config key 'stages': a stage is listed twice")
+    cfg.stages = [s for s in STAGE_NAMES if s in cfg.stages]
+    d, t, r = cfg.data, cfg.train, cfg.runtime
+    _check(d.image_size >= 8, f"config key 'data.image_size': must be at least 8, got {d.image_size}")
+    for key, value in (("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
+        _check(0.0 < value < 1.0, f"config key '{key}': must be between 0 and 1 (exclusive), got {value}")
+    _check(d.val_fraction + d.test_fraction < 1.0,
+           "config keys 'data.val_fraction' + 'data.test_fraction' must leave data to train on (sum < 1)")
+    _check(d.subset is None or d.subset >= 1, f"config key 'data.subset': must be at least 1, got {d.subset}")
+    _check(cfg.models.patch_size is None or cfg.models.patch_size >= 1,
+           f"config key 'models.patch_size': must be at least 1, got {cfg.models.patch_size}")
+    _check(0.0 <= cfg.models.drop_path_rate < 1.0, "config key 'models.drop_path_rate': must be in [0, 1)")
+    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
+                       ("train.accumulation_steps", t.accumulation_steps),
+                       ("train.log_interval", t.log_interval)):
+        _check(value >= 1, f"config key '{key}': must be at least 1, got {value}")
+    _check(t.lr > 0, f"config key 'train.lr': must be positive, got {t.lr}")
+    _check(t.num_workers >= 0, f"config key 'train.num_workers': must be 0 or more, got {t.num_workers}")
+    _check(t.warmup_epochs >= 0, f"config key 'train.warmup_epochs': must be 0 or more, got {t.warmup_epochs}")
+    _check(t.patience is None or t.patience >= 1,
+           f"config key 'train.patience': must be at least 1 (or null to disable), got {t.patience}")
+    _check(t.monitor.startswith("val_"), f"config key 'train.monitor': must name a val_* column, got {t.monitor!r}")
+    _check(0.0 <= t.label_smoothing < 1.0, "config key 'train.label_smoothing': must be in [0, 1)")
+    dist = cfg.distillation
+    _check(dist.temperature > 0, f"config key 'distillation.temperature': must be positive, got {dist.temperature}")
+    for key, value in (("distillation.alpha_start", dist.alpha_start), ("distillation.alpha_end", dist.alpha_end)):
+        _check(0.0 <= value <= 1.0, f"config key '{key}': must be between 0 and 1, got {value}")
+    _check(r.attention_every >= 0, f"config key 'runtime.attention_every': must be 0 or more, got {r.attention_every}")
+    _check(r.vram_budget_gb is None or r.vram_budget_gb > 0,
+           f"config key 'runtime.vram_budget_gb': must be positive (or null to disable), got {r.vram_budget_gb}")
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The nested plain-dict form saved as config.yaml."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """YAML text of ``cfg`` in schema order (what config.yaml holds)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """Dotted key -> value, e.g. for comparing a saved run's config with a new one."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(config_to_dict(cfg), "")
+    return out
