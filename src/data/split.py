@@ -1,0 +1,182 @@
+"""The train/val/test split: made once per run, persisted as ``split.json``, reused exactly.
+
+The file holds, for each split, which part of the source it comes from and its sorted indices
+into that part, with the source's identity and a sha256 over both. Rebuilding from an existing
+file never re-splits (changed fractions or subset do not move a sample between splits: a resumed
+run must evaluate on the same test images), and a file that is damaged or was made for other
+data is refused with a UserError instead of silently mixing splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sklearn.model_selection import train_test_split
+
+from src.config.schema import DataConfig
+from src.data.sources import Source
+from src.errors import IncompatibleResumeError, UserError
+from src.utils.atomic import atomic_write_json
+from src.utils.reproducibility import derive_seed
+
+SPLIT_FILE = "split.json"
+SPLITS = ("train", "val", "test")
+FORMAT = 1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """What a caller needs to know about the split in use (recorded in results and fingerprints)."""
+
+    hash: str
+    sizes: dict[str, int]
+    path: Path | None  # the split.json used or written; None when nothing was persisted
+    reused: bool  # True when an existing split.json was loaded
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hash": self.hash,
+            "sizes": dict(self.sizes),
+            "path": str(self.path) if self.path else None,
+            "reused": self.reused,
+        }
+
+
+def split_hash(identity: dict[str, Any], splits: dict[str, Any]) -> str:
+    canonical = json.dumps({"identity": identity, "splits": splits}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _carve(
+    indices: list[int], labels: list[int], size: float | int, seed: int
+) -> tuple[list[int], list[int]]:
+    """Take ``size`` (a fraction or a count) of ``indices`` out, stratified by label when possible.
+
+    Stratification needs at least two samples per class and room for every class; tiny or very
+    unbalanced data falls back to a plain random draw rather than failing.
+    """
+    state = seed % (2**32)
+    try:
+        rest, taken = train_test_split(indices, test_size=size, stratify=labels, random_state=state)
+    except ValueError:
+        try:
+            rest, taken = train_test_split(indices, test_size=size, random_state=state)
+        except ValueError as exc:
+            raise UserError(f"too few images ({len(indices)}) to take {size} of them for a split") from exc
+    return sorted(int(i) for i in taken), sorted(int(i) for i in rest)
+
+
+def _settings(cfg: DataConfig) -> dict[str, Any]:
+    """The settings a split was made with: recorded for people, not verified on reuse."""
+    return {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "subset": cfg.subset}
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise UserError(f"data.{name} must be between 0 and 1 (exclusive), got {value}")
+
+
+def make_split(source: Source, cfg: DataConfig, seed: int) -> dict[str, Any]:
+    """A fresh split record: official parts where the source has them, stratified carving otherwise."""
+    pool_part = "all" if "all" in source.parts else "train"
+    pool = list(range(len(source.parts[pool_part].targets)))
+    labels_of = source.parts[pool_part].targets
+    splits: dict[str, dict[str, Any]] = {}
+    carved = 0.0  # fraction of the pool already taken, so val_fraction stays "of the whole pool"
+    for name, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
+        if name in source.parts:
+            splits[name] = {"part": name, "indices": list(range(len(source.parts[name].targets)))}
+            continue
+        _check_fraction(f"{name}_fraction", fraction)
+        if carved + fraction >= 1.0:
+            raise UserError("data.val_fraction + data.test_fraction must stay below 1")
+        taken, pool = _carve(
+            pool, [labels_of[i] for i in pool], fraction / (1.0 - carved), derive_seed(seed, "split", name)
+        )
+        carved += fraction
+        splits[name] = {"part": pool_part, "indices": taken}
+    splits["train"] = {"part": pool_part, "indices": pool}
+    if cfg.subset is not None:
+        if cfg.subset < 1:
+            raise UserError(f"data.subset must be a positive number of samples, got {cfg.subset}")
+        for name, entry in splits.items():
+            if len(entry["indices"]) > cfg.subset:
+                targets = source.parts[entry["part"]].targets
+                entry["indices"], _ = _carve(
+                    entry["indices"],
+                    [targets[i] for i in entry["indices"]],
+                    cfg.subset,
+                    derive_seed(seed, "subset", name),
+                )
+    ordered = {name: splits[name] for name in SPLITS}
+    identity = source.identity
+    return {
+        "format": FORMAT,
+        "identity": identity,
+        "seed": seed,
+        "settings": _settings(cfg),
+        "splits": ordered,
+        "hash": split_hash(identity, ordered),
+    }
+
+
+def _damaged(path: Path, why: str) -> UserError:
+    return UserError(f"{path} is damaged ({why}); restore it, or use a new --output-dir to start a new run")
+
+
+def read_split(path: Path, source: Source) -> dict[str, Any]:
+    """Load and verify a persisted split against the data now on disk."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        identity, splits, stored = record["identity"], record["splits"], record["hash"]
+        if set(splits) != set(SPLITS):
+            raise KeyError("splits")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _damaged(path, f"unreadable: {exc!r}") from exc
+    if split_hash(identity, splits) != stored:
+        raise _damaged(path, "its hash does not match its contents")
+    if identity != source.identity:
+        raise IncompatibleResumeError(
+            f"{path} was made for other data ({identity.get('dataset')}, parts {identity.get('part_sizes')}) "
+            f"than the data found now ({source.name}, parts {source.identity['part_sizes']}); "
+            "use a new --output-dir for this data"
+        )
+    seen: dict[str, set[int]] = {}
+    for name in SPLITS:
+        part, indices = splits[name]["part"], splits[name]["indices"]
+        size = source.identity["part_sizes"].get(part)
+        if size is None or any(not 0 <= i < size for i in indices):
+            raise _damaged(path, f"split {name!r} points outside part {part!r}")
+        if seen.setdefault(part, set()) & set(indices):
+            raise _damaged(path, f"split {name!r} overlaps another split")
+        seen[part].update(indices)
+    return record
+
+
+def load_or_create_split(
+    source: Source, cfg: DataConfig, seed: int, run_dir: Path | None, write: bool
+) -> tuple[dict[str, Any], SplitInfo]:
+    """Reuse ``run_dir/split.json`` when it exists; otherwise make a split and (if ``write``) save it."""
+    path = Path(run_dir) / SPLIT_FILE if run_dir is not None else None
+    if path is not None and path.exists():
+        record = read_split(path, source)
+        settings = _settings(cfg)
+        if record.get("settings") != settings:
+            log.info("reusing %s made with %s (config now says %s)", path, record.get("settings"), settings)
+        reused = True
+    else:
+        record = make_split(source, cfg, seed)
+        reused = False
+        if path is not None and write:
+            atomic_write_json(path, record)
+        else:
+            path = None
+    sizes = {name: len(record["splits"][name]["indices"]) for name in SPLITS}
+    return record, SplitInfo(hash=record["hash"], sizes=sizes, path=path, reused=reused)
