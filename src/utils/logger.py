@@ -1,0 +1,204 @@
+"""The per-epoch CSV every stage writes (``epochs.csv``) and the pipeline's logging setup.
+
+The CSV schema is a contract: plots, reports and users' own notebooks read these columns by
+name and position, so a row with a missing, extra or reordered column is refused instead of
+silently written.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import numbers
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Union
+
+from src.errors import UserError
+from src.utils.atomic import atomic_write_text
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "train_precision",
+    "train_recall",
+    "train_f1_score",
+    "val_loss",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_f1_score",
+    "learning_rate",
+    "epoch_time_sec",
+    "gpu_memory_mb",
+)
+_OPTIONAL = frozenset({"gpu_memory_mb"})  # empty without a GPU: never a made-up number
+
+Value = Union[int, float, None]
+
+
+class SchemaError(UserError, ValueError):
+    """An epochs.csv header or row does not match ``REQUIRED_COLUMNS`` exactly."""
+
+
+def _describe_mismatch(columns: list[str]) -> str:
+    expected = list(REQUIRED_COLUMNS)
+    missing = [c for c in expected if c not in columns]
+    extra = [c for c in columns if c not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {missing}")
+    if extra:
+        parts.append(f"extra {extra}")
+    if not parts:
+        parts.append(f"misordered: got {columns}")
+    return "; ".join(parts) + f" (expected, in order: {', '.join(expected)})"
+
+
+def _check_value(column: str, value: object) -> Value:
+    if column in _OPTIONAL and (value is None or value == ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SchemaError(f"column {column!r} needs a number, got {value!r} ({type(value).__name__})")
+    if column == "epoch":
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise SchemaError(f"column 'epoch' needs an integer >= 1 (epochs count from 1), got {value!r}")
+        return int(value)
+    if not math.isfinite(value):
+        # a non-finite epoch is stopped by the divergence guard before it is ever logged
+        raise SchemaError(f"column {column!r} is not finite ({value!r}): refusing to log a diverged epoch")
+    return value if isinstance(value, int) else float(value)
+
+
+def _parse_cell(column: str, text: str) -> Value:
+    if column in _OPTIONAL and text == "":
+        return None
+    number = float(text)
+    if column == "epoch" or (number.is_integer() and "." not in text and "e" not in text.lower()):
+        return int(number)
+    return number
+
+
+class EpochLogger:
+    """Writes ``epochs.csv``: exactly ``REQUIRED_COLUMNS``, one row per finished epoch.
+
+    Opening an existing file checks its header and keeps only the rows with
+    ``epoch <= resume_from_epoch``, so a crash between writing a row and saving the checkpoint
+    never leaves a duplicated epoch after the resume. Every ``log`` rewrites the whole (small)
+    file atomically: each state on disk is a complete CSV.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], resume_from_epoch: int = 0) -> None:
+        valid = isinstance(resume_from_epoch, int) and not isinstance(resume_from_epoch, bool)
+        if not valid or resume_from_epoch < 0:
+            raise ValueError(f"resume_from_epoch must be an integer >= 0, got {resume_from_epoch!r}")
+        self.path = Path(path)
+        self._rows: list[dict[str, Value]] = []
+        if self.path.exists():
+            self._rows = self._read_existing(resume_from_epoch)
+        elif resume_from_epoch > 0:
+            raise UserError(
+                f"cannot resume {self.path}: the file is missing but the checkpoint is at epoch "
+                f"{resume_from_epoch}; restore it or start the stage again"
+            )
+        self._write()
+
+    def _read_existing(self, resume_from_epoch: int) -> list[dict[str, Value]]:
+        with open(self.path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise SchemaError(f"{self.path} is empty: expected the header {', '.join(REQUIRED_COLUMNS)}")
+            if tuple(header) != REQUIRED_COLUMNS:
+                raise SchemaError(f"{self.path} has the wrong columns: {_describe_mismatch(header)}")
+            rows = []
+            for line_no, cells in enumerate(reader, start=2):
+                if len(cells) != len(REQUIRED_COLUMNS):
+                    raise SchemaError(
+                        f"{self.path} line {line_no} has {len(cells)} cells, expected {len(REQUIRED_COLUMNS)}"
+                    )
+                try:
+                    row = {c: _parse_cell(c, v) for c, v in zip(REQUIRED_COLUMNS, cells, strict=True)}
+                except ValueError as exc:
+                    raise SchemaError(f"{self.path} line {line_no} is not numeric: {exc}") from None
+                if row["epoch"] <= resume_from_epoch:
+                    rows.append(row)
+        epochs = [row["epoch"] for row in rows]
+        if epochs != list(range(1, resume_from_epoch + 1)):
+            raise UserError(
+                f"cannot resume {self.path} at epoch {resume_from_epoch}: it holds epochs {epochs}, "
+                f"expected 1..{resume_from_epoch}"
+            )
+        return rows
+
+    @property
+    def rows(self) -> list[dict[str, Value]]:
+        """The logged rows, oldest first (copies: editing them changes nothing on disk)."""
+        return [dict(row) for row in self._rows]
+
+    @property
+    def last_epoch(self) -> int:
+        """The last logged epoch (0 before the first)."""
+        return int(self._rows[-1]["epoch"]) if self._rows else 0
+
+    def log(self, row: Mapping[str, object]) -> None:
+        """Append one epoch's row; keys must be ``REQUIRED_COLUMNS`` in order and the epoch
+        the one after the last (no gaps, no repeats)."""
+        columns = list(row.keys())
+        if tuple(columns) != REQUIRED_COLUMNS:
+            raise SchemaError(f"epoch row has the wrong columns: {_describe_mismatch(columns)}")
+        checked = {column: _check_value(column, row[column]) for column in REQUIRED_COLUMNS}
+        expected = self.last_epoch + 1
+        if checked["epoch"] != expected:
+            raise ValueError(f"epoch {checked['epoch']} logged out of order: expected epoch {expected}")
+        self._rows.append(checked)
+        try:
+            self._write()
+        except BaseException:
+            self._rows.pop()
+            raise
+
+    def _write(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(REQUIRED_COLUMNS)
+        for row in self._rows:
+            writer.writerow(["" if row[c] is None else row[c] for c in REQUIRED_COLUMNS])
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_HANDLER_TAG = "_kd_pipeline_handler"
+
+
+def setup_logging(
+    log_file: str | os.PathLike[str] | None = None, level: int = logging.INFO
+) -> logging.Logger:
+    """Configure the ``kd_pipeline`` logger: one format to stderr and, optionally, to ``log_file``.
+
+    Idempotent: calling it again replaces this function's own handlers instead of adding
+    duplicates (a second call with another ``log_file`` moves the file output there). Messages
+    do not propagate to the root logger, so they appear once even if the user configured it.
+    ``pipeline.log`` is appended line by line, the one file not written atomically: it is a
+    stream, and its value is what reached the disk before a crash.
+    """
+    logger = logging.getLogger("kd_pipeline")
+    for handler in [h for h in logger.handlers if getattr(h, _HANDLER_TAG, False)]:
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(LOG_FORMAT)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        setattr(handler, _HANDLER_TAG, True)
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger
