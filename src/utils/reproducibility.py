@@ -1,7 +1,13 @@
-"""Seeding, deterministic mode and RNG state capture (extended by the utils work)."""
+"""Seeding, deterministic mode and RNG state capture, so a resumed run continues exactly."""
 from __future__ import annotations
 
 import hashlib
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -12,3 +18,91 @@ def derive_seed(*parts: int | str) -> int:
     """
     digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def setup_reproducibility(seed: int = 42, deterministic: bool = True) -> dict[str, Any]:
+    """Seed Python, NumPy and torch (CPU and every CUDA device); optionally make kernels deterministic.
+
+    ``deterministic=True`` picks cuDNN's deterministic algorithms, turns off its autotuner and
+    asks torch to warn (not fail) on operations without a deterministic implementation; it also
+    sets ``CUBLAS_WORKSPACE_CONFIG`` (needed for deterministic cuBLAS) unless the user already
+    did. ``deterministic=False`` lets cuDNN autotune for speed. Returns what was set.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+        torch.use_deterministic_algorithms(False)
+    return {
+        "seed": seed,
+        "deterministic": deterministic,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global RNG's state, as plain values and tensors only.
+
+    The result survives ``torch.save`` and ``torch.load(..., weights_only=True)`` (NumPy's key
+    array is stored as a tensor), so checkpoints can hold it and still load safely.
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": (version, tuple(internal), gauss_next),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put every global RNG back to a state from :func:`capture_rng_state`.
+
+    CUDA states are restored only where CUDA is available (a checkpoint from a GPU machine
+    resumes on a CPU one); the devices present are restored in order.
+    """
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss_next))
+    saved = state["numpy"]
+    keys = np.asarray(saved["keys"].cpu().numpy() if torch.is_tensor(saved["keys"]) else saved["keys"])
+    np.random.set_state(
+        (saved["kind"], keys.astype(np.uint32), int(saved["pos"]), int(saved["has_gauss"]),
+         float(saved["cached_gaussian"]))
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed NumPy and ``random`` in each worker from torch's seed.
+
+    Forked workers inherit the parent's NumPy and ``random`` state; tying both to torch's
+    per-worker seed (torch's documented recipe) makes any library that uses them differ
+    between workers yet repeat between runs. Our own augmentation draws from ``derive_seed``.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
