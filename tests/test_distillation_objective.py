@@ -1,0 +1,121 @@
+"""DistillationObjective: a frozen, always-eval teacher outside the student; alpha per epoch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.distillation.losses import kd_loss
+from src.distillation.objective import DistillationObjective
+from src.models.factory import create_model
+
+IMAGE = 8
+
+
+@pytest.fixture
+def pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    teacher = create_model("cnn", "resnet34", num_classes=4, image_size=IMAGE)
+    student = create_model("cnn", "resnet18", num_classes=4, image_size=IMAGE)
+    return teacher, student
+
+
+def _batch(size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(size, 3, IMAGE, IMAGE, generator=gen), torch.randint(0, 4, (size,), generator=gen)
+
+
+def test_training_the_student_never_touches_the_teacher(pair) -> None:
+    teacher, student = pair
+    objective = DistillationObjective(teacher, temperature=4.0)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}  # weights and BN statistics
+    student_before = student.fc.weight.detach().clone()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    images, labels = _batch()
+
+    for _ in range(2):
+        student.train()
+        out = objective.training_step(student, images, labels)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not torch.equal(student.fc.weight, student_before)
+
+
+def test_teacher_stays_in_eval_mode(pair) -> None:
+    teacher, student = pair
+    objective = DistillationObjective(teacher, temperature=4.0)
+    assert not teacher.training
+    student.train()  # what the engine does every epoch
+    assert not teacher.training
+    teacher.train()  # even if something flips it, the step puts it back before the forward
+    bn_mean = teacher.bn1.running_mean.clone()
+    objective.training_step(student, *_batch())
+    assert not teacher.training
+    assert torch.equal(teacher.bn1.running_mean, bn_mean)
+
+
+def test_teacher_is_not_reachable_from_the_student(pair) -> None:
+    teacher, student = pair
+    DistillationObjective(teacher, temperature=4.0)
+    teacher_params = {id(p) for p in teacher.parameters()}
+    assert teacher_params.isdisjoint(id(p) for p in student.parameters())
+    assert all(module is not teacher for module in student.modules())
+    assert not any(key.startswith("teacher") for key in student.state_dict())
+
+
+def test_alpha_follows_the_schedule_per_epoch(pair) -> None:
+    teacher, student = pair
+    objective = DistillationObjective(teacher, temperature=2.0, alpha_start=0.9, alpha_end=0.5)
+    seen = []
+    for epoch in range(1, 6):
+        objective.on_epoch_start(epoch, 5)
+        seen.append(objective.training_step(student, *_batch(2)).parts["alpha"].item())
+    assert seen == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.5])
+
+
+def test_loss_matches_kd_loss_and_backward_works_under_autocast(pair) -> None:
+    teacher, student = pair
+    objective = DistillationObjective(teacher, temperature=3.0, alpha_start=0.7, alpha_end=0.7)
+    images, labels = _batch()
+    student.eval()  # deterministic forward so the two computations can be compared
+    out = objective.training_step(student, images, labels)
+    with torch.no_grad():
+        expected, parts = kd_loss(student(images), teacher(images), labels, temperature=3.0, alpha=0.7)
+    torch.testing.assert_close(out.loss.detach(), expected)
+    assert set(out.parts) == {"ce", "kd", "alpha"}
+    torch.testing.assert_close(out.parts["kd"], parts["kd"])
+    assert out.logits.shape == (4, 4)
+
+    # The engine wraps the step in autocast; the inference-mode teacher logits must not
+    # break the student's backward pass.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = objective.training_step(student, images, labels)
+    out.loss.backward()
+    assert student.fc.weight.grad is not None
+
+
+def test_fingerprint_names_temperature_alphas_and_teacher(pair) -> None:
+    teacher, _ = pair
+    teacher_id = {"path": "runs/x/teacher/checkpoint_best.pt", "sha256": "ab" * 32}
+    objective = DistillationObjective(teacher, temperature=4.0, teacher_fingerprint=teacher_id)
+    assert objective.fingerprint() == {
+        "objective": "DistillationObjective",
+        "temperature": 4.0,
+        "alpha_start": 0.9,
+        "alpha_end": 0.5,
+        "teacher": teacher_id,
+    }
+    assert objective.to(torch.device("cpu")) is objective
+
+
+def test_rejects_bad_settings(pair) -> None:
+    teacher, _ = pair
+    with pytest.raises(ValueError, match="temperature"):
+        DistillationObjective(teacher, temperature=0.0)
+    with pytest.raises(ValueError, match="alpha_start"):
+        DistillationObjective(teacher, temperature=4.0, alpha_start=1.5)
