@@ -63,9 +63,10 @@ def test_damaged_split_json_is_a_user_error(tmp_path: Path) -> None:
     path.write_text(json.dumps(record))
     with pytest.raises(UserError, match="damaged"):
         build_datasets(DataConfig(), tmp_path, seed=1)
-    path.write_text("{not json")
-    with pytest.raises(UserError, match="damaged"):
-        build_datasets(DataConfig(), tmp_path, seed=1)
+    for text in ("{not json", '{"identity": {}, "hash": "0"}', "[1, 2]"):
+        path.write_text(text)
+        with pytest.raises(UserError, match="damaged"):
+            build_datasets(DataConfig(), tmp_path, seed=1)
 
 
 def test_split_json_for_other_data_is_refused(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def _carve(
     try:
         rest, taken = train_test_split(indices, test_size=size, stratify=labels, random_state=state)
     except ValueError:
+        log.warning("cannot stratify %d samples for a split of %s: drawing at random", len(indices), size)
         try:
             rest, taken = train_test_split(indices, test_size=size, random_state=state)
         except ValueError as exc:
@@ -136,8 +137,11 @@ def read_split(path: Path, source: Source) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         identity, splits, stored = record["identity"], record["splits"], record["hash"]
-        if set(splits) != set(SPLITS):
-            raise KeyError("splits")
+        entries = {
+            name: (str(splits[name]["part"]), [int(i) for i in splits[name]["indices"]]) for name in SPLITS
+        }
+        if not isinstance(identity, dict):
+            raise TypeError("identity is not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _damaged(path, f"unreadable: {exc!r}") from exc
     if split_hash(identity, splits) != stored:
@@ -149,8 +153,7 @@ def read_split(path: Path, source: Source) -> dict[str, Any]:
             "use a new --output-dir for this data"
         )
     seen: dict[str, set[int]] = {}
-    for name in SPLITS:
-        part, indices = splits[name]["part"], splits[name]["indices"]
+    for name, (part, indices) in entries.items():
         size = source.identity["part_sizes"].get(part)
         if size is None or any(not 0 <= i < size for i in indices):
             raise _damaged(path, f"split {name!r} points outside part {part!r}")
