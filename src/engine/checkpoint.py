@@ -1,0 +1,152 @@
+"""A stage's checkpoint files: crash-safe saving and damage-tolerant loading.
+
+Files in the stage folder:
+
+    checkpoint_latest.pt    the newest full training state (what a resume continues from)
+    checkpoint_previous.pt  the latest before it, kept so a damaged latest is not the end
+    checkpoint_best.pt      the state with the best monitored validation value
+
+State contract: a checkpoint is a dict holding only data ``torch.load(weights_only=True)``
+accepts: tensors, numbers, strings, bools, None, lists, tuples and dicts of these (model,
+optimizer, scheduler and scaler ``state_dict()``s qualify). Anything else (numpy arrays,
+custom classes, ``torch.__version__`` objects) must be converted first, e.g. a numpy RNG state
+to a tensor or list. Loading never unpickles arbitrary objects, so a checkpoint file cannot run
+code.
+
+Saving order (``save_latest``): the new state is written to a temporary file; only after that
+succeeded is the old latest renamed to previous, then the new file is fsynced and renamed to
+latest (``src.utils.atomic``). At every moment a complete checkpoint exists under one of the two
+names. If a resume had to fall back to previous because latest was damaged, the damaged latest
+is never rotated over it: the file resumed from survives until a newer one is on disk.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torchvision
+
+from src.errors import UserError
+from src.utils.atomic import atomic_write_with
+
+LATEST = "checkpoint_latest.pt"
+PREVIOUS = "checkpoint_previous.pt"
+BEST = "checkpoint_best.pt"
+
+log = logging.getLogger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that produced a checkpoint, as plain strings (torch's version object is not
+    weights_only-safe)."""
+    return {
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "timm": str(timm.__version__),
+        "python": platform.python_version(),
+    }
+
+
+class CheckpointStore:
+    """Reads and writes one stage folder's checkpoints. ``required_keys``: what a usable state must hold."""
+
+    def __init__(self, stage_dir: Path, required_keys: Iterable[str] = ("model",)) -> None:
+        self.stage_dir = Path(stage_dir)
+        self.required_keys = tuple(required_keys)
+        self.latest_path = self.stage_dir / LATEST
+        self.previous_path = self.stage_dir / PREVIOUS
+        self.best_path = self.stage_dir / BEST
+        self._latest_damaged = False  # set when a load found latest unusable: never rotate it
+
+    def save_latest(self, state: dict[str, Any]) -> Path:
+        """Write ``state`` as the new latest; the old latest (if sound) becomes previous."""
+
+        def write(tmp: Path) -> None:
+            torch.save(state, tmp)
+            if self.latest_path.exists() and not self._latest_damaged:
+                os.replace(self.latest_path, self.previous_path)
+
+        atomic_write_with(self.latest_path, write)
+        self._latest_damaged = False
+        return self.latest_path
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        return atomic_write_with(self.best_path, lambda tmp: torch.save(state, tmp))
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+        """The newest loadable state and its file, or None when the stage has no checkpoint yet.
+
+        A missing or damaged latest falls back to previous with a warning; when files exist but
+        none loads, a UserError says so (silently starting over would discard the run).
+        """
+        problems: list[str] = []
+        for path in (self.latest_path, self.previous_path):
+            if not path.exists():
+                if path == self.latest_path and self.previous_path.exists():
+                    problems.append(f"{path} is missing")
+                    log.warning("%s is missing (interrupted save?); trying %s", path, self.previous_path.name)
+                continue
+            try:
+                state = self._read(path, map_location)
+            except _Damaged as err:
+                problems.append(f"{path}: {err}")
+                if path == self.latest_path:
+                    self._latest_damaged = True
+                    log.warning("checkpoint %s is unusable (%s); trying %s", path, err, PREVIOUS)
+                else:
+                    log.warning("checkpoint %s is unusable (%s)", path, err)
+                continue
+            if path == self.previous_path:
+                log.warning("resuming from %s", path)
+            return state, path
+        if not problems:
+            return None
+        raise UserError(
+            f"no usable checkpoint in {self.stage_dir}: " + "; ".join(problems)
+            + " (remove the folder or use --resume never to start the stage over)"
+        )
+
+    def load(self, path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """An explicitly named checkpoint (``--resume PATH``); any problem is a UserError."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} does not exist")
+        try:
+            return self._read(path, map_location)
+        except _Damaged as err:
+            raise UserError(f"cannot load checkpoint {path}: {err}") from None
+
+    def load_best(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        return self.load(self.best_path, map_location)
+
+    def _read(self, path: Path, map_location: str | torch.device) -> dict[str, Any]:
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # truncated zip, garbage bytes, unsafe pickle: all mean "damaged"
+            raise _Damaged(_reason(err)) from err
+        if not isinstance(state, dict):
+            raise _Damaged(f"holds a {type(state).__name__}, not a checkpoint dict")
+        missing = [key for key in self.required_keys if key not in state]
+        if missing:
+            raise _Damaged(f"missing keys {missing}")
+        return state
+
+
+def _reason(err: Exception) -> str:
+    """One short line for a failed ``torch.load`` (torch's weights_only message is a page long)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # keep torch's actual finding, e.g. "Unsupported global: GLOBAL numpy..."
+        text = text.split(marker, 1)[1].split(" was not an allowed global", 1)[0]
+    lines = text.strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else 'unreadable'}"[:300]
+
+
+class _Damaged(Exception):
+    """Internal: a checkpoint file that exists but cannot be used, with the reason."""
