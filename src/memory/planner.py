@@ -1,0 +1,164 @@
+"""Fit a stage into a VRAM budget: measure real training steps, pick the split, log the decision.
+
+Before a stage trains on CUDA, ``plan_stage`` caps this process at the budget with
+``torch.cuda.set_per_process_memory_fraction``, measures the stage's own training step
+(objective forward incl. a KD teacher, backward, optimizer step) at candidate micro-batches and
+keeps the largest one under the budget less a safety margin; gradient accumulation makes up the
+rest of the effective batch, which never changes. Gradient checkpointing is switched on only when
+it is needed to fit (or always, for ViT-Base).
+
+The cap stays in force after planning, on purpose: the budget is a promise about the whole stage
+(a 6 GB card shared with nothing else must not be asked for more), so a later spike fails as an
+out-of-memory error that the engine recovers from, instead of silently using memory the user
+does not have. Each stage's plan sets the cap again.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+from torch import nn
+
+from src.engine.config import EngineConfig
+from src.engine.objective import Objective
+from src.errors import UserError
+from src.memory.allocator import configure_cuda_allocator
+from src.memory.probe import measure_peak, release_cached
+from src.memory.search import GIB, Measure, MemoryPlan, search_micro_batch
+from src.utils.training_guards import enforce_gradient_checkpointing
+
+__all__ = ["MemoryPlan", "choose_plan", "configure_cuda_allocator", "plan_stage", "search_micro_batch",
+           "set_checkpointing"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MARGIN = 0.1  # 6 GiB budget -> steps must peak at or under 5.4 GiB
+MIN_USEFUL_MICRO_BATCH = 8  # below this, checkpointing (if it allows more) is worth its recompute
+ALWAYS_CHECKPOINTED = ("vit_base",)  # product decision: ViT-Base always trains checkpointed
+
+
+def set_checkpointing(model: nn.Module, enable: bool, model_name: str = "") -> bool:
+    """Switch gradient checkpointing; returns whether it is now in the state asked for.
+
+    On goes through the project's guard (non-reentrant, warns when the model cannot);
+    off through timm's own switch.
+    """
+    if enable:
+        return enforce_gradient_checkpointing(model, model_name or type(model).__name__, verbose=False)
+    setter = getattr(model, "set_grad_checkpointing", None)
+    if setter is not None:
+        setter(False)
+    return True
+
+
+def choose_plan(
+    effective_batch: int,
+    measure: Measure,
+    budget_bytes: int,
+    checkpointing: Callable[[bool], bool],
+    *,
+    margin: float = DEFAULT_MARGIN,
+    force_checkpointing: bool = False,
+    min_micro_batch: int = MIN_USEFUL_MICRO_BATCH,
+    what: str = "the stage",
+) -> MemoryPlan:
+    """The search, plus the checkpointing decision: ``measure`` reflects whatever
+    ``checkpointing(on)`` last set (it returns False when the model cannot checkpoint).
+
+    Checkpointing stays off unless forced, or unless without it nothing fits or only a micro-batch
+    below ``min_micro_batch`` does (BatchNorm statistics and GPU utilisation suffer there) and with
+    it a larger one fits. Raises UserError when nothing fits either way.
+    """
+    plan = search_micro_batch(effective_batch, measure, budget_bytes, margin)
+    plan.gradient_checkpointing = force_checkpointing
+    rejected: list[tuple[int, Optional[int]]] = []
+    wants_more = not plan.fits or plan.micro_batch < min(min_micro_batch, effective_batch)
+    if not force_checkpointing and wants_more and checkpointing(True):
+        with_gc = search_micro_batch(effective_batch, measure, budget_bytes, margin)
+        if with_gc.fits and (not plan.fits or with_gc.micro_batch > plan.micro_batch):
+            without = "nothing fits" if not plan.fits else f"only micro-batch {plan.micro_batch} fits"
+            with_gc.gradient_checkpointing = True
+            with_gc.tried_without_checkpointing = plan.tried
+            with_gc.reason = f"checkpointing on ({without} without it); {with_gc.reason}"
+            return with_gc
+        checkpointing(False)
+        rejected = with_gc.tried
+        plan.reason += f"; checkpointing gave no larger micro-batch ({_fmt_tried(rejected)})"
+    if not plan.fits:
+        gc_state = "with" if plan.gradient_checkpointing else "without"
+        also = f", with checkpointing {_fmt_tried(rejected)}" if rejected else ""
+        raise UserError(f"{what} does not fit a {budget_bytes / GIB:.2f} GiB VRAM budget less {margin:.0%} "
+                        f"margin even at micro-batch 1 (tried {gc_state} checkpointing "
+                        f"{_fmt_tried(plan.tried)}{also}); use smaller images or models, "
+                        "or raise --vram-budget")
+    return plan
+
+
+def plan_stage(
+    model: nn.Module,
+    objective: Objective,
+    sample_batch: tuple[torch.Tensor, torch.Tensor],
+    engine_cfg: EngineConfig,
+    device: torch.device,
+    budget_gb: Optional[float],
+    *,
+    model_name: str = "",
+    force_checkpointing: bool = False,
+    margin: float = DEFAULT_MARGIN,
+    min_micro_batch: int = MIN_USEFUL_MICRO_BATCH,
+) -> MemoryPlan:
+    """The micro-batch / accumulation split (and checkpointing) for one stage under ``budget_gb`` GiB.
+
+    ``model`` and the objective's teacher must already be on ``device`` in the form the engine
+    trains them; they are left exactly as they were, except that checkpointing is switched on
+    when the plan says so. Raises UserError when even micro-batch 1 with checkpointing does not
+    fit. Apply the result with ``plan.apply(engine_cfg)``.
+    """
+    effective = engine_cfg.batch_size * engine_cfg.accumulation_steps
+    force = force_checkpointing or any(model_name.startswith(n) for n in ALWAYS_CHECKPOINTED)
+    if force and not set_checkpointing(model, True, model_name):
+        raise UserError(f"gradient checkpointing was required for {model_name or type(model).__name__}, "
+                        "but the model does not support it")
+    if device.type != "cuda" or budget_gb is None:
+        why = "no budget" if budget_gb is None else f"no CUDA (device {device.type})"
+        plan = MemoryPlan(engine_cfg.batch_size, engine_cfg.accumulation_steps, gradient_checkpointing=force,
+                          reason=f"planner inactive: {why}; configured split kept")
+        log.info("memory plan for %s: %s", _stage(model_name), plan.reason)
+        return plan
+    if budget_gb <= 0:
+        raise UserError(f"--vram-budget must be positive, got {budget_gb}")
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    budget = min(int(budget_gb * GIB), total)
+    if budget < int(budget_gb * GIB):
+        log.warning("VRAM budget %.2f GiB exceeds the device's %.2f GiB; planning for the device",
+                    budget_gb, total / GIB)
+    torch.cuda.set_per_process_memory_fraction(budget / total, device)
+    images, labels = sample_batch
+
+    def measure(micro: int) -> Optional[int]:
+        return measure_peak(model, objective, images, labels, micro, effective, engine_cfg, device)
+
+    try:
+        plan = choose_plan(
+            effective, measure, budget, lambda on: set_checkpointing(model, on, model_name), margin=margin,
+            force_checkpointing=force, min_micro_batch=min_micro_batch, what=_stage(model_name),
+        )
+    finally:
+        release_cached(device)
+        torch.cuda.reset_peak_memory_stats(device)  # the stage's own peak must not include the probe's
+    log.info("memory plan for %s: micro-batch %d x %d accumulation steps (effective %d), checkpointing %s, "
+             "peak %.2f GiB of %.2f GiB budget: %s", _stage(model_name),
+             plan.micro_batch, plan.accumulation_steps, plan.effective_batch,
+             "on" if plan.gradient_checkpointing else "off", plan.peak_bytes / GIB, budget / GIB, plan.reason)
+    return plan
+
+
+def _fmt_tried(tried: list[tuple[int, Optional[int]]]) -> str:
+    return ", ".join(f"{b}: {'oom' if p is None else f'{p / GIB:.2f} GiB'}" for b, p in tried)
+
+
+def _stage(model_name: str) -> str:
+    return f"stage {model_name}" if model_name else "the stage"

@@ -1,0 +1,87 @@
+"""One measured trial of a stage's training step at a given micro-batch.
+
+The probe must cost the stage nothing: it trains on a throwaway optimizer, then puts back the
+weights, buffers (BatchNorm statistics), training mode and random-number state, and frees what
+it allocated, so the run that follows is the run that would have happened without it. The
+frozen teacher is only read (the distillation objective runs it under inference mode).
+"""
+from __future__ import annotations
+
+import gc
+from typing import Optional
+
+import torch
+from torch import nn
+
+from src.engine.config import EngineConfig
+from src.engine.objective import Objective
+from src.engine.optim import build_optimizer
+from src.engine.step import UpdateStep, is_cnn, resolve_precision
+
+PROBE_WINDOWS = 2  # the second window runs with optimizer state alive: the steady-state peak
+
+
+def micro_batch_of(images: torch.Tensor, labels: torch.Tensor, size: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` samples cycled from the sample batch, on ``device``: memory depends on shapes only."""
+    idx = torch.arange(size) % images.shape[0]
+    return images[idx].to(device), labels[idx].to(device)
+
+
+def run_probe_steps(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
+                    cfg: EngineConfig, device: torch.device, accumulation_steps: int = 1,
+                    windows: int = PROBE_WINDOWS) -> None:
+    """Train ``windows`` optimizer updates through the engine's own ``UpdateStep`` (autocast,
+    scaler, channels-last input, clipping, step), each over ``min(accumulation_steps, 2)``
+    micro-batches so the gradients of one micro-batch are alive during the next, as in a real
+    accumulation window; then restore the model exactly. Out-of-memory errors propagate after
+    the restore."""
+    snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    was_training = model.training
+    dtype, scaler = resolve_precision(cfg.amp, device)
+    optimizer = build_optimizer(model, cfg)
+    channels_last = cfg.channels_last and device.type == "cuda" and is_cnn(model)
+    step = UpdateStep(model, objective, optimizer, cfg, device, dtype, scaler, channels_last)
+    micro_per_window = min(accumulation_steps, 2)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model.train()
+            for _ in range(windows):
+                finite = []
+                for i in range(micro_per_window):
+                    result = step.forward_backward(images, labels, 1.0 / accumulation_steps,
+                                                   last_in_window=i == micro_per_window - 1)
+                    finite.append(result[1])  # (output, loss finite, ...): keep only the flag
+                    del result
+                step.apply(torch.stack(finite).all())
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        del step, optimizer, scaler
+        model.load_state_dict(snapshot)
+        model.train(was_training)
+
+
+def measure_peak(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
+                 micro_batch: int, effective_batch: int, cfg: EngineConfig,
+                 device: torch.device) -> Optional[int]:
+    """Peak allocated CUDA bytes of the probe at ``micro_batch``; None when it ran out of memory."""
+    x, y = micro_batch_of(images, labels, micro_batch, device)
+    release_cached(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    oom = False
+    try:
+        run_probe_steps(model, objective, x, y, cfg, device, effective_batch // micro_batch)
+    except torch.OutOfMemoryError:
+        oom = True  # handled outside the except block, whose traceback still pins the step's tensors
+    peak = torch.cuda.max_memory_allocated(device)
+    del x, y
+    release_cached(device)
+    return None if oom else int(peak)
+
+
+def release_cached(device: torch.device) -> None:
+    """Drop unreachable tensors and return cached blocks, so the next measurement starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
