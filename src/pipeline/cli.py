@@ -1,0 +1,131 @@
+"""The command line both entry points share, and the one place exceptions become exit codes.
+
+``cnn_distillation/train.py`` and ``vit_distillation/train.py`` only name their family; the
+flags, their precedence (defaults < YAML < flags < ``--set``) and the exit-code contract live
+here so the two entry points can never drift apart.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from src.config.schema import STAGE_NAMES
+from src.errors import KDPipelineError, UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAMILY_DIRS = {"cnn": "cnn_distillation", "vit": "vit_distillation"}
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+
+# flag destination -> dotted config key (None values mean "flag not given")
+FLAG_KEYS = {
+    "dataset": "data.name",
+    "data_dir": "data.data_dir",
+    "download": "data.download",
+    "image_size": "data.image_size",
+    "subset": "data.subset",
+    "stages": "stages",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "num_workers": "train.num_workers",
+    "seed": "runtime.seed",
+    "device": "runtime.device",
+    "vram_budget": "runtime.vram_budget_gb",
+}
+
+
+def family_config_dir(family: str) -> Path:
+    return REPO_ROOT / FAMILY_DIRS[family] / "configs"
+
+
+def build_parser(family: str) -> argparse.ArgumentParser:
+    """The training command's flags (DESIGN.md, command-line contract)."""
+    parser = argparse.ArgumentParser(
+        prog=f"{FAMILY_DIRS[family]}/train.py",
+        description=f"Teacher -> assistant -> student knowledge distillation ({family.upper()} family). "
+        "Re-running the same command continues an interrupted run.",
+        epilog="Exit codes: 0 done, 2 user error, 3 training diverged, 130/143 interrupted "
+        "(a checkpoint was saved; re-run to continue).",
+    )
+    add = parser.add_argument
+    add("--config", type=Path, help="YAML config (default: configs/<dataset>.yaml of this family, "
+        "configs/digits.yaml when no --dataset is given)")
+    add("--dataset", choices=DATASETS, help="which images to train on")
+    add("--data-dir", help="where datasets live (cifar: torchvision layout; imagefolder: class folders)")
+    add("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
+    add("--output-dir", type=Path, help="the run directory (default: runs/<family>-<dataset>)")
+    add("--stages", help=f"comma list of {','.join(STAGE_NAMES)}")
+    add("--epochs", type=int)
+    add("--batch-size", type=int, help="micro-batch per step (effective batch = this x accumulation)")
+    add("--lr", type=float, help="base learning rate (scaled per model size)")
+    add("--image-size", type=int, help="square input size in pixels (8 or more)")
+    add("--seed", type=int)
+    add("--device", choices=("auto", "cpu", "cuda"))
+    add("--subset", type=int, help="use at most N samples per split (stratified), for quick runs")
+    add("--num-workers", type=int, help="data-loader worker processes")
+    add("--vram-budget", type=float, metavar="GB", help="GPU memory budget for the micro-batch planner")
+    add("--resume", default="auto", metavar="auto|never|PATH",
+        help="auto (default): continue the run in --output-dir; never: refuse a non-empty run "
+        "directory; PATH: continue the stage in progress from this checkpoint file")
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key by its dotted path (repeatable), e.g. train.grad_clip=1.0")
+    return parser
+
+
+def default_config_path(family: str, dataset: str | None) -> Path:
+    folder = family_config_dir(family)
+    candidate = folder / f"{dataset}.yaml" if dataset else None
+    return candidate if candidate is not None and candidate.exists() else folder / "digits.yaml"
+
+
+def load_run_config(family: str, args: argparse.Namespace) -> Any:
+    """The validated RunConfig for these flags; the family is the entry point's, never the YAML's."""
+    from src.config.loader import load_config
+
+    path = args.config if args.config is not None else default_config_path(family, args.dataset)
+    values = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items()}
+    cfg = load_config(path, args.overrides, values)
+    if cfg.models.family != family:
+        raise UserError(
+            f"config {path} is for the {cfg.models.family.upper()} family; "
+            f"use {FAMILY_DIRS[cfg.models.family]}/train.py or a {family.upper()} config"
+        )
+    return cfg
+
+
+def run(family: str, argv: Sequence[str] | None = None) -> None:
+    """Parse flags, then run the pipeline and print the summary (raises on failure)."""
+    from src.pipeline.runner import run_pipeline
+
+    args = build_parser(family).parse_args(argv)
+    cfg = load_run_config(family, args)
+    output_dir = args.output_dir or Path("runs") / f"{family}-{cfg.data.name}"
+    run_pipeline(cfg, output_dir, resume=args.resume)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code of an exception that ends the command."""
+    if isinstance(exc, KDPipelineError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1
+
+
+def main(family: str, argv: Sequence[str] | None = None) -> int:
+    """Run the command and return its exit code; errors the user can fix print one line, no traceback."""
+    try:
+        run(family, argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KDPipelineError as exc:  # diverged (3) or interrupted after a checkpoint (130/143)
+        print(f"error: {exc}" if exc.exit_code == 3 else f"interrupted: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        print("interrupted: stopped by Ctrl-C; re-run the same command to continue", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,198 @@
+"""The run's answer to "did distillation help, and what did it cost?".
+
+Built only from the stages' result.json files (and the student's saved test predictions), so
+the report of a resumed or partly re-run pipeline is the same as an uninterrupted one's.
+Missing numbers (GPU memory on a CPU run) stay empty in the CSV and show as "n/a": never a
+made-up number.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from src.pipeline.rundir import RunDirectory  # noqa: E402
+from src.utils.atomic import atomic_write_text, atomic_write_with  # noqa: E402
+from src.utils.metrics import confusion, per_class_report  # noqa: E402
+
+COLUMNS = ["stage", "architecture", "parameters", "best epoch", "test accuracy", "macro precision",
+           "macro recall", "macro F1", "train time s", "peak GPU MB"]
+# (compared stage, reference stage): the questions a TAKD run answers
+COMPARISONS = (("student", "baseline"), ("student", "teacher"), ("direct", "baseline"), ("student", "direct"))
+CONFUSION_STAGE = "student"
+
+
+@dataclass
+class Summary:
+    """The table (one row per finished stage) and the accuracy/F1 deltas between stages."""
+
+    table: pd.DataFrame
+    deltas: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def summary_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per stage with the columns of ``COLUMNS`` (NaN where a number is unknown)."""
+    rows = []
+    for stage, res in results.items():
+        test = res.get("test", {})
+        rows.append({
+            "stage": stage,
+            "architecture": res.get("model"),
+            "parameters": res.get("params"),
+            "best epoch": res.get("best_epoch"),
+            "test accuracy": _number(test.get("accuracy")),
+            "macro precision": _number(test.get("precision")),
+            "macro recall": _number(test.get("recall")),
+            "macro F1": _number(test.get("f1_score")),
+            "train time s": _number(res.get("train_time_sec")),
+            "peak GPU MB": _number(res.get("peak_gpu_memory_mb")),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def delta_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy and macro-F1 differences for the comparisons whose two stages both finished."""
+    by_stage = table.set_index("stage")
+    rows = []
+    for stage, reference in COMPARISONS:
+        if stage in by_stage.index and reference in by_stage.index:
+            rows.append({
+                "comparison": f"{stage} vs {reference}",
+                "accuracy delta": by_stage.at[stage, "test accuracy"] - by_stage.at[reference, "test accuracy"],
+                "macro F1 delta": by_stage.at[stage, "macro F1"] - by_stage.at[reference, "macro F1"],
+            })
+    return pd.DataFrame(rows, columns=["comparison", "accuracy delta", "macro F1 delta"])
+
+
+def with_reference_deltas(table: pd.DataFrame) -> pd.DataFrame:
+    """The CSV form: each stage's accuracy minus the baseline's and the teacher's (empty where n/a)."""
+    out = table.copy()
+    by_stage = table.set_index("stage")["test accuracy"]
+    for reference in ("baseline", "teacher"):
+        column = f"accuracy vs {reference}"
+        if reference in by_stage.index:
+            out[column] = [acc - by_stage[reference] if stage != reference else float("nan")
+                           for stage, acc in zip(table["stage"], table["test accuracy"])]
+        else:
+            out[column] = float("nan")
+    return out
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of already formatted cells (pandas needs tabulate for this)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _display(table: pd.DataFrame, deltas: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Human formatting: percentages, thousands separators, n/a for unknown numbers."""
+    def fmt(fn: Any) -> Any:
+        return lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fn(v)
+
+    shown = table.copy().astype(object)
+    shown["parameters"] = shown["parameters"].map(fmt(lambda v: f"{int(v):,}"))
+    shown["best epoch"] = shown["best epoch"].map(fmt(lambda v: f"{int(v)}"))
+    for col in ("test accuracy", "macro precision", "macro recall", "macro F1"):
+        shown[col] = shown[col].map(fmt(lambda v: f"{100 * v:.2f}%"))
+    shown["train time s"] = shown["train time s"].map(fmt(lambda v: f"{v:.1f}"))
+    shown["peak GPU MB"] = shown["peak GPU MB"].map(fmt(lambda v: f"{v:.0f}"))
+    shown_deltas = deltas.copy().astype(object)
+    for col in ("accuracy delta", "macro F1 delta"):
+        shown_deltas[col] = shown_deltas[col].map(fmt(lambda v: f"{100 * v:+.2f} pts"))
+    return shown, shown_deltas
+
+
+def render_text(summary: Summary) -> str:
+    """The table printed at the end of a run."""
+    shown, shown_deltas = _display(summary.table, summary.deltas)
+    text = shown.to_string(index=False)
+    if not shown_deltas.empty:
+        text += "\n\n" + shown_deltas.to_string(index=False)
+    return text
+
+
+def render_markdown(summary: Summary) -> str:
+    shown, shown_deltas = _display(summary.table, summary.deltas)
+    text = "# Run summary\n\n" + markdown_table(shown) + "\n"
+    if not shown_deltas.empty:
+        text += "\n## Did distillation help?\n\n" + markdown_table(shown_deltas) + "\n"
+    return text
+
+
+def plot_comparison(table: pd.DataFrame, path: Path) -> None:
+    """Grouped bars: test accuracy and macro F1 per stage."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(table) + 2), 4))
+    x = np.arange(len(table))
+    width = 0.38
+    for offset, col in ((-width / 2, "test accuracy"), (width / 2, "macro F1")):
+        bars = ax.bar(x + offset, table[col] * 100, width, label=col)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(x, [f"{s}\n{a}" for s, a in zip(table["stage"], table["architecture"])], fontsize=8)
+    ax.set_ylabel("% on the test split")
+    ax.set_ylim(0, 105)
+    ax.set_title("Test accuracy and macro F1 per stage")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_confusion(run_dir: RunDirectory, stage: str, class_names: Sequence[str]) -> list[Path]:
+    """``<stage>_confusion_matrix.png`` and ``<stage>_per_class.csv`` from the stage's test predictions."""
+    source = run_dir.predictions_path(stage)
+    if not source.is_file():
+        return []
+    frame = pd.read_csv(source)
+    labels = list(range(len(class_names)))
+    matrix = confusion(frame["y_true"], frame["y_pred"], len(class_names))
+    size = max(5.0, 0.45 * len(labels))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(matrix, display_labels=list(class_names)).plot(
+        ax=ax, colorbar=False, include_values=len(labels) <= 20, xticks_rotation="vertical")
+    ax.set_title(f"{stage}: confusion matrix on the test split")
+    fig.tight_layout()
+    png = run_dir.root / f"{stage}_confusion_matrix.png"
+    atomic_write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    per_class = per_class_report(frame["y_true"], frame["y_pred"], class_names).rename_axis("class")
+    csv = run_dir.root / f"{stage}_per_class.csv"
+    atomic_write_with(csv, lambda tmp: per_class.to_csv(tmp))
+    return [png, csv]
+
+
+def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]],
+                 class_names: Sequence[str]) -> Summary:
+    """summary.csv, summary.md, comparison.png and the student's confusion matrix in ``run_dir``."""
+    table = summary_table(results)
+    summary = Summary(table=table, deltas=delta_table(table))
+    csv_frame = with_reference_deltas(table)
+    atomic_write_with(run_dir.root / "summary.csv", lambda tmp: csv_frame.round(6).to_csv(tmp, index=False))
+    atomic_write_text(run_dir.root / "summary.md", render_markdown(summary))
+    summary.files = [run_dir.root / "summary.csv", run_dir.root / "summary.md"]
+    if not table.empty:
+        plot_comparison(table, run_dir.root / "comparison.png")
+        summary.files.append(run_dir.root / "comparison.png")
+    if CONFUSION_STAGE in results:
+        summary.files += write_confusion(run_dir, CONFUSION_STAGE, class_names)
+    return summary
+
+
+def print_summary(summary: Summary) -> None:
+    print("\n" + render_text(summary) + "\n")
