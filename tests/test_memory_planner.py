@@ -148,13 +148,15 @@ def test_plan_on_cpu_keeps_the_configured_split() -> None:
     assert not model.grad_checkpointing
 
 
-def test_vit_base_is_always_checkpointed_even_on_cpu() -> None:
-    model = create_model("vit", "vit_tiny", num_classes=3, image_size=16)  # tiny stands in for base's name
+def test_checkpointing_asked_for_is_switched_on_and_kept_even_on_cpu() -> None:
+    model = create_model("vit", "vit_tiny", num_classes=3, image_size=16)
     cfg = EngineConfig(batch_size=8)
     sample = (torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
     cpu = torch.device("cpu")
-    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cpu, 6.0, model_name="vit_base")
+    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cpu, 6.0, force_checkpointing=True)
     assert plan.gradient_checkpointing and model.grad_checkpointing
+    again = plan_stage(model, CrossEntropyObjective(), sample, cfg, cpu, 6.0)  # already on: kept
+    assert again.gradient_checkpointing and model.grad_checkpointing
 
 
 def test_plan_dict_is_json_ready_and_marks_oom() -> None:

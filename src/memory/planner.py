@@ -5,7 +5,7 @@ Before a stage trains on CUDA, ``plan_stage`` caps this process at the budget wi
 (objective forward incl. a KD teacher, backward, optimizer step) at candidate micro-batches and
 keeps the largest one under the budget less a safety margin; gradient accumulation makes up the
 rest of the effective batch, which never changes. Gradient checkpointing is switched on only when
-it is needed to fit (or always, for ViT-Base).
+it is needed to fit, or when the caller asks for it (the pipeline does for ViT-Base, always).
 
 The cap stays in force after planning, on purpose: the budget is a promise about the whole stage
 (a 6 GB card shared with nothing else must not be asked for more), so a later spike fails as an
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = 0.1  # 6 GiB budget -> steps must peak at or under 5.4 GiB
 MIN_USEFUL_MICRO_BATCH = 8  # below this, checkpointing (if it allows more) is worth its recompute
-ALWAYS_CHECKPOINTED = ("vit_base",)  # product decision: ViT-Base always trains checkpointed
 
 
 def set_checkpointing(model: nn.Module, enable: bool, model_name: str = "") -> bool:
@@ -117,7 +116,8 @@ def plan_stage(
     fit. Apply the result with ``plan.apply(engine_cfg)``.
     """
     effective = engine_cfg.batch_size * engine_cfg.accumulation_steps
-    force = force_checkpointing or any(model_name.startswith(n) for n in ALWAYS_CHECKPOINTED)
+    # Checkpointing the caller already switched on (ViT-Base, always) is kept, never undone.
+    force = force_checkpointing or bool(getattr(model, "grad_checkpointing", False))
     if force and not set_checkpointing(model, True, model_name):
         raise UserError(f"gradient checkpointing was required for {model_name or type(model).__name__}, "
                         "but the model does not support it")
