@@ -61,7 +61,7 @@ class MetricsLog:
         self.tensorboard = tensorboard
         self._lines: list[str] = []
         if resume_after_step is not None and self.path.exists():
-            for record in _read(self.path):
+            for record in read_records(self.path):
                 if record["step"] <= resume_after_step:
                     self._lines.append(json.dumps(record))
 
@@ -85,7 +85,8 @@ class MetricsLog:
         return [json.loads(line) for line in self._lines]
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl file; a damaged line is a UserError naming it."""
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -1,0 +1,66 @@
+"""curves.png from epochs.csv (+ metrics.jsonl): a valid image for short and longer runs."""
+from __future__ import annotations
+
+import math
+
+import matplotlib.image
+import pandas as pd
+import pytest
+
+from src.engine.curves import grad_norm_per_epoch, plot_curves
+from src.engine.run_log import MetricsLog
+from src.utils.logger import REQUIRED_COLUMNS
+
+
+def _epochs_csv(path, n: int):
+    rows = [
+        {
+            "epoch": e, "train_loss": 2.0 / e, "train_accuracy": 0.3 * e / n, "train_precision": 0.3,
+            "train_recall": 0.3, "train_f1_score": 0.3, "val_loss": 2.1 / e, "val_accuracy": 0.25 * e / n,
+            "val_precision": 0.2, "val_recall": 0.2, "val_f1_score": 0.2, "learning_rate": 0.05 / e,
+            "epoch_time_sec": 1.5, "gpu_memory_mb": None,
+        }
+        for e in range(1, n + 1)
+    ]
+    pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)).to_csv(path, index=False)
+    return path
+
+
+def _metrics(path, epochs: int):
+    log = MetricsLog(path)
+    log.append({"event": "resume", "step": 0, "epoch": 1})
+    for epoch in range(1, epochs + 1):
+        for k, norm in enumerate([1.0 * epoch, 3.0 * epoch, math.nan]):
+            log.append({"step": 3 * (epoch - 1) + k + 1, "epoch": epoch, "grad_norm": norm})
+    log.flush()
+    return path
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+@pytest.mark.parametrize("with_metrics", [True, False])
+def test_writes_a_valid_png(tmp_path, epochs, with_metrics):
+    csv = _epochs_csv(tmp_path / "epochs.csv", epochs)
+    metrics = _metrics(tmp_path / "metrics.jsonl", epochs) if with_metrics else None
+    out = plot_curves(csv, metrics, tmp_path / "stage" / "curves.png")
+    assert out == tmp_path / "stage" / "curves.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(out)
+    assert image.shape == (700, 1000, 4) and image.std() > 0.01  # 10x7 in at 100 dpi, not blank
+    assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temp file left
+
+
+def test_grad_norm_is_the_mean_of_finite_values_per_epoch(tmp_path):
+    norms = grad_norm_per_epoch(_metrics(tmp_path / "metrics.jsonl", 2))
+    assert norms.to_dict() == {1: 2.0, 2: 4.0}
+
+
+def test_no_grad_norm_falls_back(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"step": 1, "epoch": 1, "loss": 0.3})
+    log.flush()
+    assert grad_norm_per_epoch(tmp_path / "metrics.jsonl") is None
+    log.append({"step": 2, "epoch": 1, "grad_norm": math.inf})  # only skipped (non-finite) steps
+    log.flush()
+    assert grad_norm_per_epoch(tmp_path / "metrics.jsonl") is None
+    assert grad_norm_per_epoch(tmp_path / "missing.jsonl") is None
+    assert grad_norm_per_epoch(None) is None
