@@ -1,0 +1,92 @@
+"""Validation and test evaluation: plain cross-entropy weighted by samples, macro metrics
+over every rank's predictions.
+
+Validation loss is always label cross-entropy, whatever the training objective, so
+``val_loss`` means the same thing for every stage and early stopping compares like with like.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from src.engine.distributed import DistributedContext
+from src.engine.sampling import make_loader, rank_shard
+from src.utils.metrics import classification_metrics
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one pass over a dataset (macro precision/recall/F1)."""
+
+    loss: float
+    accuracy: float
+    precision: float
+    recall: float
+    f1_score: float
+    y_true: np.ndarray
+    y_pred: np.ndarray
+
+    def as_row(self, prefix: str) -> dict[str, float]:
+        """The epochs.csv columns for this split, e.g. ``val_loss``, ``val_accuracy``."""
+        names = ("loss", "accuracy", "precision", "recall", "f1_score")
+        return {f"{prefix}_{name}": float(getattr(self, name)) for name in names}
+
+
+def num_classes_of(dataset: Dataset[Any], fallback: int) -> int:
+    """Classes as the dataset declares them (a split may miss a class), else the model's."""
+    return int(getattr(dataset, "num_classes", fallback))
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset[Any], *, device: torch.device, batch_size: int,
+                   num_workers: int, seed: int, num_classes: int, dist: Optional[DistributedContext] = None,
+                   autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> EvalResult:
+    """Run ``model`` over ``dataset`` (int keys) in eval mode under inference mode. Each rank
+    takes its unpadded share; predictions are gathered and put back in dataset order."""
+    dist = dist or DistributedContext()
+    indices = rank_shard(range(len(dataset)), dist.rank, dist.world_size, pad=False)  # type: ignore[arg-type]
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    loader = make_loader(dataset, batches, num_workers, seed, "eval")
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    preds, targets = [], []
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    try:
+        with torch.inference_mode(), autocast:
+            for images, labels in loader:
+                images = images.to(device, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                labels = labels.to(device, non_blocking=True)
+                logits = model(images).float()
+                loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+                preds.append(logits.argmax(dim=1))
+                targets.append(labels)
+    finally:
+        model.train(was_training)
+    y_pred = torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.long)
+    y_true = torch.cat(targets).cpu() if targets else torch.empty(0, dtype=torch.long)
+    parts = dist.all_gather_object((indices, y_true.numpy(), y_pred.numpy(), float(loss_sum)))
+    order = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
+    restore = np.argsort(order, kind="stable")
+    y_true_all = np.concatenate([p[1] for p in parts])[restore]
+    y_pred_all = np.concatenate([p[2] for p in parts])[restore]
+    total = len(y_true_all)
+    metrics = classification_metrics(y_true_all, y_pred_all, num_classes)
+    return EvalResult(
+        loss=sum(p[3] for p in parts) / max(total, 1),
+        accuracy=float(metrics["accuracy"]),
+        precision=float(metrics["precision"]),
+        recall=float(metrics["recall"]),
+        f1_score=float(metrics["f1_score"]),
+        y_true=y_true_all,
+        y_pred=y_pred_all,
+    )

@@ -1,0 +1,79 @@
+"""The training data order: a pure function of (seed, epoch), sharded by rank, cut into
+update windows and micro-batches.
+
+The order never depends on how many micro-batches a window is split into, where a run was
+resumed, or how many workers load it, which is what makes a resumed (or OOM-rebatched) run
+see exactly the samples an uninterrupted one would have seen.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.utils.reproducibility import derive_seed, seed_worker
+
+Key = tuple[int, int]
+
+
+def epoch_order(seed: int, epoch: int, num_samples: int) -> list[int]:
+    """The whole epoch's sample order (every rank computes the same one)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+    return torch.randperm(num_samples, generator=generator).tolist()
+
+
+def rank_shard(order: Sequence[int], rank: int, world_size: int, pad: bool = True) -> list[int]:
+    """This rank's share of ``order``. Training pads (repeating the start of the order) so
+    every rank runs the same number of steps; evaluation does not pad, so no sample counts twice."""
+    items = list(order)
+    if pad and world_size > 1 and len(items) % world_size:
+        extra = world_size - len(items) % world_size
+        items += (items * (extra // max(len(items), 1) + 1))[:extra]
+    return items[rank::world_size]
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One forward/backward pass: its keys and the size of the update window it belongs to."""
+
+    keys: list[Key]
+    window_samples: int  # samples in the whole window (the loss is weighted by n / window_samples)
+    last_in_window: bool
+
+
+def plan_micro_batches(keys: Sequence[Key], window: int, micro_batch: int) -> list[MicroBatch]:
+    """Cut ``keys`` into update windows of ``window`` samples (the effective batch; the last
+    window may be short) and each window into micro-batches of at most ``micro_batch``."""
+    plan: list[MicroBatch] = []
+    for start in range(0, len(keys), window):
+        window_keys = list(keys[start : start + window])
+        pieces = [window_keys[i : i + micro_batch] for i in range(0, len(window_keys), micro_batch)]
+        for i, piece in enumerate(pieces):
+            plan.append(MicroBatch(piece, len(window_keys), i == len(pieces) - 1))
+    return plan
+
+
+def train_keys(seed: int, epoch: int, num_samples: int, rank: int, world_size: int, start: int) -> list[Key]:
+    """The ``(epoch, index)`` keys this rank still has to train on this epoch, from ``start``
+    (samples this rank already consumed, on a mid-epoch resume or an OOM retry)."""
+    shard = rank_shard(epoch_order(seed, epoch, num_samples), rank, world_size)
+    return [(epoch, index) for index in shard[start:]]
+
+
+def make_loader(dataset: Dataset[Any], batches: Sequence[Sequence[Any]], num_workers: int, seed: int,
+                *tag: Any) -> DataLoader:
+    """A DataLoader that yields exactly ``batches`` (lists of dataset keys). Its own generator
+    keeps the global RNG untouched, so dropout draws never depend on how data is loaded."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "loader", *tag))
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker if num_workers else None,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )

@@ -1,0 +1,447 @@
+"""The training engine: trains one classifier for one stage, validates every epoch, keeps
+exactly-resumable checkpoints and restores the best weights at the end.
+
+The engine knows nothing about teachers: an Objective turns a batch into a loss. Everything a
+resumed run needs to continue bit for bit (weights, optimizer, schedule, RNG, data position,
+half-finished epoch sums) is in ``checkpoint_latest.pt``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from src.engine.checkpoint import CheckpointStore, library_versions
+from src.engine.compat import check_resume
+from src.engine.config import EngineConfig
+from src.engine.curves import plot_curves
+from src.engine.distributed import DistributedContext
+from src.engine.early_stopping import EarlyStopping
+from src.engine.evaluation import EvalResult, evaluate_model, num_classes_of
+from src.engine.objective import Objective
+from src.engine.optim import build_optimizer, build_schedule
+from src.engine.progress import Progress
+from src.engine.run_log import MetricsLog, open_tensorboard
+from src.engine.sampling import MicroBatch, make_loader, plan_micro_batches, train_keys
+from src.engine.signals import StopSignals
+from src.engine.step import UpdateStep, is_cnn, resolve_precision
+from src.engine.tally import Tally, micro_batch_contribution
+from src.errors import TrainingInterrupted, UserError
+from src.utils.logger import REQUIRED_COLUMNS, EpochLogger
+from src.utils.metrics import PredictionAccumulator
+from src.utils.reproducibility import capture_rng_state, restore_rng_state
+from src.utils.training_guards import reset_peak_memory_stats, validate_loss
+
+ResumeMode = Union[Literal["auto", "never"], Path]
+EpochCallback = Callable[[int, nn.Module], None]
+
+
+@dataclass
+class FitResult:
+    """How a ``fit`` went. ``micro_batch``/``accumulation_steps`` are the final split (after any
+    out-of-memory fallback); ``train_time_sec`` adds up every session of a resumed run."""
+
+    best_epoch: int
+    best_metric: float
+    epochs_run: int
+    stopped_early: bool
+    resumed_from: Optional[Path]
+    micro_batch: int
+    accumulation_steps: int
+    train_time_sec: float
+    peak_gpu_memory_mb: Optional[float]
+
+
+class _OutOfMemoryRetry(Exception):
+    """Internal: the current window ran out of memory and must be redone with smaller micro-batches."""
+
+
+class Trainer:
+    """Trains ``model`` with ``objective`` on ``train_dataset`` (keys ``(epoch, index)``),
+    validating on ``val_dataset`` (int keys); files go to ``stage_dir`` (rank 0 only)."""
+
+    def __init__(self, model: nn.Module, objective: Objective, train_dataset: Dataset[Any],
+                 val_dataset: Dataset[Any], config: EngineConfig, stage_dir: Path, *, device: torch.device,
+                 seed: int, run_fingerprint: dict[str, Any], dist: Optional[DistributedContext] = None,
+                 epoch_callbacks: Sequence[EpochCallback] = (), resume: ResumeMode = "auto",
+                 lr: Optional[float] = None, logger: Optional[logging.Logger] = None) -> None:
+        if config.monitor not in REQUIRED_COLUMNS or not config.monitor.startswith("val_"):
+            choices = ", ".join(c for c in REQUIRED_COLUMNS if c.startswith("val_"))
+            raise UserError(f"cannot monitor {config.monitor!r}: choose one of {choices}")
+        if len(train_dataset) == 0 or len(val_dataset) == 0:  # type: ignore[arg-type]
+            raise UserError("the training and validation sets must not be empty")
+        self.cfg = config
+        self.stage_dir = Path(stage_dir)
+        self.device = device
+        self.seed = seed
+        self.run_fingerprint = dict(run_fingerprint)
+        self.dist = dist or DistributedContext()
+        self.epoch_callbacks = tuple(epoch_callbacks)
+        self.resume = resume
+        self.logger = logger or logging.getLogger("kd_pipeline.engine")
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+
+        self.model = model.to(device)
+        self.channels_last = config.channels_last and device.type == "cuda" and is_cnn(model)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.objective = objective.to(device)
+        self.autocast_dtype, self.scaler = resolve_precision(config.amp, device)
+        self.optimizer = build_optimizer(self.model, config, lr=lr)
+        self.lr = config.lr if lr is None else lr
+
+        self.micro_batch = config.batch_size
+        self.window = config.batch_size * config.accumulation_steps  # samples per update, per rank
+        self.samples_per_rank = math.ceil(len(train_dataset) / self.dist.world_size)  # type: ignore[arg-type]
+        self.schedule = build_schedule(self.optimizer, config, math.ceil(self.samples_per_rank / self.window))
+        self.early = EarlyStopping(config.monitor, config.mode, config.patience, config.min_delta)
+        self.store = CheckpointStore(self.stage_dir)
+        self.num_classes = num_classes_of(val_dataset, fallback=_output_classes(model))
+
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids,
+                                                       find_unused_parameters=False)
+        self.stepper = UpdateStep(self.train_model, self.objective, self.optimizer, config, device,
+                                  self.autocast_dtype, self.scaler, self.channels_last)
+
+        # Position and running state: everything below goes into checkpoint_latest.pt.
+        self.epoch = 1  # the epoch in progress (1-based)
+        self.samples_done = 0  # samples this rank has consumed in that epoch
+        self.global_step = 0  # optimizer updates attempted (applied or skipped)
+        self.epoch_tally = Tally(device)
+        self.interval_tally = Tally(device)
+        self.accumulator = PredictionAccumulator(device)
+        self.epoch_elapsed = 0.0  # seconds already spent on the epoch in progress
+        self.train_time = 0.0
+        self.peak_memory_mb: Optional[float] = None
+        self.oom_history: list[str] = []
+
+    # ------------------------------------------------------------------ public API
+
+    def fit(self) -> FitResult:
+        """Train until ``cfg.epochs`` or early stopping, resuming per ``resume``; returns with the
+        best weights loaded into ``model``. Raises TrainingInterrupted on SIGINT/SIGTERM (after
+        saving), NonFiniteLossError under the ``raise`` policy, IncompatibleResumeError."""
+        with StopSignals() as signals:
+            resumed_from, changes = self._start()
+            main = self.dist.is_main
+            self.epochs_log = EpochLogger(self.stage_dir / "epochs.csv", resume_from_epoch=self.epoch - 1) \
+                if main else None
+            self.metrics_log = self._open_metrics_log(resumed_from is not None) if main else None
+            if self.metrics_log is not None and resumed_from is not None:
+                changed = {key: list(change) for key, change in changes.items()}
+                self.metrics_log.append({"event": "resume", "step": self.global_step, "epoch": self.epoch,
+                                         "from": str(resumed_from), "changed": changed})
+            self.progress = Progress(self.cfg.progress, self.logger, main)
+            try:
+                self.stopping = self.early.should_stop
+                while self.epoch <= self.cfg.epochs and not self.stopping:
+                    self._train_epoch(signals)
+                    self._finish_epoch()
+            finally:
+                self.progress.close()
+                if self.metrics_log is not None and self.metrics_log.tensorboard is not None:
+                    self.metrics_log.tensorboard.close()
+        epochs_run = self.epoch - 1
+        self._restore_best()
+        if main:
+            folder = self.stage_dir
+            plot_curves(folder / "epochs.csv", folder / "metrics.jsonl", folder / "curves.png")
+        return FitResult(
+            best_epoch=self.early.best_epoch,
+            best_metric=self.early.best,
+            epochs_run=epochs_run,
+            stopped_early=self.stopping and epochs_run < self.cfg.epochs,
+            resumed_from=resumed_from,
+            micro_batch=self.micro_batch,
+            accumulation_steps=math.ceil(self.window / self.micro_batch),
+            train_time_sec=self.train_time,
+            peak_gpu_memory_mb=self.peak_memory_mb,
+        )
+
+    def evaluate(self, dataset: Dataset[Any]) -> EvalResult:
+        """Cross-entropy (sample weighted) and macro metrics of the current weights on ``dataset``."""
+        return evaluate_model(
+            self.model, dataset, device=self.device, batch_size=self.micro_batch,
+            num_workers=self.cfg.num_workers, seed=self.seed,
+            num_classes=num_classes_of(dataset, self.num_classes),
+            dist=self.dist, autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+        )
+
+    # ------------------------------------------------------------------ the epoch
+
+    def _train_epoch(self, signals: StopSignals) -> None:
+        self.objective.on_epoch_start(self.epoch, self.cfg.epochs)
+        reset_peak_memory_stats()
+        self.model.train()
+        started = time.perf_counter()
+        self._interval_started = started
+        self._last_save = time.monotonic()
+        while True:  # one pass per micro-batch size: an OOM fallback re-plans the rest of the epoch
+            keys = train_keys(self.seed, self.epoch, len(self.train_dataset), self.dist.rank,  # type: ignore[arg-type]
+                              self.dist.world_size, self.samples_done)
+            plan = plan_micro_batches(keys, self.window, self.micro_batch)
+            self.progress.start_epoch(self.epoch, self.cfg.epochs, len(plan))
+            try:
+                self._run_plan(plan, signals, started)
+                break
+            except _OutOfMemoryRetry:
+                self.progress.close()
+        self.epoch_elapsed += time.perf_counter() - started
+        self.progress.close()
+
+    def _run_plan(self, plan: list[MicroBatch], signals: StopSignals, started: float) -> None:
+        loader = make_loader(self.train_dataset, [mb.keys for mb in plan], self.cfg.num_workers, self.seed,
+                             "train", self.epoch, self.samples_done)
+        window: list[tuple[Any, ...]] = []
+        try:
+            for mb, (images, labels) in zip(plan, loader, strict=True):
+                n = len(mb.keys)
+                out, finite, labels = self.stepper.forward_backward(images, labels, n / mb.window_samples,
+                                                                    mb.last_in_window)
+                contribution, parts = micro_batch_contribution(out, finite, labels)
+                window.append((contribution, parts, n, out.logits.detach(), labels, finite,
+                               out.loss.detach()))
+                del out
+                self.progress.advance()
+                if mb.last_in_window:
+                    self._finish_window(window, mb.window_samples)
+                    window = []
+                    self._at_update_boundary(signals, started)
+        except torch.OutOfMemoryError as exc:
+            del window
+            self._fall_back_after_oom(exc)
+            raise _OutOfMemoryRetry() from exc
+
+    def _finish_window(self, window: list[tuple[Any, ...]], window_samples: int) -> None:
+        losses_finite = torch.stack([entry[5] for entry in window]).all()
+        outcome = self.stepper.apply(losses_finite)
+        self.global_step += 1
+        if outcome.loss_nonfinite and self.cfg.nonfinite_policy == "raise":
+            bad = torch.stack([entry[6].float() for entry in window])
+            validate_loss(bad[~torch.isfinite(bad)][0], self.global_step)  # raises NonFiniteLossError
+        for contribution, parts, n, logits, labels, _, _ in window:
+            self.epoch_tally.add_micro_batch(contribution, {}, n)
+            self.interval_tally.add_micro_batch(contribution, parts, n)
+            self.accumulator.update(logits, labels)
+        for tally in (self.epoch_tally, self.interval_tally):
+            tally.add_update(outcome.applied, outcome.grad_norm)
+        if outcome.applied:
+            self.schedule.step_update()
+        else:
+            self.progress.message(f"update {self.global_step} skipped: non-finite "
+                                  f"{'loss' if outcome.loss_nonfinite else 'gradients'}")
+        self.samples_done += window_samples
+
+    def _at_update_boundary(self, signals: StopSignals, started: float) -> None:
+        """Log, checkpoint and obey signals; every rank takes the same decision."""
+        if self.global_step % self.cfg.log_interval == 0:
+            self._log_interval()
+        every_steps = self.cfg.checkpoint_every_steps
+        every_minutes = self.cfg.checkpoint_every_minutes
+        time_due = every_minutes is not None and time.monotonic() - self._last_save >= every_minutes * 60
+        stop, time_due = self.dist.any_flags(signals.received is not None, time_due)
+        steps_due = every_steps is not None and self.global_step % every_steps == 0
+        if stop or time_due or steps_due:
+            elapsed_now = time.perf_counter() - started
+            self._save_latest(epoch_elapsed=self.epoch_elapsed + elapsed_now)
+        if stop:
+            signum = signals.received or 15  # another rank got it: report SIGTERM, as torchrun forwards
+            name = "SIGINT" if signum == 2 else "SIGTERM"
+            raise TrainingInterrupted(signum, f"interrupted by {name}; checkpoint saved to "
+                                              f"{self.stage_dir / 'checkpoint_latest.pt'}; "
+                                              "re-run the same command to resume")
+
+    def _fall_back_after_oom(self, exc: BaseException) -> None:
+        """Free what the failed window held, halve the micro-batch (the window, i.e. the
+        effective batch, stays) and let the caller redo the window."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        tried = f"micro-batch {self.micro_batch}"
+        self.oom_history.append(tried)
+        if self.micro_batch <= 1 or len(self.oom_history) > self.cfg.max_oom_retries:
+            raise UserError(
+                f"out of GPU memory even after {len(self.oom_history)} attempts "
+                f"({', '.join(self.oom_history)}); "
+                "use a smaller --batch-size or --image-size, a smaller model, or free the GPU"
+            ) from exc
+        self.micro_batch = math.ceil(self.micro_batch / 2)
+        self.progress.message(
+            f"out of GPU memory with {tried}: retrying with micro-batch {self.micro_batch} x "
+            f"{math.ceil(self.window / self.micro_batch)} accumulation steps (same effective batch)"
+        )
+
+    def _log_interval(self) -> None:
+        now = time.perf_counter()
+        values = self.interval_tally.read()
+        record = {
+            "step": self.global_step,
+            "epoch": self.epoch,
+            **values,
+            "lr": self.schedule.current_lr(),
+            "images_per_sec": self.interval_tally.samples * self.dist.world_size
+            / max(now - self._interval_started, 1e-9),
+            "skipped_updates": self.interval_tally.skipped,
+        }
+        self.interval_tally.reset()
+        self._interval_started = now
+        self.progress.interval(record)
+        if self.metrics_log is not None:
+            self.metrics_log.append(record)  # written with the next checkpoint (see run_log)
+
+    def _finish_epoch(self) -> None:
+        train = self._train_metrics()
+        val = self.evaluate(self.val_dataset)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        if peak is not None:
+            self.peak_memory_mb = max(peak, self.peak_memory_mb or 0.0)
+        row: dict[str, Any] = {
+            "epoch": self.epoch,
+            **{f"train_{k}": train[k] for k in ("loss", "accuracy", "precision", "recall", "f1_score")},
+            **val.as_row("val"),
+            "learning_rate": self.schedule.current_lr(),
+            "epoch_time_sec": self.epoch_elapsed,
+            "gpu_memory_mb": peak,
+        }
+        improved = self.early.update(row[self.cfg.monitor], self.epoch)
+        self.schedule.step_epoch(row[self.cfg.monitor])
+        self.train_time += self.epoch_elapsed
+        self.progress.end_epoch(row)
+        if self.epochs_log is not None:
+            self.epochs_log.log(row)
+        if self.dist.is_main:
+            for callback in self.epoch_callbacks:
+                callback(self.epoch, self.model)
+        self.stopping = self.dist.broadcast_flag(self.early.should_stop)  # rank 0 decides for all
+        self.epoch += 1
+        self.samples_done = 0
+        self.epoch_elapsed = 0.0
+        self.epoch_tally.reset()
+        self.accumulator.reset()
+        if improved and self.dist.is_main:
+            self.store.save_best(self._state(epoch_elapsed=0.0))
+        self._save_latest(epoch_elapsed=0.0)
+
+    def _train_metrics(self) -> dict[str, float]:
+        """Train loss and macro metrics for the epoch over every rank (this is a sync)."""
+        sums = self.dist.all_reduce_sum(self.epoch_tally.sums)
+        loss_sum, finite, _ = sums.tolist()
+        accumulator = self.accumulator
+        if self.dist.enabled:
+            accumulator = PredictionAccumulator(self.device)
+            for state in self.dist.all_gather_object(self.accumulator.state_dict()):
+                accumulator.update(state["y_pred"], state["y_true"])
+        metrics = accumulator.compute(self.num_classes)
+        return {"loss": loss_sum / finite if finite else float("nan"), **metrics}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _facts(self) -> dict[str, Any]:
+        """What a resume must match (see src.engine.compat)."""
+        engine = dataclasses.asdict(self.cfg)
+        engine["lr"] = self.lr
+        return {"run": {**self.run_fingerprint, "seed": self.seed}, "objective": self.objective.fingerprint(),
+                "engine": engine, "world_size": self.dist.world_size}
+
+    def _state(self, epoch_elapsed: float) -> dict[str, Any]:
+        facts = self._facts()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "samples_done": self.samples_done,
+            "global_step": self.global_step,
+            "early_stopping": self.early.state_dict(),
+            "best_metric": self.early.best,
+            "epoch_tally": self.epoch_tally.state_dict(),
+            "interval_tally": self.interval_tally.state_dict(),
+            "accumulator": self.accumulator.state_dict(),
+            "epoch_elapsed": epoch_elapsed,
+            "train_time": self.train_time,
+            "peak_memory_mb": self.peak_memory_mb,
+            "rng": capture_rng_state(),
+            "seed": self.seed,
+            "micro_batch": self.micro_batch,
+            "accumulation_steps": math.ceil(self.window / self.micro_batch),
+            "engine_config": facts["engine"],
+            "run_fingerprint": facts["run"],
+            "objective": facts["objective"],
+            "world_size": facts["world_size"],
+            "library_versions": library_versions(),
+        }
+
+    def _open_metrics_log(self, resumed: bool) -> MetricsLog:
+        """metrics.jsonl (cut back to the checkpoint's step on a resume) and, if asked, TensorBoard."""
+        step = self.global_step if resumed else None
+        board = None
+        if self.cfg.tensorboard:
+            board = open_tensorboard(self.stage_dir / "tensorboard", purge_step=step)
+        return MetricsLog(self.stage_dir / "metrics.jsonl", resume_after_step=step, tensorboard=board)
+
+    def _save_latest(self, epoch_elapsed: float) -> None:
+        if self.dist.is_main:
+            self.store.save_latest(self._state(epoch_elapsed))
+            self.metrics_log.flush()
+        self._last_save = time.monotonic()
+        self.dist.barrier()
+
+    def _start(self) -> tuple[Optional[Path], dict[str, tuple[Any, Any]]]:
+        """Load the checkpoint ``resume`` points at, if any, and continue from it."""
+        if self.resume == "never":
+            return None, {}
+        if self.resume == "auto":
+            found = self.store.load_latest()
+            if found is None:
+                return None, {}
+            state, path = found
+        else:
+            path = Path(self.resume)
+            state = self.store.load(path)
+        saved = {"run": state["run_fingerprint"], "objective": state["objective"],
+                 "engine": state["engine_config"], "world_size": state["world_size"]}
+        changes = check_resume(saved, self._facts(), str(path))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.epoch, self.samples_done = int(state["epoch"]), int(state["samples_done"])
+        self.global_step = int(state["global_step"])
+        self.epoch_tally.load_state_dict(state["epoch_tally"])
+        self.interval_tally.load_state_dict(state["interval_tally"])
+        self.accumulator.load_state_dict(state["accumulator"])
+        self.epoch_elapsed, self.train_time = float(state["epoch_elapsed"]), float(state["train_time"])
+        self.peak_memory_mb = state["peak_memory_mb"]
+        if "batch_size" not in changes and "accumulation_steps" not in changes:
+            self.micro_batch = int(state["micro_batch"])  # keep an earlier OOM fallback
+        restore_rng_state(state["rng"])
+        self.logger.info("resuming %s at epoch %d (update %d) from %s", self.stage_dir.name, self.epoch,
+                         self.global_step, path)
+        return path, changes
+
+    def _restore_best(self) -> None:
+        """Load the best epoch's weights into ``model`` (every rank reads rank 0's file)."""
+        self.dist.barrier()
+        if self.store.best_path.exists():
+            self.model.load_state_dict(self.store.load_best()["model"])
+
+
+def _output_classes(model: nn.Module) -> int:
+    """The classifier's width (timm models expose ``num_classes``)."""
+    return int(getattr(model, "num_classes", 0)) or 0

@@ -1,0 +1,135 @@
+"""Tiny real pieces for the engine tests: sklearn's 8x8 digits as keyed datasets, a timm model
+with dropout and drop-path, and a runnable training script (``python -m`` or torchrun) that the
+kill/resume and DDP tests start as real processes."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import Dataset
+
+from src.engine.config import EngineConfig
+from src.engine.objective import CrossEntropyObjective
+from src.utils.reproducibility import derive_seed
+
+NUM_CLASSES = 10
+
+
+def digits_tensors(count: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` digits as [N, 1, 8, 8] floats in [0, 1] and their labels."""
+    data = load_digits()
+    images = torch.tensor(data.images[offset : offset + count], dtype=torch.float32).unsqueeze(1) / 16.0
+    return images, torch.tensor(data.target[offset : offset + count], dtype=torch.long)
+
+
+class KeyedTrain(Dataset):
+    """Training set keyed by (epoch, index): noise and flips drawn from derive_seed(seed, epoch,
+    index), as the product's datasets do, so a resumed run must reproduce them."""
+
+    def __init__(self, count: int, seed: int = 0) -> None:
+        self.images, labels = digits_tensors(count)
+        self.targets = labels.tolist()
+        self.num_classes = NUM_CLASSES
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = key
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
+        image = self.images[index] + 0.05 * torch.randn(self.images[index].shape, generator=generator)
+        if torch.rand((), generator=generator) < 0.5:
+            image = image.flip(-1)
+        return image, self.targets[index]
+
+
+class PlainEval(Dataset):
+    """Validation/test set with int keys and no randomness."""
+
+    def __init__(self, count: int, offset: int = 1000) -> None:
+        self.images, labels = digits_tensors(count, offset)
+        self.targets = labels.tolist()
+        self.num_classes = NUM_CLASSES
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], self.targets[index]
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    """timm's smallest ResNet, with dropout and drop-path so RNG restore matters."""
+    torch.manual_seed(seed)
+    return timm.create_model("test_resnet", num_classes=NUM_CLASSES, in_chans=1, drop_rate=0.2,
+                             drop_path_rate=0.1)
+
+
+def tiny_vit(seed: int = 0, drop: float = 0.0) -> nn.Module:
+    """timm's smallest ViT (no batch norm) on 8x8 inputs."""
+    torch.manual_seed(seed)
+    return timm.create_model("test_vit", num_classes=NUM_CLASSES, in_chans=1, img_size=8, patch_size=4,
+                             drop_rate=drop)
+
+
+def engine_config(**overrides: Any) -> EngineConfig:
+    base = dict(epochs=2, batch_size=16, lr=0.05, scheduler="cosine", warmup_epochs=0.0, log_interval=2,
+                progress="off", patience=None, weight_decay=1e-4)
+    base.update(overrides)
+    return EngineConfig(**base)
+
+
+def fingerprint(**extra: Any) -> dict[str, Any]:
+    facts = {"model": "test_resnet", "data": "digits-8x8", "image_size": 8, "num_classes": NUM_CLASSES}
+    return {**facts, **extra}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the tiny CNN into ``stage_dir`` (resuming when a checkpoint is there) and write
+    the final weights to ``stage_dir/final.pt``; used as a real process by the tests."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("stage_dir", type=Path)
+    parser.add_argument("--config", default="{}", help="EngineConfig overrides as JSON")
+    parser.add_argument("--train", type=int, default=192)
+    parser.add_argument("--val", type=int, default=64)
+    parser.add_argument("--ddp", action="store_true")
+    args = parser.parse_args(argv)
+
+    from src.engine.distributed import DistributedContext
+    from src.engine.trainer import Trainer
+    from src.errors import KDPipelineError
+    from src.utils.reproducibility import setup_reproducibility
+
+    torch.set_num_threads(1)
+    setup_reproducibility(0, deterministic=True)
+    dist = DistributedContext.from_env(torch.device("cpu")) if args.ddp else None
+    cfg = engine_config(**json.loads(args.config))
+    trainer = Trainer(tiny_cnn(), CrossEntropyObjective(), KeyedTrain(args.train), PlainEval(args.val), cfg,
+                      args.stage_dir, device=torch.device("cpu"), seed=0, run_fingerprint=fingerprint(),
+                      dist=dist)
+    try:
+        result = trainer.fit()
+    except KDPipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        if dist is not None:
+            dist.destroy()
+    if trainer.dist.is_main:
+        torch.save(trainer.model.state_dict(), args.stage_dir / "final.pt")
+        summary = {k: str(v) for k, v in dataclasses.asdict(result).items()}
+        (args.stage_dir / "result.json").write_text(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
