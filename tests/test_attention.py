@@ -95,3 +95,20 @@ def test_repeated_calls_keep_memory_flat(vit, tmp_path) -> None:
         tracemalloc.stop()
     assert _live_tensors() == tensors_before
     assert grown < 512 * 1024, f"Python heap grew by {grown} bytes over 2 calls"
+
+
+def test_works_with_gradient_checkpointing_on(vit, tmp_path) -> None:
+    # ViT-Base always trains with checkpointing; the maps must still see exactly one forward.
+    vit.set_grad_checkpointing(True)
+    try:
+        assert save_attention_maps(vit, _images(), tmp_path, epoch=20)[0].is_file()
+    finally:
+        vit.set_grad_checkpointing(False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_model_with_cpu_images(tmp_path) -> None:
+    model = create_model("vit", "vit_tiny", num_classes=10, image_size=16).cuda()
+    assert save_attention_maps(model, _images(), tmp_path, epoch=10)[0].is_file()
+    assert _all_hooks(model) == 0

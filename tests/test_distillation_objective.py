@@ -119,3 +119,23 @@ def test_rejects_bad_settings(pair) -> None:
         DistillationObjective(teacher, temperature=0.0)
     with pytest.raises(ValueError, match="alpha_start"):
         DistillationObjective(teacher, temperature=4.0, alpha_start=1.5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_autocast_step_with_grad_scaler(pair) -> None:
+    teacher, student = (m.cuda() for m in pair)
+    objective = DistillationObjective(teacher, temperature=4.0).to(torch.device("cuda"))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda")
+    images, labels = (t.cuda() for t in _batch())
+    student.train()
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = objective.training_step(student, images, labels)
+    assert out.loss.dtype == torch.float32
+    scaler.scale(out.loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.isfinite(out.loss).item()
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
