@@ -175,3 +175,12 @@ def test_explicit_path_problems_are_user_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(UserError, match="cannot load checkpoint .*bad.pt"):
         store.load(tmp_path / "bad.pt")
+
+
+def test_temp_files_of_a_killed_save_are_cleared_by_the_next_save(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save_latest(_state(1))
+    (tmp_path / ".checkpoint_latest.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".checkpoint_best.pt.def456.tmp").write_bytes(b"half a checkpoint")
+    store.save_latest(_state(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pt", "checkpoint_previous.pt"]

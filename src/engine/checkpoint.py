@@ -65,7 +65,13 @@ class CheckpointStore:
         self._latest_damaged = False  # set when a load found latest unusable: never rotate it
 
     def save_latest(self, state: dict[str, Any]) -> Path:
-        """Write ``state`` as the new latest; the old latest (if sound) becomes previous."""
+        """Write ``state`` as the new latest; the old latest (if sound) becomes previous.
+
+        Temporary files a killed process left behind (each as big as a checkpoint) are removed
+        first: only the saving process (rank 0) writes here, so none can be in use.
+        """
+        for stale in self.stage_dir.glob(".checkpoint_*.pt.*.tmp"):  # src.utils.atomic's temp names
+            stale.unlink(missing_ok=True)
 
         def write(tmp: Path) -> None:
             torch.save(state, tmp)

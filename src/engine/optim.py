@@ -74,6 +74,7 @@ class LRSchedule:
         self.total_updates = cfg.epochs * updates_per_epoch
         self.warmup_updates = round(cfg.warmup_epochs * updates_per_epoch)
         self.num_updates = 0
+        self.plateau_patience: int | None = None  # plateau only: validations without improvement
         self._timm: CosineLRScheduler | StepLRScheduler | None = None
         self._plateau: ReduceLROnPlateau | None = None
         self._onecycle: OneCycleLR | None = None
