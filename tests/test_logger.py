@@ -104,8 +104,8 @@ def test_rows_with_wrong_columns_are_refused(tmp_path):
 @pytest.mark.parametrize(
     ("column", "value"),
     [
-        ("train_loss", float("nan")),
-        ("val_loss", float("inf")),
+        ("train_accuracy", float("nan")),
+        ("learning_rate", float("inf")),
         ("val_accuracy", "0.9"),
         ("learning_rate", None),
         ("train_f1_score", True),
@@ -163,3 +163,14 @@ def test_setup_logging_is_idempotent_and_writes_one_format(tmp_path, capsys, cle
     assert err.count("teacher epoch 1 done") == 1
     setup_logging(None, level=logging.WARNING)
     assert len(logger.handlers) == 1 and logger.level == logging.WARNING
+
+
+def test_non_finite_losses_are_recorded_as_they_were(tmp_path):
+    path = tmp_path / "epochs.csv"
+    row = make_row(1)
+    row.update(train_loss=float("nan"), val_loss=float("inf"))
+    EpochLogger(path).log(row)
+    frame = pd.read_csv(path)
+    assert math.isnan(frame.loc[0, "train_loss"]) and frame.loc[0, "val_loss"] == math.inf
+    reread = EpochLogger(path, resume_from_epoch=1).rows[0]
+    assert math.isnan(reread["train_loss"]) and reread["val_loss"] == math.inf

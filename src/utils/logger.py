@@ -37,6 +37,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "gpu_memory_mb",
 )
 _OPTIONAL = frozenset({"gpu_memory_mb"})  # empty without a GPU: never a made-up number
+# A loss can really be NaN/inf (an fp16 overflow in evaluation); the log records what happened
+# and the divergence guard decides whether training stops. Any other non-finite value is a bug.
+_MAY_BE_NONFINITE = frozenset({"train_loss", "val_loss"})
 
 Value = Union[int, float, None]
 
@@ -68,9 +71,8 @@ def _check_value(column: str, value: object) -> Value:
         if not isinstance(value, numbers.Integral) or value < 1:
             raise SchemaError(f"column 'epoch' needs an integer >= 1 (epochs count from 1), got {value!r}")
         return int(value)
-    if not math.isfinite(value):
-        # a non-finite epoch is stopped by the divergence guard before it is ever logged
-        raise SchemaError(f"column {column!r} is not finite ({value!r}): refusing to log a diverged epoch")
+    if not math.isfinite(value) and column not in _MAY_BE_NONFINITE:
+        raise SchemaError(f"column {column!r} must be finite, got {value!r}")
     return value if isinstance(value, int) else float(value)
 
 
