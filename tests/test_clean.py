@@ -98,3 +98,19 @@ def test_refuses_outside_a_repository_and_unknown_options(tmp_path):
     help_result = run(repo, "--help")
     assert help_result.returncode == 0 and "--runs" in help_result.stdout
     assert os.access(REPO / "clean.sh", os.X_OK)  # `./clean.sh` (make clean) needs the x bit
+
+
+@pytest.mark.parametrize(("answer", "removed"), [("y\n", True), ("n\n", False)])
+def test_runs_asks_on_a_terminal(tmp_path, answer, removed):
+    repo, _ = make_repo(tmp_path)
+    controller, terminal = os.openpty()
+    try:
+        os.write(controller, answer.encode())
+        result = subprocess.run(["bash", str(repo / "clean.sh"), "--runs"], stdin=terminal,
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert result.returncode == 0, result.stderr
+    assert (repo / "runs").exists() is not removed
+    assert not (repo / "src" / "__pycache__").exists()
