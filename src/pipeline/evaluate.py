@@ -1,0 +1,107 @@
+"""Score a saved checkpoint or model.safetensors of a run on one of its splits.
+
+The run directory says everything needed to rebuild the model and the data exactly as trained:
+config.yaml (architecture, image size) and split.json (which samples are test/val/train).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from src.data.build import build_datasets
+from src.engine.checkpoint import CheckpointStore
+from src.engine.evaluation import EvalResult, evaluate_model
+from src.errors import UserError
+from src.pipeline.rundir import RunDirectory
+from src.pipeline.runner import resolve_device
+from src.pipeline.stages import STAGES, build_model
+from src.pipeline.train_stage import load_weights
+
+SPLITS = ("test", "val", "train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
+        "on a split of the run it belongs to.",
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint or model.safetensors")
+    parser.add_argument("--run-dir", type=Path, help="the run directory (default: two levels above the file)")
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--stage", choices=tuple(STAGES), help="whose architecture (default: the file's folder)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=256)
+    return parser
+
+
+def _stage_of(checkpoint: Path, given: str | None) -> str:
+    """The stage whose architecture the file holds: ``--stage``, safetensors metadata, or its folder."""
+    if given:
+        return given
+    if checkpoint.suffix == ".safetensors":
+        with safe_open(str(checkpoint), framework="pt") as handle:
+            stage = (handle.metadata() or {}).get("stage")
+        if stage in STAGES:
+            return stage
+    if checkpoint.parent.name in STAGES:
+        return checkpoint.parent.name
+    raise UserError(f"cannot tell which stage {checkpoint} belongs to; pass --stage")
+
+
+def _load_into(model: nn.Module, checkpoint: Path) -> None:
+    if checkpoint.suffix == ".safetensors":
+        load_weights(model, checkpoint)
+        return
+    state = CheckpointStore(checkpoint.parent).load(checkpoint)["model"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP wrapper
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {checkpoint} does not fit this run's model: "
+                        f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage: str | None = None,
+                  device: str = "auto", batch_size: int = 256) -> tuple[str, EvalResult]:
+    """(stage, metrics) of ``checkpoint`` on ``split`` of the run in ``run_dir``."""
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint {checkpoint} does not exist")
+    run = RunDirectory(run_dir)
+    cfg = run.saved_config()
+    if cfg is None:
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass --run-dir")
+    if not (run.root / "split.json").is_file():
+        raise UserError(f"{run_dir} has no split.json; the run never got as far as splitting its data")
+    stage = _stage_of(checkpoint, stage)
+    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False)
+    model = build_model(cfg, stage, data.num_classes, initial=False)
+    _load_into(model, checkpoint)
+    target = resolve_device(device)
+    dataset = {"test": data.test, "val": data.val, "train": data.train}[split]
+    result = evaluate_model(model.to(target), dataset, device=target, batch_size=batch_size, num_workers=0,
+                            seed=cfg.runtime.seed, num_classes=data.num_classes)
+    return stage, result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with torch.inference_mode():
+            stage, result = evaluate_file(args.checkpoint, args.run_dir or args.checkpoint.resolve().parents[1],
+                                          args.split, stage=args.stage, device=args.device,
+                                          batch_size=args.batch_size)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    metrics = {name: getattr(result, name) for name in ("loss", "accuracy", "precision", "recall", "f1_score")}
+    print(json.dumps({"checkpoint": str(args.checkpoint), "stage": stage, "split": args.split,
+                      "samples": len(result.y_true), **metrics}, indent=2))
+    return 0

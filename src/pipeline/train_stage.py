@@ -1,0 +1,183 @@
+"""One stage, start to finish, inside one function scope.
+
+``train_stage`` owns everything a stage builds (model, teacher, objective, Trainer with its
+optimizer and loaders); none of it escapes, so when it returns the runner can free it all.
+Files a stage leaves: the engine's epochs.csv, metrics.jsonl, checkpoints and curves.png,
+then model.safetensors, test_predictions.csv (the report's confusion matrix) and, last, result.json, which marks the stage
+finished (a stage without it is continued from its latest checkpoint on the next run).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from src.config.loader import flatten
+from src.config.schema import RunConfig
+from src.data.build import DataBundle
+from src.distillation.objective import DistillationObjective
+from src.engine.distributed import DistributedContext
+from src.engine.objective import CrossEntropyObjective, Objective
+from src.engine.trainer import Trainer
+from src.errors import UserError
+from src.memory.planner import plan_stage
+from src.models.factory import count_parameters
+from src.pipeline.rundir import HARMLESS_KEYS, RunDirectory
+from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name
+from src.utils.atomic import atomic_write_json, atomic_write_with
+from src.utils.training_guards import enforce_gradient_checkpointing, get_model_specific_lr
+from src.visualization.attention import save_attention_maps, should_visualize
+
+LOGGER = logging.getLogger("kd_pipeline.stage")
+
+
+def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
+    """What a stage's checkpoint must agree with to be continued: every setting that changes training."""
+    settings = {k: v for k, v in flatten(cfg).items() if k not in HARMLESS_KEYS}
+    return {"stage": stage, "model": model_name(cfg, stage), "config": settings}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_lr(name: str, base_lr: float) -> float:
+    """The size-scaled learning rate; architectures outside the known sizes keep ``base_lr``."""
+    try:
+        return get_model_specific_lr(name, base_lr)
+    except ValueError:
+        LOGGER.info("no learning-rate scale known for %s; using the base rate %g", name, base_lr)
+        return base_lr
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> str:
+    """Write the deployable weights atomically; returns the file's sha256 (recorded in result.json)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return file_sha256(path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a model.safetensors into ``model``; a file of another architecture is a user error."""
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"weights {path} do not fit this model: {first}") from None
+
+
+def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
+                 result: dict[str, Any]) -> tuple[nn.Module, dict[str, str]]:
+    """The teacher stage's final weights, verified against the hash its result.json recorded."""
+    path = run_dir.weights_path(teacher_stage)
+    if not path.is_file():
+        raise UserError(f"teacher weights {path} are missing; delete {run_dir.stage_dir(teacher_stage)} "
+                        "to train that stage again")
+    sha = file_sha256(path)
+    if sha != result.get("weights_sha256"):
+        raise UserError(f"teacher weights {path} do not match the hash in its result.json (changed after "
+                        f"training?); delete {run_dir.stage_dir(teacher_stage)} to train that stage again")
+    teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
+    load_weights(teacher, path)
+    return teacher, {"teacher_stage": teacher_stage, "teacher_file": str(path.resolve()), "teacher_sha256": sha}
+
+
+def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, num_classes: int,
+                   device: torch.device, teacher_result: dict[str, Any] | None) -> Objective:
+    """Labels only, or KD from the stage's frozen teacher (on ``device``)."""
+    teacher_stage = STAGES[stage].teacher_stage
+    if teacher_stage is None:
+        return CrossEntropyObjective(label_smoothing=cfg.train.label_smoothing)
+    assert teacher_result is not None
+    teacher, fingerprint = load_teacher(cfg, run_dir, teacher_stage, num_classes, teacher_result)
+    objective = DistillationObjective(
+        teacher.to(device),
+        temperature=cfg.distillation.temperature,
+        alpha_start=cfg.distillation.alpha_start,
+        alpha_end=cfg.distillation.alpha_end,
+        teacher_fingerprint=fingerprint,
+    )
+    return objective.to(device)
+
+
+def attention_callback(cfg: RunConfig, data: DataBundle, stage_dir: Path, dist: DistributedContext) -> list[Any]:
+    """ViT stages: attention maps of one fixed validation batch every N epochs, on rank 0."""
+    every = cfg.runtime.attention_every
+    if cfg.models.family != "vit" or every <= 0 or not dist.is_main:
+        return []
+    count = min(4, len(data.val))
+    images = torch.stack([data.val[i][0] for i in range(count)])
+
+    def on_epoch_end(epoch: int, model: nn.Module) -> None:
+        if should_visualize(epoch, every):
+            save_attention_maps(model, images, stage_dir / "attention", epoch)
+
+    return [on_epoch_end]
+
+
+def write_predictions(path: Path, y_true: Any, y_pred: Any) -> None:
+    frame = pd.DataFrame({"y_true": y_true, "y_pred": y_pred})
+    atomic_write_with(path, lambda tmp: frame.to_csv(tmp, index_label="index"))
+
+
+def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBundle, *,
+                device: torch.device, dist: DistributedContext, resume: str | Path = "auto") -> None:
+    """Train, test and save ``stage``; everything built here is released when this returns."""
+    spec, name = STAGES[stage], model_name(cfg, stage)
+    stage_dir = run_dir.stage_dir(stage)
+    teacher_result = run_dir.read_result(spec.teacher_stage) if spec.teacher_stage else None
+    model = build_model(cfg, stage, data.num_classes, initial=True)
+    if is_vit_base(name):
+        enforce_gradient_checkpointing(model, "vit_base", verbose=False)
+    model.to(device)
+    objective = make_objective(cfg, stage, run_dir, data.num_classes, device, teacher_result)
+    lr = stage_lr(name, cfg.train.lr)
+    count = min(cfg.train.batch_size, len(data.val))
+    sample = (torch.stack([data.val[i][0] for i in range(count)]),
+              torch.tensor([data.val[i][1] for i in range(count)]))
+    plan = plan_stage(model, objective, sample, cfg.train, device, cfg.runtime.vram_budget_gb, model_name=name)
+    del sample
+    trainer = Trainer(
+        model, objective, data.train, data.val, plan.apply(cfg.train), stage_dir,
+        device=device, seed=cfg.runtime.seed, run_fingerprint=run_fingerprint(cfg, stage), dist=dist,
+        epoch_callbacks=attention_callback(cfg, data, stage_dir, dist), resume=resume, lr=lr,
+    )
+    fit = trainer.fit()
+    test = trainer.evaluate(data.test)
+    if dist.is_main:
+        metadata = {"stage": stage, "arch": name, "family": cfg.models.family,
+                    "num_classes": str(data.num_classes), "image_size": str(cfg.data.image_size)}
+        sha = save_weights(model, run_dir.weights_path(stage), metadata)
+        write_predictions(run_dir.predictions_path(stage), test.y_true, test.y_pred)
+        result = {
+            "stage": stage,
+            "model": name,
+            "family": cfg.models.family,
+            "params": count_parameters(model),
+            "best_epoch": fit.best_epoch,
+            "epochs_run": fit.epochs_run,
+            "stopped_early": fit.stopped_early,
+            "test": {k: float(getattr(test, k)) for k in ("loss", "accuracy", "precision", "recall", "f1_score")},
+            "peak_gpu_memory_mb": fit.peak_gpu_memory_mb,
+            "train_time_sec": fit.train_time_sec,
+            "teacher": spec.teacher_stage,
+            "weights_sha256": sha,
+            "memory_plan": plan.to_dict(),
+            "lr": lr,
+            "image_size": cfg.data.image_size,
+            "num_classes": data.num_classes,
+        }
+        atomic_write_json(run_dir.result_path(stage), result)
+        LOGGER.info("stage %s done: test accuracy %.4f, macro F1 %.4f (best epoch %s of %s)",
+                    stage, test.accuracy, test.f1_score, fit.best_epoch, fit.epochs_run)
+    dist.barrier()
