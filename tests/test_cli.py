@@ -1,0 +1,117 @@
+"""The shared command line and the run directory's resume rules (no training here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.config.loader import load_config
+from src.errors import IncompatibleResumeError, UserError
+from src.pipeline.cli import build_parser, default_config_path, load_run_config, main
+from src.pipeline.rundir import RunDirectory, check_stage_plan, prepare_run_directory
+from src.pipeline.runner import resolve_device
+
+
+def parse(family: str, *argv: str):  # noqa: ANN201 - argparse.Namespace
+    return build_parser(family).parse_args(list(argv))
+
+
+def test_flags_override_yaml_and_set_overrides_flags() -> None:
+    args = parse("cnn", "--epochs", "2", "--lr", "0.2", "--set", "train.lr=0.3", "--stages", "teacher,baseline",
+                 "--subset", "30", "--device", "cpu", "--vram-budget", "4")
+    cfg = load_run_config("cnn", args)
+    assert cfg.train.epochs == 2 and cfg.train.lr == 0.3
+    assert cfg.stages == ["teacher", "baseline"] and cfg.data.subset == 30
+    assert cfg.runtime.device == "cpu" and cfg.runtime.vram_budget_gb == 4.0
+    assert cfg.train.batch_size == load_config(default_config_path("cnn", None)).train.batch_size
+
+
+def test_dataset_flag_picks_that_dataset_config() -> None:
+    assert default_config_path("vit", "cifar10").name == "cifar10.yaml"
+    assert default_config_path("vit", None).name == "digits.yaml"
+    assert default_config_path("cnn", "imagefolder").name == "digits.yaml"  # no own file: the default
+
+
+def test_config_of_the_other_family_is_refused() -> None:
+    other = default_config_path("vit", None)
+    with pytest.raises(UserError, match="is for the VIT family; use vit_distillation/train.py"):
+        load_run_config("cnn", parse("cnn", "--config", str(other)))
+
+
+def test_user_errors_print_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main("cnn", ["--output-dir", str(tmp_path / "run"), "--set", "train.lrr=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == "error: unknown config key 'train.lrr' (did you mean 'train.lr'?)\n"
+    assert not (tmp_path / "run").exists()  # nothing was created for a rejected command
+
+
+def test_bad_flag_value_is_an_argparse_error() -> None:
+    with pytest.raises(SystemExit) as info:
+        parse("vit", "--epochs", "many")
+    assert info.value.code == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_cuda_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="no CUDA device is available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_stage_plan_needs_each_teacher() -> None:
+    check_stage_plan(["teacher", "assistant", "student"], finished=[])
+    check_stage_plan(["student"], finished=["teacher", "assistant"])
+    with pytest.raises(UserError, match="stage 'student' distils from 'assistant'.*--stages assistant,student"):
+        check_stage_plan(["teacher", "student"], finished=[])
+    with pytest.raises(UserError, match="stage 'direct' distils from 'teacher'"):
+        check_stage_plan(["direct"], finished=["assistant"])
+
+
+def _started_run(tmp_path: Path, *overrides: str) -> tuple[RunDirectory, object]:
+    run = RunDirectory(tmp_path / "run")
+    cfg = load_config(None, list(overrides))
+    prepare_run_directory(run, cfg, "auto", write=True)
+    (run.stage_dir("teacher")).mkdir()
+    (run.stage_dir("teacher") / "checkpoint_latest.pt").write_bytes(b"state")
+    return run, cfg
+
+
+def test_resume_refuses_changes_that_break_the_run(tmp_path: Path) -> None:
+    run, _ = _started_run(tmp_path)
+    before = run.config_path.read_text()
+    for change, key in (("data.image_size=24", "data.image_size"), ("models.student=resnet34", "models.student"),
+                        ("runtime.seed=7", "runtime.seed"), ("train.lr=0.5", "train.lr")):
+        with pytest.raises(IncompatibleResumeError, match=rf"differs in {key}"):
+            prepare_run_directory(run, load_config(None, [change]), "auto", write=True)
+    assert run.config_path.read_text() == before
+
+
+def test_resume_accepts_harmless_changes_and_records_them(tmp_path: Path) -> None:
+    run, _ = _started_run(tmp_path)
+    # epochs and patience are harmless; distillation settings too while no KD stage has started
+    new = load_config(None, ["train.epochs=20", "train.patience=3", "distillation.temperature=2"])
+    notes = prepare_run_directory(run, new, "auto", write=True)
+    assert any(n.startswith("train.epochs: 10 -> 20") for n in notes)
+    assert any(n.startswith("distillation.temperature") for n in notes)
+    assert run.saved_config() == new
+    assert "# changed on resume: train.epochs: 10 -> 20" in run.config_path.read_text()
+
+
+def test_distillation_change_breaks_a_started_kd_stage(tmp_path: Path) -> None:
+    run, _ = _started_run(tmp_path)
+    run.stage_dir("assistant").mkdir()
+    (run.stage_dir("assistant") / "epochs.csv").write_text("epoch\n")
+    with pytest.raises(IncompatibleResumeError, match="distillation.temperature.*stage assistant already trained"):
+        prepare_run_directory(run, load_config(None, ["distillation.temperature=2"]), "auto", write=True)
+
+
+def test_resume_never_keeps_user_data(tmp_path: Path) -> None:
+    run, cfg = _started_run(tmp_path)
+    with pytest.raises(UserError, match="not empty and --resume never.*another --output-dir"):
+        prepare_run_directory(run, cfg, "never", write=True)
+    assert (run.stage_dir("teacher") / "checkpoint_latest.pt").read_bytes() == b"state"
+    fresh = RunDirectory(tmp_path / "fresh")
+    prepare_run_directory(fresh, cfg, "never", write=True)
+    assert fresh.saved_config() == cfg
