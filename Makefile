@@ -9,7 +9,6 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned to the build this machine carries, so the ranges below resolve to it
 	$(PY) -m pip install --quiet $(TORCH_PIN) || $(PY) -m pip install --quiet "torch>=2.4,<3" "torchvision>=0.19,<1"
 	$(PY) -m pip install --quiet -r requirements-dev.txt
