@@ -1,0 +1,270 @@
+"""Trainer behaviour on tiny real timm models: what the user gets from fit() and evaluate()."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_cnn, tiny_vit
+
+from src.engine.objective import CrossEntropyObjective, Objective, StepOutput
+from src.engine.trainer import Trainer
+from src.errors import IncompatibleResumeError, TrainingInterrupted, UserError
+from src.utils.logger import REQUIRED_COLUMNS
+from src.utils.training_guards import NonFiniteLossError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_trainer(stage_dir: Path, model: torch.nn.Module | None = None, objective: Objective | None = None,
+                 train: int = 64, val: int = 24, run: dict[str, Any] | None = None, **cfg: Any) -> Trainer:
+    extra = cfg.pop("trainer_kwargs", {})
+    return Trainer(model if model is not None else tiny_vit(), objective or CrossEntropyObjective(),
+                   KeyedTrain(train), PlainEval(val), engine_config(**cfg), stage_dir, device=CPU, seed=0,
+                   run_fingerprint=run or fingerprint(), **extra)
+
+
+def records(stage_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class ScriptedLoss(Objective):
+    """Cross-entropy, except that chosen calls return a non-finite loss: NaN times the loss
+    (connected to the graph) or loss + inf (grads stay finite: only the engine's guard can
+    catch it)."""
+
+    def __init__(self, bad_calls: set[int], kind: str = "nan") -> None:
+        self.bad_calls, self.kind, self.calls = bad_calls, kind, 0
+
+    def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        self.calls += 1
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        if self.calls in self.bad_calls:
+            loss = loss * float("nan") if self.kind == "nan" else loss + float("inf")
+        return StepOutput(logits, loss, {"ce": loss.detach()})
+
+
+class MemoryLimit(CrossEntropyObjective):
+    """Stands in for a GPU that cannot hold more than ``limit`` images per micro-batch (CUDA
+    cannot exist here): raises the real torch.OutOfMemoryError above it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.sizes: list[int] = []
+
+    def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        self.sizes.append(images.shape[0])
+        if images.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().training_step(model, images, labels)
+
+
+def test_fit_writes_epochs_csv_metrics_checkpoints_and_curves(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, train=40, val=20, batch_size=16, epochs=2)  # short last micro-batch
+    result = trainer.fit()
+    table = pd.read_csv(tmp_path / "epochs.csv")
+    assert tuple(table.columns) == REQUIRED_COLUMNS
+    assert table["epoch"].tolist() == [1, 2]
+    assert table["gpu_memory_mb"].isna().all()  # no GPU: empty, never a made-up number
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "curves.png"):
+        assert (tmp_path / name).is_file()
+    logged = records(tmp_path)
+    assert [r["step"] for r in logged] == [2, 4, 6]  # 3 updates per epoch, a record every 2
+    assert {"loss", "ce", "lr", "grad_norm", "images_per_sec", "skipped_updates"} <= logged[0].keys()
+    assert result.epochs_run == 2 and result.resumed_from is None
+    assert result.peak_gpu_memory_mb is None and result.train_time_sec > 0
+    # the reported best epoch's validation loss is the one in the table, and its weights are restored
+    assert result.best_metric == pytest.approx(table["val_loss"].min())
+    assert trainer.evaluate(PlainEval(20)).loss == pytest.approx(result.best_metric)
+
+
+def test_evaluate_weights_the_loss_by_samples(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, batch_size=16)
+    data = PlainEval(21)  # batches of 16 and 5: a per-batch mean would be biased
+    result = trainer.evaluate(data)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        logits = model(torch.stack([data[i][0] for i in range(21)]))
+    labels = torch.tensor(data.targets)
+    assert result.loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert result.y_true.tolist() == data.targets
+    assert result.y_pred.tolist() == logits.argmax(1).tolist()
+
+
+def test_accumulating_two_micro_batches_of_8_equals_one_batch_of_16(tmp_path: Path) -> None:
+    one = make_trainer(tmp_path / "a", model=tiny_vit(seed=3), batch_size=16, accumulation_steps=1, epochs=1)
+    two = make_trainer(tmp_path / "b", model=tiny_vit(seed=3), batch_size=8, accumulation_steps=2, epochs=1)
+    one.fit()
+    two.fit()
+    assert two.micro_batch == 8
+    for name, value in weights(one.model).items():
+        torch.testing.assert_close(weights(two.model)[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_short_final_window_is_weighted_by_its_samples(tmp_path: Path) -> None:
+    # 40 samples in windows of 16: the last window holds 8 samples in 2 micro-batches of 4
+    one = make_trainer(tmp_path / "a", model=tiny_vit(seed=4), train=40, batch_size=16, epochs=1)
+    split = make_trainer(tmp_path / "b", model=tiny_vit(seed=4), train=40, batch_size=4, accumulation_steps=4,
+                         epochs=1)
+    one.fit()
+    split.fit()
+    for name, value in weights(one.model).items():
+        torch.testing.assert_close(weights(split.model)[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_stops_at_the_exact_epoch(tmp_path: Path) -> None:
+    # lr 0 on a model without batch norm: the val loss never strictly improves after epoch 1,
+    # so with patience 2 the run ends after epoch 3 (epochs 2 and 3 without improvement).
+    trainer = make_trainer(tmp_path, lr=0.0, epochs=10, patience=2, scheduler="constant")
+    result = trainer.fit()
+    assert (result.epochs_run, result.stopped_early, result.best_epoch) == (3, True, 1)
+    assert pd.read_csv(tmp_path / "epochs.csv")["epoch"].tolist() == [1, 2, 3]
+    state = torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)
+    assert state["early_stopping"]["wait"] == 2
+
+
+def test_best_weights_are_restored_when_later_epochs_are_worse(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, lr=1.0, epochs=4, scheduler="constant", grad_clip=1.0,
+                           monitor="val_accuracy", mode="max")
+    result = trainer.fit()
+    table = pd.read_csv(tmp_path / "epochs.csv")
+    assert result.best_epoch == int(table["val_accuracy"].idxmax()) + 1 < 4  # a later epoch was worse
+    assert trainer.evaluate(PlainEval(24)).accuracy == pytest.approx(table["val_accuracy"].max())
+
+
+def test_learning_rate_follows_linear_warmup(tmp_path: Path) -> None:
+    # 64 samples / 16 = 4 updates per epoch; warmup 1 epoch: lr after k updates is base*(k+1)/5
+    trainer = make_trainer(tmp_path, lr=0.1, epochs=2, warmup_epochs=1.0, scheduler="constant",
+                           log_interval=1)
+    trainer.fit()
+    lrs = [r["lr"] for r in records(tmp_path)]
+    assert lrs == pytest.approx([0.04, 0.06, 0.08, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert pd.read_csv(tmp_path / "epochs.csv")["learning_rate"].tolist() == pytest.approx([0.1, 0.1])
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+def test_nonfinite_loss_raises_and_never_reaches_the_weights(tmp_path: Path, kind: str) -> None:
+    trainer = make_trainer(tmp_path, objective=ScriptedLoss({6}, kind), epochs=2, checkpoint_every_steps=1)
+    with pytest.raises(NonFiniteLossError) as caught:
+        trainer.fit()
+    assert caught.value.exit_code == 3 and caught.value.step == 6
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+    state = torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)
+    assert state["global_step"] == 5  # the last good update; nothing saved after the bad one
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_skip_policy_skips_and_counts_nonfinite_updates(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, objective=ScriptedLoss({2, 7}), epochs=2, nonfinite_policy="skip",
+                           log_interval=1, lr=0.1, scheduler="constant")
+    before = weights(trainer.model)
+    result = trainer.fit()
+    logged = records(tmp_path)
+    assert [r["step"] for r in logged if r["skipped_updates"]] == [2, 7]
+    assert result.epochs_run == 2
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+    assert any(not torch.equal(before[k], v) for k, v in weights(trainer.model).items())
+    assert trainer.schedule.num_updates == 6  # skipped updates never advance the schedule
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path: Path) -> None:
+    limited = MemoryLimit(limit=4)
+    trainer = make_trainer(tmp_path / "oom", model=tiny_vit(seed=5), objective=limited, batch_size=16,
+                           epochs=1)
+    result = trainer.fit()
+    assert (result.micro_batch, result.accumulation_steps) == (4, 4)
+    assert limited.sizes[:3] == [16, 8, 4]
+    reference = make_trainer(tmp_path / "ref", model=tiny_vit(seed=5), batch_size=4, accumulation_steps=4,
+                             epochs=1)
+    reference.fit()
+    for name, value in weights(reference.model).items():
+        torch.testing.assert_close(weights(trainer.model)[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_out_of_memory_gives_up_with_what_was_tried(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, objective=MemoryLimit(limit=0), batch_size=8, max_oom_retries=2)
+    with pytest.raises(UserError, match="micro-batch 8, micro-batch 4, micro-batch 2"):
+        trainer.fit()
+
+
+def test_sigterm_saves_and_raises_then_the_same_command_resumes_exactly(tmp_path: Path) -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    send = lambda epoch, model: signal.raise_signal(signal.SIGTERM)  # noqa: E731
+    interrupted = make_trainer(tmp_path / "run", model=tiny_cnn(seed=1), epochs=2,
+                               trainer_kwargs={"epoch_callbacks": [send]})
+    torch.manual_seed(7)
+    with pytest.raises(TrainingInterrupted) as caught:
+        interrupted.fit()
+    assert caught.value.exit_code == 143 and "re-run the same command to resume" in str(caught.value)
+    assert signal.getsignal(signal.SIGTERM) is previous
+    state = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
+    assert (state["epoch"], state["samples_done"]) == (2, 16)  # saved at the next step boundary
+
+    resumed = make_trainer(tmp_path / "run", model=tiny_cnn(seed=2), epochs=2)
+    assert resumed.fit().resumed_from == tmp_path / "run" / "checkpoint_latest.pt"
+    reference = make_trainer(tmp_path / "ref", model=tiny_cnn(seed=1), epochs=2)
+    torch.manual_seed(7)
+    reference.fit()
+    for name, value in weights(reference.model).items():
+        assert torch.equal(weights(resumed.model)[name], value), name
+
+
+def test_resume_refuses_a_different_run_and_records_harmless_changes(tmp_path: Path) -> None:
+    make_trainer(tmp_path, epochs=1).fit()
+    with pytest.raises(IncompatibleResumeError, match=r"run\.model"):
+        make_trainer(tmp_path, epochs=1, run=fingerprint(model="other")).fit()
+    with pytest.raises(IncompatibleResumeError, match=r"engine\.lr"):
+        make_trainer(tmp_path, epochs=1, lr=0.5).fit()
+    result = make_trainer(tmp_path, epochs=2, log_interval=1).fit()
+    assert result.epochs_run == 2
+    events = [r for r in records(tmp_path) if r.get("event") == "resume"]
+    assert events[-1]["changed"] == {"epochs": [1, 2], "log_interval": [2, 1]}
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    make_trainer(tmp_path, epochs=2).fit()
+    (tmp_path / "checkpoint_latest.pt").write_bytes(b"not a checkpoint")
+    result = make_trainer(tmp_path, epochs=3).fit()
+    assert result.resumed_from == tmp_path / "checkpoint_previous.pt"
+    assert pd.read_csv(tmp_path / "epochs.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_resume_never_starts_again(tmp_path: Path) -> None:
+    make_trainer(tmp_path, epochs=1).fit()
+    result = make_trainer(tmp_path, epochs=1, trainer_kwargs={"resume": "never"}).fit()
+    assert result.resumed_from is None
+    assert pd.read_csv(tmp_path / "epochs.csv")["epoch"].tolist() == [1]
+
+
+def test_unknown_monitor_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="val_accuracy"):
+        make_trainer(tmp_path, monitor="train_loss")
+
+
+def test_plain_progress_lines_when_not_a_terminal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="kd_pipeline.engine")
+    make_trainer(tmp_path, epochs=1, progress="auto").fit()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("epoch 1/1 step 2: loss") for line in lines)
+    assert any("val loss" in line for line in lines)
+    assert math.isfinite(pd.read_csv(tmp_path / "epochs.csv")["train_loss"].iloc[0])
