@@ -232,7 +232,9 @@ def validate(cfg: RunConfig) -> None:
         _check(value >= 1, f"config key '{key}': must be at least 1, got {value}")
     _check(t.lr > 0, f"config key 'train.lr': must be positive, got {t.lr}")
     _check(t.num_workers >= 0, f"config key 'train.num_workers': must be 0 or more, got {t.num_workers}")
-    _check(t.warmup_epochs >= 0, f"config key 'train.warmup_epochs': must be 0 or more, got {t.warmup_epochs}")
+    _check(0 <= t.warmup_epochs < t.epochs,
+           f"config key 'train.warmup_epochs': must be 0 or more and shorter than train.epochs ({t.epochs}), "
+           f"got {t.warmup_epochs} (e.g. --set train.warmup_epochs=0)")
     _check(t.patience is None or t.patience >= 1,
            f"config key 'train.patience': must be at least 1 (or null to disable), got {t.patience}")
     _check(t.monitor.startswith("val_"), f"config key 'train.monitor': must name a val_* column, got {t.monitor!r}")

@@ -24,7 +24,8 @@ LOGGER = logging.getLogger("kd_pipeline.rundir")
 
 # Keys that may change between runs of one run directory without touching what was learned.
 HARMLESS_KEYS = frozenset({
-    "stages", "data.download", "runtime.device", "runtime.vram_budget_gb", "runtime.attention_every",
+    # data.data_dir: a moved dataset is still the same data; split.json checks its identity
+    "stages", "data.download", "data.data_dir", "runtime.device", "runtime.vram_budget_gb", "runtime.attention_every",
     "runtime.deterministic", "train.epochs", "train.patience", "train.min_delta", "train.log_interval",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.num_workers",
     "train.tensorboard", "train.progress", "train.max_oom_retries", "train.nonfinite_policy",

@@ -49,12 +49,15 @@ def _resume_target(resume: str) -> Path | None:
 def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: DistributedContext) -> DataBundle:
     """Check and write the run directory and the split on rank 0, then let the other ranks read them."""
     if dist.is_main:
-        notes = prepare_run_directory(run_dir, cfg, resume, write=True)
+        # Check everything (resume rules, then the data itself) before the first file is written,
+        # so a mistake leaves no half-made run directory behind to trip the corrected command.
+        prepare_run_directory(run_dir, cfg, resume, write=False)
+        data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True)
+        notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
         setup_logging(log_file=run_dir.log_path)
         LOGGER.info("run directory %s, stages %s", run_dir.root, ",".join(cfg.stages))
         for note in notes:
             LOGGER.info("config changed on resume (allowed): %s", note)
-        data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True)
         dist.barrier()
         return data
     dist.barrier()
