@@ -18,8 +18,8 @@ def parse(family: str, *argv: str):  # noqa: ANN201 - argparse.Namespace
 
 
 def test_flags_override_yaml_and_set_overrides_flags() -> None:
-    args = parse("cnn", "--epochs", "2", "--lr", "0.2", "--set", "train.lr=0.3", "--stages", "teacher,baseline",
-                 "--subset", "30", "--device", "cpu", "--vram-budget", "4")
+    args = parse("cnn", "--epochs", "2", "--lr", "0.2", "--set", "train.lr=0.3",
+                 "--stages", "teacher,baseline", "--subset", "30", "--device", "cpu", "--vram-budget", "4")
     cfg = load_run_config("cnn", args)
     assert cfg.train.epochs == 2 and cfg.train.lr == 0.3
     assert cfg.stages == ["teacher", "baseline"] and cfg.data.subset == 30
@@ -63,7 +63,7 @@ def test_cuda_without_cuda_is_a_user_error() -> None:
 def test_stage_plan_needs_each_teacher() -> None:
     check_stage_plan(["teacher", "assistant", "student"], finished=[])
     check_stage_plan(["student"], finished=["teacher", "assistant"])
-    with pytest.raises(UserError, match="stage 'student' distils from 'assistant'.*--stages assistant,student"):
+    with pytest.raises(UserError, match="'student' distils from 'assistant'.*--stages assistant,student"):
         check_stage_plan(["teacher", "student"], finished=[])
     with pytest.raises(UserError, match="stage 'direct' distils from 'teacher'"):
         check_stage_plan(["direct"], finished=["assistant"])
@@ -81,7 +81,8 @@ def _started_run(tmp_path: Path, *overrides: str) -> tuple[RunDirectory, object]
 def test_resume_refuses_changes_that_break_the_run(tmp_path: Path) -> None:
     run, _ = _started_run(tmp_path)
     before = run.config_path.read_text()
-    for change, key in (("data.image_size=24", "data.image_size"), ("models.student=resnet34", "models.student"),
+    for change, key in (("data.image_size=24", "data.image_size"),
+                        ("models.student=resnet34", "models.student"),
                         ("runtime.seed=7", "runtime.seed"), ("train.lr=0.5", "train.lr")):
         with pytest.raises(IncompatibleResumeError, match=rf"differs in {key}"):
             prepare_run_directory(run, load_config(None, [change]), "auto", write=True)
@@ -103,7 +104,8 @@ def test_distillation_change_breaks_a_started_kd_stage(tmp_path: Path) -> None:
     run, _ = _started_run(tmp_path)
     run.stage_dir("assistant").mkdir()
     (run.stage_dir("assistant") / "epochs.csv").write_text("epoch\n")
-    with pytest.raises(IncompatibleResumeError, match="distillation.temperature.*stage assistant already trained"):
+    with pytest.raises(IncompatibleResumeError,
+                       match="distillation.temperature.*stage assistant already trained"):
         prepare_run_directory(run, load_config(None, ["distillation.temperature=2"]), "auto", write=True)
 
 

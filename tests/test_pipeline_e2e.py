@@ -21,8 +21,8 @@ from src.utils.logger import REQUIRED_COLUMNS
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--subset", "40", "--image-size", "8", "--device", "cpu"]
 RUN_FILES = ("config.yaml", "split.json", "pipeline.log", "summary.csv", "summary.md", "comparison.png")
-STAGE_FILES = ("epochs.csv", "metrics.jsonl", "checkpoint_latest.pt", "checkpoint_best.pt", "model.safetensors",
-               "result.json", "curves.png")
+STAGE_FILES = ("epochs.csv", "metrics.jsonl", "checkpoint_latest.pt", "checkpoint_best.pt",
+               "model.safetensors", "result.json", "curves.png")
 RESULT_KEYS = {"stage", "model", "params", "best_epoch", "epochs_run", "test", "peak_gpu_memory_mb",
                "train_time_sec", "teacher", "weights_sha256", "memory_plan", "lr"}
 
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 
 
 def command(family: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / f"{family}_distillation" / "train.py"), "--output-dir", str(out), *TINY, *extra]
+    script = REPO / f"{family}_distillation" / "train.py"
+    return [sys.executable, str(script), "--output-dir", str(out), *TINY, *extra]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -39,7 +40,8 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 def snapshot(folder: Path) -> dict[str, int]:
     """Every file under ``folder`` with its modification time (ns): what 'untouched' means."""
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in files}
 
 
 def check_stage(stage_dir: Path, stage: str, teacher: str | None) -> dict:
@@ -87,7 +89,8 @@ def test_cnn_chain_leaves_the_run_directory_contract(cnn_run: tuple[Path, dict[s
 
 def test_evaluate_scores_saved_weights_like_the_run_did(cnn_run: tuple[Path, dict[str, int], str]) -> None:
     out = cnn_run[0]
-    done = run([sys.executable, str(REPO / "evaluate.py"), "--checkpoint", str(out / "student" / "model.safetensors"),
+    weights = out / "student" / "model.safetensors"
+    done = run([sys.executable, str(REPO / "evaluate.py"), "--checkpoint", str(weights),
                 "--split", "test", "--device", "cpu"])
     assert done.returncode == 0, done.stderr
     scored = json.loads(done.stdout)

@@ -193,7 +193,10 @@ def load_config(
     overrides: Sequence[str] = (),
     cli_values: Mapping[str, Any] | None = None,
 ) -> RunConfig:
-    """Defaults < YAML at ``path`` < ``cli_values`` (dotted key -> value, None = not given) < ``overrides``."""
+    """Defaults < YAML at ``path`` < ``cli_values`` < ``overrides``.
+
+    ``cli_values`` maps dotted keys to flag values; None means the flag was not given.
+    """
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
     for key, value in (cli_values or {}).items():
         if value is not None:
@@ -237,15 +240,20 @@ def validate(cfg: RunConfig) -> None:
            f"got {t.warmup_epochs} (e.g. --set train.warmup_epochs=0)")
     _check(t.patience is None or t.patience >= 1,
            f"config key 'train.patience': must be at least 1 (or null to disable), got {t.patience}")
-    _check(t.monitor.startswith("val_"), f"config key 'train.monitor': must name a val_* column, got {t.monitor!r}")
+    _check(t.monitor.startswith("val_"),
+           f"config key 'train.monitor': must name a val_* column, got {t.monitor!r}")
     _check(0.0 <= t.label_smoothing < 1.0, "config key 'train.label_smoothing': must be in [0, 1)")
     dist = cfg.distillation
-    _check(dist.temperature > 0, f"config key 'distillation.temperature': must be positive, got {dist.temperature}")
-    for key, value in (("distillation.alpha_start", dist.alpha_start), ("distillation.alpha_end", dist.alpha_end)):
+    _check(dist.temperature > 0,
+           f"config key 'distillation.temperature': must be positive, got {dist.temperature}")
+    for key, value in (("distillation.alpha_start", dist.alpha_start),
+                       ("distillation.alpha_end", dist.alpha_end)):
         _check(0.0 <= value <= 1.0, f"config key '{key}': must be between 0 and 1, got {value}")
-    _check(r.attention_every >= 0, f"config key 'runtime.attention_every': must be 0 or more, got {r.attention_every}")
+    _check(r.attention_every >= 0,
+           f"config key 'runtime.attention_every': must be 0 or more, got {r.attention_every}")
     _check(r.vram_budget_gb is None or r.vram_budget_gb > 0,
-           f"config key 'runtime.vram_budget_gb': must be positive (or null to disable), got {r.vram_budget_gb}")
+           f"config key 'runtime.vram_budget_gb': must be positive (or null to disable), "
+           f"got {r.vram_budget_gb}")
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

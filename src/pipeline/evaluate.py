@@ -22,9 +22,10 @@ from src.errors import UserError
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.runner import resolve_device
 from src.pipeline.stages import STAGES, build_model
-from src.pipeline.train_stage import load_weights
+from src.pipeline.train_stage import TEST_METRICS, load_weights
 
 SPLITS = ("test", "val", "train")
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
         "on a split of the run it belongs to.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint or model.safetensors")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a .pt checkpoint or model.safetensors")
     parser.add_argument("--run-dir", type=Path, help="the run directory (default: two levels above the file)")
     parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--stage", choices=tuple(STAGES), help="whose architecture (default: the file's folder)")
+    parser.add_argument("--stage", choices=tuple(STAGES),
+                        help="whose architecture (default: the file's metadata or folder)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=256)
     return parser
@@ -86,8 +89,8 @@ def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage
     _load_into(model, checkpoint)
     target = resolve_device(device)
     dataset = {"test": data.test, "val": data.val, "train": data.train}[split]
-    result = evaluate_model(model.to(target), dataset, device=target, batch_size=batch_size, num_workers=0,
-                            seed=cfg.runtime.seed, num_classes=data.num_classes)
+    result = evaluate_model(model.to(target), dataset, device=target, batch_size=batch_size,
+                            num_workers=0, seed=cfg.runtime.seed, num_classes=data.num_classes)
     return stage, result
 
 
@@ -95,13 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with torch.inference_mode():
-            stage, result = evaluate_file(args.checkpoint, args.run_dir or args.checkpoint.resolve().parents[1],
-                                          args.split, stage=args.stage, device=args.device,
-                                          batch_size=args.batch_size)
+            run_dir = args.run_dir or args.checkpoint.resolve().parents[1]
+            stage, result = evaluate_file(args.checkpoint, run_dir, args.split, stage=args.stage,
+                                          device=args.device, batch_size=args.batch_size)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    metrics = {name: getattr(result, name) for name in ("loss", "accuracy", "precision", "recall", "f1_score")}
+    metrics = {name: getattr(result, name) for name in TEST_METRICS}
     print(json.dumps({"checkpoint": str(args.checkpoint), "stage": stage, "split": args.split,
                       "samples": len(result.y_true), **metrics}, indent=2))
     return 0

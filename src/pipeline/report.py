@@ -73,7 +73,8 @@ def delta_table(table: pd.DataFrame) -> pd.DataFrame:
         if stage in by_stage.index and reference in by_stage.index:
             rows.append({
                 "comparison": f"{stage} vs {reference}",
-                "accuracy delta": by_stage.at[stage, "test accuracy"] - by_stage.at[reference, "test accuracy"],
+                "accuracy delta": (by_stage.at[stage, "test accuracy"]
+                                   - by_stage.at[reference, "test accuracy"]),
                 "macro F1 delta": by_stage.at[stage, "macro F1"] - by_stage.at[reference, "macro F1"],
             })
     return pd.DataFrame(rows, columns=["comparison", "accuracy delta", "macro F1 delta"])
@@ -87,7 +88,7 @@ def with_reference_deltas(table: pd.DataFrame) -> pd.DataFrame:
         column = f"accuracy vs {reference}"
         if reference in by_stage.index:
             out[column] = [acc - by_stage[reference] if stage != reference else float("nan")
-                           for stage, acc in zip(table["stage"], table["test accuracy"])]
+                           for stage, acc in zip(table["stage"], table["test accuracy"], strict=True)]
         else:
             out[column] = float("nan")
     return out
@@ -144,7 +145,8 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
     for offset, col in ((-width / 2, "test accuracy"), (width / 2, "macro F1")):
         bars = ax.bar(x + offset, table[col] * 100, width, label=col)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(x, [f"{s}\n{a}" for s, a in zip(table["stage"], table["architecture"])], fontsize=8)
+    labels = [f"{s}\n{a}" for s, a in zip(table["stage"], table["architecture"], strict=True)]
+    ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("% on the test split")
     ax.set_ylim(0, 105)
     ax.set_title("Test accuracy and macro F1 per stage")

@@ -25,7 +25,8 @@ LOGGER = logging.getLogger("kd_pipeline.rundir")
 # Keys that may change between runs of one run directory without touching what was learned.
 HARMLESS_KEYS = frozenset({
     # data.data_dir: a moved dataset is still the same data; split.json checks its identity
-    "stages", "data.download", "data.data_dir", "runtime.device", "runtime.vram_budget_gb", "runtime.attention_every",
+    "stages", "data.download", "data.data_dir",
+    "runtime.device", "runtime.vram_budget_gb", "runtime.attention_every",
     "runtime.deterministic", "train.epochs", "train.patience", "train.min_delta", "train.log_interval",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.num_workers",
     "train.tensorboard", "train.progress", "train.max_oom_retries", "train.nonfinite_policy",
@@ -63,7 +64,8 @@ class RunDirectory:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {path} ({exc}); delete that stage folder to train it again") from None
+            raise UserError(f"cannot read {path} ({exc}); delete that stage folder to train it again"
+                            ) from None
 
     def predictions_path(self, stage: str) -> Path:
         """The stage's test-split labels and predictions (the report's confusion matrix)."""

@@ -30,7 +30,8 @@ LOGGER = logging.getLogger("kd_pipeline.runner")
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; asking for CUDA without it is a user error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA device is available; use --device cpu or auto")
+        raise UserError("--device cuda was asked for, but no CUDA device is available; "
+                        "use --device cpu or auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -42,7 +43,8 @@ def _resume_target(resume: str) -> Path | None:
         return None
     path = Path(resume).expanduser()
     if not path.is_file():
-        raise UserError(f"--resume {resume}: no such checkpoint file (use auto, never, or a checkpoint_*.pt path)")
+        raise UserError(f"--resume {resume}: no such checkpoint file "
+                        "(use auto, never, or the path of a checkpoint_*.pt file)")
     return path
 
 
@@ -83,7 +85,8 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -
     finished = set(run_dir.finished_stages())
     for stage in cfg.stages:
         if stage in finished:
-            LOGGER.info("stage %s: finished earlier (%s), reusing its results", stage, run_dir.result_path(stage))
+            LOGGER.info("stage %s: finished earlier (%s), reusing its results",
+                        stage, run_dir.result_path(stage))
             continue
         stage_resume: str | Path = checkpoint if checkpoint is not None else "auto"
         checkpoint = None  # --resume PATH applies to the first stage still to run

@@ -3,8 +3,9 @@
 ``train_stage`` owns everything a stage builds (model, teacher, objective, Trainer with its
 optimizer and loaders); none of it escapes, so when it returns the runner can free it all.
 Files a stage leaves: the engine's epochs.csv, metrics.jsonl, checkpoints and curves.png,
-then model.safetensors, test_predictions.csv (the report's confusion matrix) and, last, result.json, which marks the stage
-finished (a stage without it is continued from its latest checkpoint on the next run).
+then model.safetensors, test_predictions.csv (the report's confusion matrix) and, last,
+result.json, which marks the stage finished (a stage without it is continued from its latest
+checkpoint on the next run).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from src.utils.training_guards import enforce_gradient_checkpointing, get_model_
 from src.visualization.attention import save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
+TEST_METRICS = ("loss", "accuracy", "precision", "recall", "f1_score")
 
 
 def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
@@ -89,7 +91,8 @@ def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_
                         f"training?); delete {run_dir.stage_dir(teacher_stage)} to train that stage again")
     teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
     load_weights(teacher, path)
-    return teacher, {"teacher_stage": teacher_stage, "teacher_file": str(path.resolve()), "teacher_sha256": sha}
+    fingerprint = {"teacher_stage": teacher_stage, "teacher_file": str(path.resolve()), "teacher_sha256": sha}
+    return teacher, fingerprint
 
 
 def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, num_classes: int,
@@ -110,7 +113,8 @@ def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, num_classe
     return objective.to(device)
 
 
-def attention_callback(cfg: RunConfig, data: DataBundle, stage_dir: Path, dist: DistributedContext) -> list[Any]:
+def attention_callback(cfg: RunConfig, data: DataBundle, stage_dir: Path,
+                       dist: DistributedContext) -> list[Any]:
     """ViT stages: attention maps of one fixed validation batch every N epochs, on rank 0."""
     every = cfg.runtime.attention_every
     if cfg.models.family != "vit" or every <= 0 or not dist.is_main:
@@ -145,7 +149,8 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     count = min(cfg.train.batch_size, len(data.val))
     sample = (torch.stack([data.val[i][0] for i in range(count)]),
               torch.tensor([data.val[i][1] for i in range(count)]))
-    plan = plan_stage(model, objective, sample, cfg.train, device, cfg.runtime.vram_budget_gb, model_name=name)
+    plan = plan_stage(model, objective, sample, cfg.train, device, cfg.runtime.vram_budget_gb,
+                      model_name=name)
     del sample
     trainer = Trainer(
         model, objective, data.train, data.val, plan.apply(cfg.train), stage_dir,
@@ -167,7 +172,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run,
             "stopped_early": fit.stopped_early,
-            "test": {k: float(getattr(test, k)) for k in ("loss", "accuracy", "precision", "recall", "f1_score")},
+            "test": {k: float(getattr(test, k)) for k in TEST_METRICS},
             "peak_gpu_memory_mb": fit.peak_gpu_memory_mb,
             "train_time_sec": fit.train_time_sec,
             "teacher": spec.teacher_stage,
