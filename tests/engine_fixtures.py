@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,27 @@ def fingerprint(**extra: Any) -> dict[str, Any]:
     return {**facts, **extra}
 
 
+def record_writes_under(folder: Path) -> list[str]:
+    """Audit-hook record of every file this process creates, renames, removes or opens for
+    writing inside ``folder`` (how the DDP test proves that only rank 0 writes)."""
+    writes: list[str] = []
+    root = str(folder.resolve())
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event == "open" and isinstance(args[0], (str, Path)):
+            mode, flags = args[1] or "", args[2] or 0
+            if not (set(str(mode)) & set("wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                return
+        elif event not in ("tempfile.mkstemp", "os.rename", "os.remove", "os.mkdir"):
+            return
+        path = str(args[0])
+        if path.startswith(root):
+            writes.append(f"{event} {path}")
+
+    sys.addaudithook(hook)
+    return writes
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the tiny CNN into ``stage_dir`` (resuming when a checkpoint is there) and write
     the final weights to ``stage_dir/final.pt``; used as a real process by the tests."""
@@ -112,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     setup_reproducibility(0, deterministic=True)
     dist = DistributedContext.from_env(torch.device("cpu")) if args.ddp else None
+    writes = record_writes_under(args.stage_dir) if dist is not None and not dist.is_main else None
     cfg = engine_config(**json.loads(args.config))
     trainer = Trainer(tiny_cnn(), CrossEntropyObjective(), KeyedTrain(args.train), PlainEval(args.val), cfg,
                       args.stage_dir, device=torch.device("cpu"), seed=0, run_fingerprint=fingerprint(),
@@ -124,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if dist is not None:
             dist.destroy()
+        if writes is not None:
+            report = args.stage_dir.parent / f"writes_rank{trainer.dist.rank}.json"
+            report.write_text(json.dumps(writes))
     if trainer.dist.is_main:
         torch.save(trainer.model.state_dict(), args.stage_dir / "final.pt")
         summary = {k: str(v) for k, v in dataclasses.asdict(result).items()}

@@ -83,6 +83,14 @@ class DistributedContext:
         torch_dist.all_reduce(shared, op=torch_dist.ReduceOp.SUM)
         return shared.to(tensor.device)
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them
+        before each forward, but each rank then updates them with its own batch, so without
+        this the ranks would validate slightly different models."""
+        if self.enabled:
+            for buffer in module.buffers():
+                torch_dist.broadcast(buffer, src=0)
+
     def destroy(self) -> None:
         if self.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()

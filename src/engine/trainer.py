@@ -303,6 +303,7 @@ class Trainer:
             self.metrics_log.append(record)  # written with the next checkpoint (see run_log)
 
     def _finish_epoch(self) -> None:
+        self.dist.broadcast_buffers(self.model)
         train = self._train_metrics()
         val = self.evaluate(self.val_dataset)
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
