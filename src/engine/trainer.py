@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from src.engine.signals import StopSignals
 from src.engine.step import UpdateStep, is_cnn, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
 from src.errors import TrainingInterrupted, UserError
+from src.utils.atomic import atomic_write_with
 from src.utils.logger import REQUIRED_COLUMNS, EpochLogger
 from src.utils.metrics import PredictionAccumulator
 from src.utils.reproducibility import capture_rng_state, restore_rng_state
@@ -332,9 +335,7 @@ class Trainer:
         self.epoch_elapsed = 0.0
         self.epoch_tally.reset()
         self.accumulator.reset()
-        if improved and self.dist.is_main:
-            self.store.save_best(self._state(epoch_elapsed=0.0))
-        self._save_latest(epoch_elapsed=0.0)
+        self._save_latest(epoch_elapsed=0.0, is_best=improved)
 
     def _train_metrics(self) -> dict[str, float]:
         """Train loss and macro metrics for the epoch over every rank (this is a sync)."""
@@ -394,9 +395,11 @@ class Trainer:
             board = open_tensorboard(self.stage_dir / "tensorboard", purge_step=step)
         return MetricsLog(self.stage_dir / "metrics.jsonl", resume_after_step=step, tensorboard=board)
 
-    def _save_latest(self, epoch_elapsed: float) -> None:
+    def _save_latest(self, epoch_elapsed: float, is_best: bool = False) -> None:
         if self.dist.is_main:
             self.store.save_latest(self._state(epoch_elapsed))
+            if is_best:
+                self._link_best(self.store.latest_path)
             self.metrics_log.flush()
         self._last_save = time.monotonic()
         self.dist.barrier()
@@ -432,14 +435,30 @@ class Trainer:
         if "batch_size" not in changes and "accumulation_steps" not in changes:
             self.micro_batch = int(state["micro_batch"])  # keep an earlier OOM fallback
         restore_rng_state(state["rng"])
+        if self.dist.is_main and self.samples_done == 0 and self.early.best_epoch == self.epoch - 1 > 0:
+            self._link_best(path)  # a crash may have come between saving this state and linking it
         self.logger.info("resuming %s at epoch %d (update %d) from %s", self.stage_dir.name, self.epoch,
                          self.global_step, path)
         return path, changes
 
+    def _link_best(self, source: Path) -> None:
+        """Make checkpoint_best.pt the epoch-end state just saved in ``source``: a hard link
+        instead of a second 90 MB write (checkpoint files are only ever replaced by a rename,
+        never rewritten in place, so the link keeps the state); a copy where links fail."""
+        def link(tmp: Path) -> None:
+            tmp.unlink()
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+
+        atomic_write_with(self.store.best_path, link)
+
     def _restore_best(self) -> None:
-        """Load the best epoch's weights into ``model`` (every rank reads rank 0's file)."""
+        """Load the best epoch's weights into ``model`` (every rank reads rank 0's file),
+        unless the last epoch was the best: then the model already holds them."""
         self.dist.barrier()
-        if self.store.best_path.exists():
+        if self.early.best_epoch not in (0, self.epoch - 1) and self.store.best_path.exists():
             self.model.load_state_dict(self.store.load_best()["model"])
 
 

@@ -1,0 +1,134 @@
+"""What the engine costs over a bare PyTorch loop: same model, data, batch size, steps and
+optimizer, in one process, alternating rounds so machine noise hits both sides alike.
+
+The engine side is a full ``Trainer.fit`` of one epoch with default logging and checkpointing
+(its one end-of-epoch checkpoint and a one-batch validation included); only curves.png is
+skipped. The last line is ``engine/bare throughput ratio: X.XX`` (target >= 0.97).
+
+    .venv/bin/python bench/overhead.py                 # CPU, ResNet-18 at 32x32
+    .venv/bin/python bench/overhead.py --device cuda --steps 200 --batch-size 128
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.engine import trainer as trainer_module  # noqa: E402
+from src.engine.config import EngineConfig  # noqa: E402
+from src.engine.objective import CrossEntropyObjective  # noqa: E402
+from src.engine.optim import build_optimizer  # noqa: E402
+
+
+class Synthetic(Dataset):
+    """Fixed random images; accepts the engine's (epoch, index) keys and plain indices."""
+
+    def __init__(self, count: int, image_size: int, num_classes: int = 10) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(count, 3, image_size, image_size, generator=generator)
+        self.targets = torch.randint(0, num_classes, (count,), generator=generator).tolist()
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index = key[1] if isinstance(key, tuple) else key
+        return self.images[index], self.targets[index]
+
+
+def make_model(device: torch.device) -> torch.nn.Module:
+    return timm.create_model("resnet18", num_classes=10).to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop(data: Synthetic, cfg: EngineConfig, device: torch.device) -> float:
+    """The loop people write by hand; returns seconds for one pass over ``data``."""
+    model = make_model(device)
+    optimizer = build_optimizer(model, cfg)
+    order = torch.Generator().manual_seed(0)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=order)
+    use_amp = device.type == "cuda"
+    model.train()
+    sync(device)
+    start = time.perf_counter()
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def engine_fit(data: Synthetic, val: Synthetic, cfg: EngineConfig, device: torch.device,
+               folder: Path) -> float:
+    """``Trainer.fit`` for one epoch over ``data``; returns seconds."""
+    trainer = trainer_module.Trainer(make_model(device), CrossEntropyObjective(), data, val, cfg, folder,
+                                     device=device, seed=0, run_fingerprint={"bench": "overhead"},
+                                     resume="never")
+    sync(device)
+    start = time.perf_counter()
+    trainer.fit()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating engine/bare rounds")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    trainer_module.plot_curves = lambda *paths: None  # the benchmark measures training, not plotting
+    cfg = EngineConfig(epochs=1, batch_size=args.batch_size, lr=0.05, scheduler="constant", amp="auto",
+                       progress="off", patience=None)
+    data = Synthetic(args.steps * args.batch_size, args.image_size)
+    val = Synthetic(args.batch_size, args.image_size)
+    warm = Synthetic(3 * args.batch_size, args.image_size)
+    images = len(data)
+    print(f"resnet18 {args.image_size}x{args.image_size}, batch {args.batch_size}, {args.steps} steps x "
+          f"{args.rounds} rounds on {device} ({torch.get_num_threads()} threads)")
+    with tempfile.TemporaryDirectory() as tmp:
+        bare_loop(warm, cfg, device)
+        engine_fit(warm, val, cfg, device, Path(tmp) / "warmup")
+        totals = {"bare": 0.0, "engine": 0.0}
+        for round_index in range(args.rounds):
+            order = ("bare", "engine") if round_index % 2 == 0 else ("engine", "bare")
+            for side in order:
+                if side == "bare":
+                    seconds = bare_loop(data, cfg, device)
+                else:
+                    seconds = engine_fit(data, val, cfg, device, Path(tmp) / f"round{round_index}")
+                totals[side] += seconds
+                print(f"round {round_index + 1} {side:6s}: {images / seconds:8.1f} images/s")
+    bare_rate = images * args.rounds / totals["bare"]
+    engine_rate = images * args.rounds / totals["engine"]
+    print(f"bare:   {bare_rate:8.1f} images/s")
+    print(f"engine: {engine_rate:8.1f} images/s")
+    print(f"engine/bare throughput ratio: {engine_rate / bare_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
