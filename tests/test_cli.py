@@ -10,7 +10,7 @@ from src.config.loader import load_config
 from src.errors import IncompatibleResumeError, UserError
 from src.pipeline.cli import build_parser, default_config_path, load_run_config, main
 from src.pipeline.rundir import RunDirectory, check_stage_plan, prepare_run_directory
-from src.pipeline.runner import resolve_device
+from src.pipeline.runner import resume_target, resolve_device
 
 
 def parse(family: str, *argv: str):  # noqa: ANN201 - argparse.Namespace
@@ -58,6 +58,12 @@ def test_cuda_without_cuda_is_a_user_error() -> None:
     with pytest.raises(UserError, match="no CUDA device is available"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_resume_path_must_be_a_file(tmp_path: Path) -> None:
+    assert resume_target("auto") is None and resume_target("never") is None
+    with pytest.raises(UserError, match="no such checkpoint file"):
+        resume_target(str(tmp_path / "checkpoint_latest.pt"))
 
 
 def test_stage_plan_needs_each_teacher() -> None:

@@ -37,7 +37,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _resume_target(resume: str) -> Path | None:
+def resume_target(resume: str) -> Path | None:
     """The checkpoint file of ``--resume PATH`` (None for auto/never); a missing file is a user error."""
     if resume in ("auto", "never"):
         return None
@@ -76,7 +76,7 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -
 
     run_dir = RunDirectory(Path(output_dir))
     device = resolve_device(cfg.runtime.device)
-    checkpoint = _resume_target(resume)
+    checkpoint = resume_target(resume)
     dist = DistributedContext.from_env(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

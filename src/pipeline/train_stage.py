@@ -91,7 +91,9 @@ def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_
                         f"training?); delete {run_dir.stage_dir(teacher_stage)} to train that stage again")
     teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
     load_weights(teacher, path)
-    fingerprint = {"teacher_stage": teacher_stage, "teacher_file": str(path.resolve()), "teacher_sha256": sha}
+    # relative to the run directory: a moved run directory still resumes; the hash is the identity
+    fingerprint = {"teacher_stage": teacher_stage, "teacher_file": str(path.relative_to(run_dir.root)),
+                   "teacher_sha256": sha}
     return teacher, fingerprint
 
 
