@@ -99,6 +99,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def add_threads_flag(parser: Any) -> None:
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: on a shared 2-core machine a second "
+                             "thread mostly spin-waits on the first and makes timings erratic)")
+
+
+def resolve_device_and_threads(device_name: str, threads: int) -> torch.device:
+    device = resolve_device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    return device
+
+
 def machine_line(device: torch.device) -> str:
     """Where the numbers come from: device, threads, library versions."""
     if device.type == "cuda":

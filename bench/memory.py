@@ -32,10 +32,11 @@ from typing import Any, Optional
 import pandas as pd
 import torch
 from _common import (  # puts src on the path
+    add_threads_flag,
     build_stage,
     family_config,
     machine_line,
-    resolve_device,
+    resolve_device_and_threads,
     synthetic_batch,
 )
 
@@ -212,11 +213,12 @@ def main() -> None:
                         help="override the optimizer (default: sgd cnn, adamw vit)")
     parser.add_argument("--probe-batches", type=int, nargs=2, default=(1, 2), metavar=("B1", "B2"),
                         help="CPU: the two batch sizes whose difference gives the per-image bytes")
+    add_threads_flag(parser)
     args = parser.parse_args()
     families = ["cnn", "vit"] if args.family == "both" else [args.family]
     if args.config and len(families) > 1:
         parser.error("--config needs --family cnn or --family vit")
-    device = resolve_device(args.device)
+    device = resolve_device_and_threads(args.device, args.threads)
     print(machine_line(device), flush=True)
     start = time.perf_counter()
     rows = []

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Training speed per stage, and how close distillation gets to its ideal speed.
+
+A KD step is a student training step plus a frozen teacher's forward, so its best possible
+throughput is ``ideal = 1 / (1/student_train + 1/teacher_inference)`` (images/s). The script
+measures, in one process on the same synthetic batches:
+
+  * labels-only training of each requested labels stage (e.g. the teacher),
+  * for each requested KD stage: its student trained with labels, its teacher's inference alone
+    (inference mode, the engine's autocast) and the real KD step (DistillationObjective),
+
+all through the engine's own ``UpdateStep`` (autocast, scaler, channels-last, clipping, optimizer
+step) with the optimizer from ``build_optimizer``. Modes alternate within each round and the
+median round counts, so a neighbour's load spike hits every mode alike. The last line is the
+worst KD stage's ``kd/ideal throughput ratio`` (target: 0.95 or better). Data loading is left
+out on purpose (batches are already on the device): it is the same for both sides of the ratio.
+
+    python bench/throughput.py          # CPU default: resnet50 teacher, resnet18 <- resnet34 KD, ~1 min
+    python bench/throughput.py --device cuda --image-size 32 --batch 128 --stages teacher,assistant,student
+    python bench/throughput.py --device cuda --family vit --image-size 224 --batch 64 \
+        --stages teacher,assistant,student
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from _common import (  # puts src on the path
+    NUM_CLASSES,
+    StageSetup,
+    add_threads_flag,
+    build_stage,
+    family_config,
+    machine_line,
+    resolve_device_and_threads,
+    synthetic_batch,
+)
+
+from src.config.schema import STAGE_NAMES
+from src.engine.config import EngineConfig
+from src.engine.objective import CrossEntropyObjective
+from src.engine.optim import build_optimizer
+from src.engine.step import UpdateStep, is_cnn, resolve_precision
+from src.pipeline.stages import STAGES, build_model
+
+Runner = Callable[[], None]
+
+
+def training_runner(model: torch.nn.Module, objective, images: torch.Tensor, labels: torch.Tensor,
+                    cfg: EngineConfig, device: torch.device) -> Runner:
+    """One optimizer update of ``model`` on the batch, exactly as the trainer runs it."""
+    dtype, scaler = resolve_precision(cfg.amp, device)
+    channels_last = cfg.channels_last and device.type == "cuda" and is_cnn(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # as the Trainer does
+    optimizer = build_optimizer(model, cfg)
+    step = UpdateStep(model, objective, optimizer, cfg, device, dtype, scaler, channels_last)
+    model.train()
+
+    def run() -> None:
+        _, finite, _ = step.forward_backward(images, labels, 1.0, last_in_window=True)
+        step.apply(finite)
+
+    return run
+
+
+def inference_runner(teacher: torch.nn.Module, images: torch.Tensor, cfg: EngineConfig,
+                     device: torch.device) -> Runner:
+    """The frozen teacher's forward as the distillation objective runs it inside a KD step."""
+    dtype, _ = resolve_precision(cfg.amp, device)
+    if cfg.channels_last and device.type == "cuda" and is_cnn(teacher):
+        images = images.contiguous(memory_format=torch.channels_last)  # the input format a KD step feeds
+
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            teacher(images)
+
+    return run
+
+
+def images_per_second(run: Runner, steps: int, batch: int, device: torch.device) -> float:
+    """Wall-clock rate on CUDA. On the CPU the clock is this process's CPU time: on a shared
+    machine other processes stretch wall time at random, but not the work a step costs, and the
+    ratio compares work (a KD step's = the student's training + the teacher's forward)."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = clock()
+    for _ in range(steps):
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return steps * batch / (clock() - start)
+
+
+def build_runners(cfg, stages: list[str], batch: int, device: torch.device) -> dict[tuple[str, str], Runner]:
+    """(stage, mode) -> runner; KD stages get their student trained with labels, the teacher's
+    inference and the KD step, each on its own model copy so no mode changes another's weights."""
+    images, labels = synthetic_batch(batch, cfg.data.image_size, device)
+    runners: dict[tuple[str, str], Runner] = {}
+    for stage in stages:
+        kd: StageSetup = build_stage(cfg, stage, device)
+        if kd.teacher is None:
+            runners[(stage, f"train {kd.name} (labels)")] = training_runner(
+                kd.model, kd.objective, images, labels, cfg.train, device)
+            continue
+        plain = build_model(cfg, stage, NUM_CLASSES, initial=False).to(device)  # a second student
+        runners[(stage, f"train {kd.name} (labels)")] = training_runner(
+            plain, CrossEntropyObjective(cfg.train.label_smoothing), images, labels, cfg.train, device)
+        runners[(stage, f"inference {kd.teacher_name}")] = inference_runner(
+            kd.teacher, images, cfg.train, device)
+        runners[(stage, f"kd {kd.name} <- {kd.teacher_name}")] = training_runner(
+            kd.model, kd.objective, images, labels, cfg.train, device)
+    return runners
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=["cnn", "vit"], default="cnn")
+    parser.add_argument("--stages", default="teacher,student",
+                        help=f"comma list of {', '.join(STAGE_NAMES)} (default: teacher,student)")
+    parser.add_argument("--image-size", type=int, default=32, help="default 32 (CIFAR-sized)")
+    parser.add_argument("--batch", type=int, default=32, help="default 32 (GPU default: 128)")
+    parser.add_argument("--steps", type=int, default=1, help="timed updates per mode per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median counts")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], default="auto",
+                        help="as train.amp (CUDA only)")
+    add_threads_flag(parser)
+    args = parser.parse_args()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGE_NAMES]
+    if unknown or not stages:
+        parser.error(f"unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)}")
+    device = resolve_device_and_threads(args.device, args.threads)
+    cfg = family_config(args.family, image_size=args.image_size, batch=args.batch)
+    cfg.train.amp = args.amp
+    print(machine_line(device), flush=True)
+    unit = "images/s" if device.type == "cuda" else "images per CPU-second (process CPU time)"
+    print(f"family {args.family}, {args.image_size}px, batch {args.batch}, amp {args.amp}, "
+          f"{args.rounds} rounds x {args.steps} update(s) per mode; rates in {unit}", flush=True)
+
+    runners = build_runners(cfg, stages, args.batch, device)
+    for run in runners.values():  # warm-up: allocator, kernels, optimizer state
+        run()
+    rates: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    for _ in range(args.rounds):
+        for key, run in runners.items():
+            rates[key].append(images_per_second(run, args.steps, args.batch, device))
+    median = {key: statistics.median(r) for key, r in rates.items()}
+
+    table = pd.DataFrame([{"stage": stage, "mode": mode, "images/s": median[(stage, mode)],
+                           "min": min(rates[(stage, mode)]), "max": max(rates[(stage, mode)])}
+                          for stage, mode in runners])
+    print(table.to_string(index=False, float_format="{:.1f}".format))
+    ratios = {}
+    for stage in stages:
+        if STAGES[stage].teacher_stage is None:
+            continue
+        student, teacher, kd = (median[key] for key in runners if key[0] == stage)
+        ideal = 1.0 / (1.0 / student + 1.0 / teacher)
+        ratios[stage] = kd / ideal
+        print(f"{stage}: kd {kd:.1f} images/s, ideal {ideal:.1f} images/s "
+              f"(student training {student:.1f}, teacher inference {teacher:.1f})")
+    if ratios:
+        print(f"kd/ideal throughput ratio: {min(ratios.values()):.2f}")
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        main()
