@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from src.distillation.objective import DistillationObjective
 from src.engine.config import EngineConfig
 from src.engine.objective import CrossEntropyObjective
 from src.errors import UserError
@@ -178,14 +179,26 @@ class CountingObjective(CrossEntropyObjective):
         return super().training_step(model, images, labels)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_probe_trains_then_leaves_model_and_rng_exactly_as_before(optimizer: str) -> None:
+class CountingKD(DistillationObjective):
+    def __init__(self, teacher: torch.nn.Module) -> None:
+        super().__init__(teacher, temperature=4.0)
+        self.calls = 0
+
+    def training_step(self, model, images, labels):
+        self.calls += 1
+        return super().training_step(model, images, labels)
+
+
+@pytest.mark.parametrize("optimizer,kd", [("sgd", False), ("adamw", True)])
+def test_probe_trains_then_leaves_model_teacher_and_rng_exactly_as_before(optimizer: str, kd: bool) -> None:
     torch.manual_seed(0)
     model = create_model("cnn", "resnet18", num_classes=3, image_size=8)
     model.eval()
+    teacher = create_model("cnn", "resnet18", num_classes=3, image_size=8)
+    objective = CountingKD(teacher) if kd else CountingObjective()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
-    objective = CountingObjective()
     cfg = EngineConfig(optimizer=optimizer, lr=0.5, grad_clip=1.0)
     rng = torch.get_rng_state()
     run_probe_steps(model, objective, images, labels, cfg, torch.device("cpu"), accumulation_steps=4)
@@ -195,6 +208,8 @@ def test_probe_trains_then_leaves_model_and_rng_exactly_as_before(optimizer: str
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
     assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    assert teacher.training is not kd  # the KD teacher stays frozen in eval mode
 
 
 def test_allocator_setting_respects_the_user() -> None:
