@@ -27,7 +27,7 @@ import argparse
 import dataclasses
 import time
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 import torch
@@ -44,7 +44,7 @@ from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
 from src.errors import UserError
 from src.memory.planner import choose_plan, plan_stage, set_checkpointing
-from src.memory.probe import release_cached, run_probe_steps
+from src.memory.probe import probe_peaks, release_cached
 from src.memory.search import GIB
 from src.pipeline.stages import is_vit_base
 from src.utils.training_guards import saved_activation_bytes
@@ -150,22 +150,6 @@ def cpu_rows(family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def gpu_peak(setup: Any, cfg: Any, batch: int, device: torch.device) -> tuple[Optional[int], Optional[int]]:
-    """(peak allocated, peak reserved) bytes of two real training updates at ``batch``; None = OOM."""
-    images, labels = synthetic_batch(batch, cfg.data.image_size, device)
-    release_cached(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    oom = False
-    try:
-        run_probe_steps(setup.model, setup.objective, images, labels, cfg.train, device)
-    except torch.OutOfMemoryError:
-        oom = True
-    peaks = (torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device))
-    del images, labels
-    release_cached(device)
-    return (None, None) if oom else peaks
-
-
 def gpu_rows(family: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     cfg = family_config(family, args.config, args.image_size, args.batch, args.optimizer)
     batch = cfg.train.batch_size * cfg.train.accumulation_steps
@@ -175,11 +159,14 @@ def gpu_rows(family: str, args: argparse.Namespace, device: torch.device) -> lis
         row: dict[str, Any] = {"family": family, "stage": stage, "model": setup.name,
                                "teacher": setup.teacher_name or "-", "px": cfg.data.image_size,
                                "batch": batch}
+        images, labels = synthetic_batch(batch, cfg.data.image_size, torch.device("cpu"))
         for amp in ("off", "auto"):
             run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp))
             for gc_on in (False, True):
                 set_checkpointing(setup.model, gc_on, setup.name)
-                alloc, reserved = gpu_peak(setup, run_cfg, batch, device)
+                peaks = probe_peaks(setup.model, setup.objective, images, labels, batch, 1,
+                                    run_cfg.train, device)
+                alloc, reserved = peaks if peaks is not None else (None, None)
                 tag = f"{'amp' if amp == 'auto' else 'fp32'}{' ckpt' if gc_on else ''}"
                 row[f"{tag} alloc GiB"] = "oom" if alloc is None else round(alloc / GIB, 2)
                 row[f"{tag} reserved GiB"] = "oom" if reserved is None else round(reserved / GIB, 2)

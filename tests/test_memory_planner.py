@@ -169,6 +169,40 @@ def test_plan_dict_is_json_ready_and_marks_oom() -> None:
                           {"micro_batch": 32, "peak_bytes": 3 * GIB}]
 
 
+def test_plan_on_cuda_caps_the_process_at_the_budget_and_applies_the_search(monkeypatch) -> None:
+    """The CUDA wiring, with the GPU calls replaced (no GPU here; the real run is the gpu test below)."""
+    from types import SimpleNamespace
+
+    import src.memory.planner as planner
+
+    calls: dict[str, list] = {"fraction": [], "reset": [], "measured": []}
+
+    def fake_measure(model, objective, images, labels, micro, effective, cfg, device):
+        calls["measured"].append((micro, effective))
+        return 1 * GIB + micro * 200 * MIB
+
+    monkeypatch.setattr(planner, "measure_peak", fake_measure)
+    monkeypatch.setattr(planner, "release_cached", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=8 * GIB))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda f, d=None: calls["fraction"].append(f))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls["reset"].append(d))
+    model = create_model("cnn", "resnet18", num_classes=3, image_size=8)
+    sample = (torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    cuda = torch.device("cuda")
+    cfg = EngineConfig(batch_size=32, accumulation_steps=2)
+
+    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 6.0, model_name="resnet18")
+    # limit 5.4 GiB -> micro <= 22 images; the largest divisor of 64 below that is 16.
+    assert (plan.micro_batch, plan.accumulation_steps, plan.gradient_checkpointing) == (16, 4, False)
+    assert plan.budget_bytes == 6 * GIB and calls["fraction"] == [0.75] and calls["reset"]
+    assert all(effective == 64 for _, effective in calls["measured"])
+    assert plan.apply(cfg).batch_size == 16 and plan.apply(cfg).accumulation_steps == 4
+
+    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 20.0)  # more than the card has
+    assert plan.budget_bytes == 8 * GIB and calls["fraction"][-1] == 1.0
+
+
 class CountingObjective(CrossEntropyObjective):
     def __init__(self) -> None:
         super().__init__()

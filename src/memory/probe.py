@@ -62,22 +62,31 @@ def run_probe_steps(model: nn.Module, objective: Objective, images: torch.Tensor
         model.train(was_training)
 
 
-def measure_peak(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
-                 micro_batch: int, effective_batch: int, cfg: EngineConfig,
-                 device: torch.device) -> Optional[int]:
-    """Peak allocated CUDA bytes of the probe at ``micro_batch``; None when it ran out of memory."""
+def probe_peaks(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
+                micro_batch: int, accumulation_steps: int, cfg: EngineConfig,
+                device: torch.device) -> Optional[tuple[int, int]]:
+    """(peak allocated, peak reserved) CUDA bytes of the probe at ``micro_batch``; None on OOM."""
     x, y = micro_batch_of(images, labels, micro_batch, device)
     release_cached(device)
     torch.cuda.reset_peak_memory_stats(device)
     oom = False
     try:
-        run_probe_steps(model, objective, x, y, cfg, device, effective_batch // micro_batch)
+        run_probe_steps(model, objective, x, y, cfg, device, accumulation_steps)
     except torch.OutOfMemoryError:
         oom = True  # handled outside the except block, whose traceback still pins the step's tensors
-    peak = torch.cuda.max_memory_allocated(device)
+    peaks = (torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device))
     del x, y
     release_cached(device)
-    return None if oom else int(peak)
+    return None if oom else peaks
+
+
+def measure_peak(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
+                 micro_batch: int, effective_batch: int, cfg: EngineConfig,
+                 device: torch.device) -> Optional[int]:
+    """Peak allocated bytes at ``micro_batch`` (the planner's measure); None when it ran out of memory."""
+    peaks = probe_peaks(model, objective, images, labels, micro_batch, effective_batch // micro_batch,
+                        cfg, device)
+    return None if peaks is None else peaks[0]
 
 
 def release_cached(device: torch.device) -> None:
