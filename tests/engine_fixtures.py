@@ -13,12 +13,13 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import Dataset
 
 from src.engine.config import EngineConfig
-from src.engine.objective import CrossEntropyObjective
+from src.engine.objective import CrossEntropyObjective, Objective, StepOutput
 from src.utils.reproducibility import derive_seed
 
 NUM_CLASSES = 10
@@ -66,6 +67,23 @@ class PlainEval(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], self.targets[index]
+
+
+class ScriptedLoss(Objective):
+    """Cross-entropy, except that chosen calls return a non-finite loss: NaN times the loss
+    (connected to the graph) or loss + inf (grads stay finite: only the engine's guard can
+    catch it)."""
+
+    def __init__(self, bad_calls: set[int], kind: str = "nan") -> None:
+        self.bad_calls, self.kind, self.calls = bad_calls, kind, 0
+
+    def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        self.calls += 1
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        if self.calls in self.bad_calls:
+            loss = loss * float("nan") if self.kind == "nan" else loss + float("inf")
+        return StepOutput(logits, loss, {"ce": loss.detach()})
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:

@@ -11,7 +11,15 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_cnn, tiny_vit
+from engine_fixtures import (
+    KeyedTrain,
+    PlainEval,
+    ScriptedLoss,
+    engine_config,
+    fingerprint,
+    tiny_cnn,
+    tiny_vit,
+)
 
 from src.engine.objective import CrossEntropyObjective, Objective, StepOutput
 from src.engine.trainer import Trainer
@@ -46,23 +54,6 @@ def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-class ScriptedLoss(Objective):
-    """Cross-entropy, except that chosen calls return a non-finite loss: NaN times the loss
-    (connected to the graph) or loss + inf (grads stay finite: only the engine's guard can
-    catch it)."""
-
-    def __init__(self, bad_calls: set[int], kind: str = "nan") -> None:
-        self.bad_calls, self.kind, self.calls = bad_calls, kind, 0
-
-    def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        self.calls += 1
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        if self.calls in self.bad_calls:
-            loss = loss * float("nan") if self.kind == "nan" else loss + float("inf")
-        return StepOutput(logits, loss, {"ce": loss.detach()})
-
-
 class MemoryLimit(CrossEntropyObjective):
     """Stands in for a GPU that cannot hold more than ``limit`` images per micro-batch (CUDA
     cannot exist here): raises the real torch.OutOfMemoryError above it."""
@@ -76,6 +67,24 @@ class MemoryLimit(CrossEntropyObjective):
         self.sizes.append(images.shape[0])
         if images.shape[0] > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().training_step(model, images, labels)
+
+
+class SignalAt(CrossEntropyObjective):
+    """Sends SIGTERM to this process during its ``call``-th training step (what ``kill`` or a
+    cluster's scheduler does); the same objective as cross-entropy for a resume."""
+
+    def __init__(self, call: int) -> None:
+        super().__init__()
+        self.call, self.calls = call, 0
+
+    def fingerprint(self) -> dict[str, Any]:
+        return CrossEntropyObjective().fingerprint()
+
+    def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        self.calls += 1
+        if self.calls == self.call:
+            signal.raise_signal(signal.SIGTERM)
         return super().training_step(model, images, labels)
 
 
@@ -209,16 +218,14 @@ def test_out_of_memory_gives_up_with_what_was_tried(tmp_path: Path) -> None:
 
 def test_sigterm_saves_and_raises_then_the_same_command_resumes_exactly(tmp_path: Path) -> None:
     previous = signal.getsignal(signal.SIGTERM)
-    send = lambda epoch, model: signal.raise_signal(signal.SIGTERM)  # noqa: E731
-    interrupted = make_trainer(tmp_path / "run", model=tiny_cnn(seed=1), epochs=2,
-                               trainer_kwargs={"epoch_callbacks": [send]})
+    interrupted = make_trainer(tmp_path / "run", model=tiny_cnn(seed=1), objective=SignalAt(6), epochs=2)
     torch.manual_seed(7)
     with pytest.raises(TrainingInterrupted) as caught:
         interrupted.fit()
     assert caught.value.exit_code == 143 and "re-run the same command to resume" in str(caught.value)
     assert signal.getsignal(signal.SIGTERM) is previous
     state = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
-    assert (state["epoch"], state["samples_done"]) == (2, 16)  # saved at the next step boundary
+    assert (state["epoch"], state["samples_done"]) == (2, 32)  # saved at the boundary of the 6th update
 
     resumed = make_trainer(tmp_path / "run", model=tiny_cnn(seed=2), epochs=2)
     assert resumed.fit().resumed_from == tmp_path / "run" / "checkpoint_latest.pt"
@@ -268,3 +275,13 @@ def test_plain_progress_lines_when_not_a_terminal(tmp_path: Path, caplog: pytest
     assert any(line.startswith("epoch 1/1 step 2: loss") for line in lines)
     assert any("val loss" in line for line in lines)
     assert math.isfinite(pd.read_csv(tmp_path / "epochs.csv")["train_loss"].iloc[0])
+
+
+def test_sigint_during_the_last_epoch_end_still_stops_with_130(tmp_path: Path) -> None:
+    send = lambda epoch, model: signal.raise_signal(signal.SIGINT)  # noqa: E731
+    trainer = make_trainer(tmp_path, epochs=1, trainer_kwargs={"epoch_callbacks": [send]})
+    with pytest.raises(TrainingInterrupted) as caught:
+        trainer.fit()
+    assert caught.value.exit_code == 130 and "SIGINT" in str(caught.value)
+    state = torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)
+    assert (state["epoch"], state["samples_done"]) == (2, 0)  # the finished epoch is saved

@@ -64,7 +64,7 @@ def train_keys(seed: int, epoch: int, num_samples: int, rank: int, world_size: i
 
 
 def make_loader(dataset: Dataset[Any], batches: Sequence[Sequence[Any]], num_workers: int, seed: int,
-                *tag: Any) -> DataLoader:
+                *tag: Any, pin_memory: bool = False) -> DataLoader:
     """A DataLoader that yields exactly ``batches`` (lists of dataset keys). Its own generator
     keeps the global RNG untouched, so dropout draws never depend on how data is loaded."""
     generator = torch.Generator().manual_seed(derive_seed(seed, "loader", *tag))
@@ -74,6 +74,6 @@ def make_loader(dataset: Dataset[Any], batches: Sequence[Sequence[Any]], num_wor
         num_workers=num_workers,
         worker_init_fn=seed_worker if num_workers else None,
         generator=generator,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         persistent_workers=False,
     )

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,7 +153,9 @@ class Trainer:
                 self.stopping = self.early.should_stop
                 while self.epoch <= self.cfg.epochs and not self.stopping:
                     self._train_epoch(signals)
-                    self._finish_epoch()
+                    self._finish_epoch()  # saves latest
+                    if self.dist.any_flags(signals.received is not None)[0]:
+                        raise self._interrupted(signals.received)
             finally:
                 self.progress.close()
                 if self.metrics_log is not None and self.metrics_log.tensorboard is not None:
@@ -207,7 +210,7 @@ class Trainer:
 
     def _run_plan(self, plan: list[MicroBatch], signals: StopSignals, started: float) -> None:
         loader = make_loader(self.train_dataset, [mb.keys for mb in plan], self.cfg.num_workers, self.seed,
-                             "train", self.epoch, self.samples_done)
+                             "train", self.epoch, pin_memory=self.device.type == "cuda")
         window: list[tuple[Any, ...]] = []
         try:
             for mb, (images, labels) in zip(plan, loader, strict=True):
@@ -261,11 +264,16 @@ class Trainer:
             elapsed_now = time.perf_counter() - started
             self._save_latest(epoch_elapsed=self.epoch_elapsed + elapsed_now)
         if stop:
-            signum = signals.received or 15  # another rank got it: report SIGTERM, as torchrun forwards
-            name = "SIGINT" if signum == 2 else "SIGTERM"
-            raise TrainingInterrupted(signum, f"interrupted by {name}; checkpoint saved to "
-                                              f"{self.stage_dir / 'checkpoint_latest.pt'}; "
-                                              "re-run the same command to resume")
+            raise self._interrupted(signals.received)
+
+    def _interrupted(self, signum: Optional[int]) -> TrainingInterrupted:
+        """The error for a stop request, raised once checkpoint_latest.pt is saved. A rank that
+        did not get the signal itself reports SIGTERM, which is what torchrun forwards."""
+        signum = signum or signal.SIGTERM
+        latest = self.stage_dir / "checkpoint_latest.pt"
+        name = signal.Signals(signum).name
+        return TrainingInterrupted(signum, f"interrupted by {name}; checkpoint saved to {latest}; "
+                                           "re-run the same command to resume")
 
     def _fall_back_after_oom(self, exc: BaseException) -> None:
         """Free what the failed window held, halve the micro-batch (the window, i.e. the
