@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kd_pipeline.memory")  # under the pipeline logger: lands in pipeline.log
 
 # PYTORCH_ALLOC_CONF is the current name; PYTORCH_CUDA_ALLOC_CONF is still read (torch 2.14 reads
 # the CUDA name first for CUDA-only keys and the generic name first for the rest), so a value in

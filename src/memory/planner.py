@@ -32,7 +32,7 @@ from src.utils.training_guards import enforce_gradient_checkpointing
 __all__ = ["MemoryPlan", "choose_plan", "configure_cuda_allocator", "plan_stage", "search_micro_batch",
            "set_checkpointing"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kd_pipeline.memory")  # under the pipeline logger: lands in pipeline.log
 
 DEFAULT_MARGIN = 0.1  # 6 GiB budget -> steps must peak at or under 5.4 GiB
 MIN_USEFUL_MICRO_BATCH = 8  # below this, checkpointing (if it allows more) is worth its recompute
