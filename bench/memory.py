@@ -137,13 +137,12 @@ def cpu_rows(family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         fixed = weights + grads + state + teacher
         rows.append({
             "family": family, "stage": stage, "model": setup.name, "teacher": setup.teacher_name or "-",
-            "px": size, "batch": batch,
-            "weights+buf MiB": weights / MIB, "grads MiB": grads / MIB,
-            f"{cfg.train.optimizer} state MiB": state / MIB, "teacher MiB": teacher / MIB,
-            "fixed MiB": fixed / MIB,
+            "px": size, "batch": batch, "optimizer": cfg.train.optimizer,
+            "weights+buf MiB": weights / MIB, "grads MiB": grads / MIB, "optim state MiB": state / MIB,
+            "teacher MiB": teacher / MIB, "fixed MiB": fixed / MIB,
             "saved/img MiB": saved[False][0] / MIB, "saved/img ckpt MiB": saved[True][0] / MIB,
-            f"est. fp32 peak @{batch} GiB": (fixed + saved[False][1] + batch * saved[False][0]) / GIB,
-            f"est. fp32 peak @{batch} ckpt GiB": (fixed + saved[True][1] + batch * saved[True][0]) / GIB,
+            "est. fp32 peak GiB": (fixed + saved[False][1] + batch * saved[False][0]) / GIB,
+            "est. fp32 peak ckpt GiB": (fixed + saved[True][1] + batch * saved[True][0]) / GIB,
             f"est. split <= {args.budget_gb:g} GiB": estimated_split(setup.name, batch, fixed, saved,
                                                                      int(args.budget_gb * GIB)),
         })
@@ -215,8 +214,10 @@ def main() -> None:
                            "display.float_format", "{:.2f}".format):
         print(pd.DataFrame(rows).to_string(index=False))
     if device.type != "cuda":
-        print("est. columns are ESTIMATES (fp32, no AMP, no transient buffers); "
-              "run --device cuda for the real peaks")
+        print("fixed = weights+buf + grads + optim state + teacher; "
+              "est. fp32 peak = fixed + batch x saved/img.\n"
+              "est. columns are ESTIMATES (fp32, no AMP, no transient backward buffers, no recompute of a\n"
+              "checkpointed segment, no teacher activations); run --device cuda for the real peaks")
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 
