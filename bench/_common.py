@@ -22,7 +22,8 @@ from src.config.loader import config_from_dict, read_yaml  # noqa: E402
 from src.config.schema import RunConfig  # noqa: E402
 from src.distillation.objective import DistillationObjective  # noqa: E402
 from src.engine.objective import CrossEntropyObjective, Objective  # noqa: E402
-from src.pipeline.stages import STAGES, build_model, model_name  # noqa: E402
+from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name  # noqa: E402
+from src.utils.training_guards import enforce_gradient_checkpointing  # noqa: E402
 
 NUM_CLASSES = 10  # CIFAR-10 shapes; the class count barely moves memory or speed
 
@@ -68,9 +69,13 @@ class StageSetup:
 
 
 def build_stage(cfg: RunConfig, stage: str, device: torch.device) -> StageSetup:
-    """Fresh (random-weight) models for ``stage``, on ``device``: memory and speed depend on shapes."""
+    """Fresh (random-weight) models for ``stage``, on ``device``, set up as the pipeline's stage
+    does (ViT-Base checkpointed); memory and speed depend on shapes, not on trained weights."""
     torch.manual_seed(0)
-    model = build_model(cfg, stage, NUM_CLASSES, initial=False).to(device)
+    model = build_model(cfg, stage, NUM_CLASSES, initial=False)
+    if is_vit_base(model_name(cfg, stage)):
+        enforce_gradient_checkpointing(model, "vit_base", verbose=False)  # as train_stage does
+    model.to(device)
     teacher_stage = STAGES[stage].teacher_stage
     if teacher_stage is None:
         return StageSetup(stage, model_name(cfg, stage), model,
