@@ -91,8 +91,8 @@ def engine_fit(data: Synthetic, val: Synthetic, cfg: EngineConfig, device: torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per measured run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating engine/bare rounds")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per measured run (one epoch)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating engine/bare rounds")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")

@@ -314,10 +314,13 @@ class Trainer:
             self.metrics_log.append(record)  # written with the next checkpoint (see run_log)
 
     def _finish_epoch(self) -> None:
+        """Validate, log the epoch's row, step early stopping and save (epoch time includes validation)."""
+        started = time.perf_counter()
         self.dist.broadcast_buffers(self.model)
         train = self._train_metrics()
         val = self.evaluate(self.val_dataset)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        self.epoch_elapsed += time.perf_counter() - started
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
         if peak is not None:
             self.peak_memory_mb = max(peak, self.peak_memory_mb or 0.0)
         row: dict[str, Any] = {
