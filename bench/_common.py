@@ -117,11 +117,20 @@ def resolve_device_and_threads(device_name: str, threads: int) -> torch.device:
     return device
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line(device: torch.device) -> str:
     """Where the numbers come from: device, threads, library versions."""
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     else:
-        where = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-                f"{torch.get_num_threads()} torch threads"
+        where = f"CPU {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
     return f"machine: {where}; torch {torch.__version__}, python {platform.python_version()}"
