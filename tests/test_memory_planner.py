@@ -10,10 +10,11 @@ import torch
 
 from src.distillation.objective import DistillationObjective
 from src.engine.config import EngineConfig
+from src.engine.distributed import DistributedContext
 from src.engine.objective import CrossEntropyObjective
 from src.errors import UserError
 from src.memory.allocator import configure_cuda_allocator
-from src.memory.planner import MemoryPlan, choose_plan, plan_stage, search_micro_batch
+from src.memory.planner import MemoryPlan, agree_across_ranks, choose_plan, plan_stage, search_micro_batch
 from src.memory.probe import run_probe_steps
 from src.memory.search import GIB, divisors
 from src.models.factory import create_model
@@ -201,6 +202,23 @@ def test_plan_on_cuda_caps_the_process_at_the_budget_and_applies_the_search(monk
 
     plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 20.0)  # more than the card has
     assert plan.budget_bytes == 8 * GIB and calls["fraction"][-1] == 1.0
+
+    class OtherRankFitsEight(DistributedContext):  # the other rank's answer, without a process group
+        def all_gather_object(self, obj):
+            return [obj, 8]
+
+    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 6.0,
+                      dist=OtherRankFitsEight(rank=0, world_size=2))
+    assert (plan.micro_batch, plan.accumulation_steps) == (8, 8)
+
+
+def test_ddp_ranks_agree_on_the_smallest_micro_batch_and_keep_the_effective_batch() -> None:
+    plan = search_micro_batch(96, linear_memory(0, 100 * MIB), 6 * GIB)  # this rank fits 48
+    assert plan.micro_batch == 48
+    assert agree_across_ranks(plan, [48, 48]) is plan
+    agreed = agree_across_ranks(plan, [48, 24, 32])
+    assert (agreed.micro_batch, agreed.accumulation_steps, agreed.effective_batch) == (24, 4, 96)
+    assert "agreed across ranks" in agreed.reason
 
 
 class CountingObjective(CrossEntropyObjective):

@@ -14,6 +14,7 @@ does not have. Each stage's plan sets the cap again.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Optional
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from src.engine.config import EngineConfig
+from src.engine.distributed import DistributedContext
 from src.engine.objective import Objective
 from src.errors import UserError
 from src.memory.allocator import configure_cuda_allocator
@@ -29,8 +31,8 @@ from src.memory.probe import measure_peak, release_cached
 from src.memory.search import GIB, Measure, MemoryPlan, search_micro_batch
 from src.utils.training_guards import enforce_gradient_checkpointing
 
-__all__ = ["MemoryPlan", "choose_plan", "configure_cuda_allocator", "plan_stage", "search_micro_batch",
-           "set_checkpointing"]
+__all__ = ["MemoryPlan", "agree_across_ranks", "choose_plan", "configure_cuda_allocator", "plan_stage",
+           "search_micro_batch", "set_checkpointing"]
 
 log = logging.getLogger("kd_pipeline.memory")  # under the pipeline logger: lands in pipeline.log
 
@@ -95,6 +97,26 @@ def choose_plan(
     return plan
 
 
+def agree_across_ranks(plan: MemoryPlan, micro_batches: list[int]) -> MemoryPlan:
+    """The plan every rank of a DDP job can run: the smallest micro-batch any rank chose.
+
+    Ranks must take the same number of micro-batches per update, or their gradient all-reduces
+    pair up wrongly and the job hangs; identical GPUs usually agree, but a measurement near the
+    limit may not. Every rank's choice divides the same effective batch, so the minimum does too,
+    and a smaller micro-batch fits wherever a larger one did. Each rank keeps its checkpointing.
+    """
+    micro = min(micro_batches)
+    if micro == plan.micro_batch:
+        return plan
+    peaks = dict(plan.tried)
+    return dataclasses.replace(
+        plan, micro_batch=micro, accumulation_steps=plan.effective_batch // micro,
+        peak_bytes=peaks.get(micro),
+        reason=f"{plan.reason}; micro-batch {micro} agreed across ranks "
+               f"(this rank fitted {plan.micro_batch})",
+    )
+
+
 def plan_stage(
     model: nn.Module,
     objective: Objective,
@@ -107,13 +129,15 @@ def plan_stage(
     force_checkpointing: bool = False,
     margin: float = DEFAULT_MARGIN,
     min_micro_batch: int = MIN_USEFUL_MICRO_BATCH,
+    dist: Optional[DistributedContext] = None,
 ) -> MemoryPlan:
     """The micro-batch / accumulation split (and checkpointing) for one stage under ``budget_gb`` GiB.
 
     ``model`` and the objective's teacher must already be on ``device`` in the form the engine
     trains them; they are left exactly as they were, except that checkpointing is switched on
     when the plan says so. Raises UserError when even micro-batch 1 with checkpointing does not
-    fit. Apply the result with ``plan.apply(engine_cfg)``.
+    fit. Under DDP pass ``dist``: every rank probes its own GPU, then all take the smallest
+    micro-batch (a collective: every rank must call this). Apply with ``plan.apply(engine_cfg)``.
     """
     effective = engine_cfg.batch_size * engine_cfg.accumulation_steps
     # Checkpointing the caller already switched on (ViT-Base, always) is kept, never undone.
@@ -149,6 +173,8 @@ def plan_stage(
     finally:
         release_cached(device)
         torch.cuda.reset_peak_memory_stats(device)  # the stage's own peak must not include the probe's
+    if dist is not None and dist.enabled:
+        plan = agree_across_ranks(plan, dist.all_gather_object(plan.micro_batch))
     log.info("memory plan for %s: micro-batch %d x %d accumulation steps (effective %d), checkpointing %s, "
              "peak %.2f GiB of %.2f GiB budget: %s", _stage(model_name),
              plan.micro_batch, plan.accumulation_steps, plan.effective_batch,
