@@ -408,10 +408,10 @@ class Trainer:
 
     def _save_latest(self, epoch_elapsed: float, is_best: bool = False) -> None:
         if self.dist.is_main:
+            self.metrics_log.flush()  # first: a resume drops records past its checkpoint, never misses any
             self.store.save_latest(self._state(epoch_elapsed))
             if is_best:
                 self._link_best(self.store.latest_path)
-            self.metrics_log.flush()
         self._last_save = time.monotonic()
         self.dist.barrier()
 
