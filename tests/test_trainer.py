@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 from pathlib import Path
@@ -22,6 +23,7 @@ from engine_fixtures import (
 )
 
 from src.engine.objective import CrossEntropyObjective, Objective, StepOutput
+from src.engine.progress import Progress
 from src.engine.trainer import Trainer
 from src.errors import IncompatibleResumeError, TrainingInterrupted, UserError
 from src.utils.logger import REQUIRED_COLUMNS
@@ -210,6 +212,22 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
         torch.testing.assert_close(weights(trainer.model)[name], value, rtol=1e-5, atol=1e-6)
 
 
+def test_out_of_memory_in_the_optimizer_step_redoes_the_window(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, batch_size=16, epochs=1)
+    real_step, calls = trainer.optimizer.step, []
+
+    def first_step_runs_out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # where a GPU allocates the momentum buffers
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 44.00 MiB")
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = first_step_runs_out_of_memory
+    result = trainer.fit()
+    assert (result.micro_batch, result.accumulation_steps) == (8, 2)
+    assert trainer.global_step == trainer.schedule.num_updates == 4  # 64 / 16: no window lost or doubled
+
+
 def test_out_of_memory_gives_up_with_what_was_tried(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, objective=MemoryLimit(limit=0), batch_size=8, max_oom_retries=2)
     with pytest.raises(UserError, match="micro-batch 8, micro-batch 4, micro-batch 2"):
@@ -285,3 +303,29 @@ def test_sigint_during_the_last_epoch_end_still_stops_with_130(tmp_path: Path) -
     assert caught.value.exit_code == 130 and "SIGINT" in str(caught.value)
     state = torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)
     assert (state["epoch"], state["samples_done"]) == (2, 0)  # the finished epoch is saved
+
+
+def test_time_based_checkpoints_are_saved_mid_epoch(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, epochs=1, checkpoint_every_minutes=1e-9)  # due at every update
+    saved, real_save = [], trainer.store.save_latest
+
+    def recording_save(state: dict[str, Any]) -> Path:
+        saved.append((state["epoch"], state["samples_done"]))
+        return real_save(state)
+
+    trainer.store.save_latest = recording_save
+    trainer.fit()
+    assert saved == [(1, 16), (1, 32), (1, 48), (1, 64), (2, 0)]
+
+
+def test_progress_bar_shows_loss_accuracy_and_throughput(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = Progress("bar", logging.getLogger("test"))
+    progress.start_epoch(1, 3, micro_batches=4)
+    progress.advance()
+    progress.interval({"step": 1, "loss": 0.5, "accuracy": 0.75, "lr": 0.1, "images_per_sec": 1234.0})
+    progress.advance()
+    progress.close()
+    err = capsys.readouterr().err
+    assert "epoch 1/3" in err and "loss=0.5000" in err and "acc=0.750" in err and "img_s=1234" in err
+    assert Progress("auto", logging.getLogger("test")).mode == "plain"  # pytest's stderr is no terminal
+    assert Progress("bar", logging.getLogger("test"), is_main=False).mode == "off"

@@ -43,7 +43,7 @@ class Progress:
         """Show a metrics.jsonl record (loss, accuracy, images/s)."""
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
-                                  img_s=f"{record['images_per_sec']:.0f}", refresh=False)
+                                  img_s=f"{record['images_per_sec']:.0f}")
         elif self.mode == "plain":
             self.logger.info("epoch %d/%d step %d: loss %.4f acc %.3f lr %.3g %.0f img/s", self._epoch,
                              self._epochs, record["step"], record["loss"], record["accuracy"], record["lr"],

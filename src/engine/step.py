@@ -100,19 +100,21 @@ class UpdateStep:
         the window was finite; it is read together with the grad norm in one transfer."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
-        else:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else self._one * 0
-        grads_ok, losses_ok = torch.stack([torch.isfinite(norm), losses_finite]).tolist()  # the one host read
-        applied = bool(grads_ok)
-        if applied:
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
+        try:
+            if self.grad_clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
             else:
-                self.optimizer.step()
-        if self.scaler is not None:
-            self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+                grads = [p.grad for p in self.params if p.grad is not None]
+                norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else self._one * 0
+            grads_ok, losses_ok = torch.stack([torch.isfinite(norm), losses_finite]).tolist()  # the one read
+            applied = bool(grads_ok)
+            if applied:
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                else:
+                    self.optimizer.step()
+        finally:  # also after an OOM in the step (first-step optimizer state), so a retry starts clean
+            if self.scaler is not None:
+                self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
         return UpdateOutcome(applied=applied, loss_nonfinite=not losses_ok, grad_norm=norm.detach())
