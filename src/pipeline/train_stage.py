@@ -142,7 +142,10 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     spec, name = STAGES[stage], model_name(cfg, stage)
     stage_dir = run_dir.stage_dir(stage)
     teacher_result = run_dir.read_result(spec.teacher_stage) if spec.teacher_stage else None
-    model = build_model(cfg, stage, data.num_classes, initial=True)
+    # a stage continued from a checkpoint gets its weights from there: no pretrained download
+    continuing = isinstance(resume, Path) or (resume == "auto"
+                                              and (stage_dir / "checkpoint_latest.pt").exists())
+    model = build_model(cfg, stage, data.num_classes, initial=not continuing)
     if is_vit_base(name):
         enforce_gradient_checkpointing(model, "vit_base", verbose=False)
     model.to(device)
