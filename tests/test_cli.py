@@ -10,7 +10,7 @@ from src.config.loader import load_config
 from src.errors import IncompatibleResumeError, UserError
 from src.pipeline.cli import build_parser, default_config_path, load_run_config, main
 from src.pipeline.rundir import RunDirectory, check_stage_plan, prepare_run_directory
-from src.pipeline.runner import resume_target, resolve_device
+from src.pipeline.runner import resolve_device, resume_target
 
 
 def parse(family: str, *argv: str):  # noqa: ANN201 - argparse.Namespace
@@ -30,7 +30,7 @@ def test_flags_override_yaml_and_set_overrides_flags() -> None:
 def test_dataset_flag_picks_that_dataset_config() -> None:
     assert default_config_path("vit", "cifar10").name == "cifar10.yaml"
     assert default_config_path("vit", None).name == "digits.yaml"
-    assert default_config_path("cnn", "imagefolder").name == "digits.yaml"  # no own file: the default
+    assert default_config_path("cnn", "imagefolder").name == "cifar10.yaml"  # photos: the GPU-sized one
 
 
 def test_config_of_the_other_family_is_refused() -> None:

@@ -51,8 +51,8 @@ def build_parser(family: str) -> argparse.ArgumentParser:
         "(a checkpoint was saved; re-run to continue).",
     )
     add = parser.add_argument
-    add("--config", type=Path, help="YAML config (default: configs/<dataset>.yaml of this family, "
-        "configs/digits.yaml when no --dataset is given)")
+    add("--config", type=Path, help="YAML config (default: configs/<dataset>.yaml of this family; "
+        "digits.yaml without --dataset, cifar10.yaml for imagefolder)")
     add("--dataset", choices=DATASETS, help="which images to train on")
     add("--data-dir", help="where datasets live (cifar: torchvision layout; imagefolder: class folders)")
     add("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
@@ -75,10 +75,14 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     return parser
 
 
+# datasets without a config of their own start from the closest one: photos, GPU-sized
+CONFIG_FOR_DATASET = {"imagefolder": "cifar10"}
+
+
 def default_config_path(family: str, dataset: str | None) -> Path:
-    folder = family_config_dir(family)
-    candidate = folder / f"{dataset}.yaml" if dataset else None
-    return candidate if candidate is not None and candidate.exists() else folder / "digits.yaml"
+    """``configs/<dataset>.yaml`` of the family (digits when no dataset is named)."""
+    name = CONFIG_FOR_DATASET.get(dataset or "digits", dataset or "digits")
+    return family_config_dir(family) / f"{name}.yaml"
 
 
 def load_run_config(family: str, args: argparse.Namespace) -> Any:
