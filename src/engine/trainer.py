@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -64,6 +64,18 @@ class FitResult:
     accumulation_steps: int
     train_time_sec: float
     peak_gpu_memory_mb: Optional[float]
+
+
+class _Piece(NamedTuple):
+    """One micro-batch's results, held until its window's update is applied."""
+
+    contribution: torch.Tensor  # see micro_batch_contribution
+    parts: dict[str, torch.Tensor]
+    samples: int
+    logits: torch.Tensor
+    labels: torch.Tensor
+    finite: torch.Tensor
+    loss: torch.Tensor
 
 
 class _OutOfMemoryRetry(Exception):
@@ -205,21 +217,23 @@ class Trainer:
                 break
             except _OutOfMemoryRetry:
                 self.progress.close()
+            if self.device.type == "cuda":  # the failed window's tensors died with the exception
+                torch.cuda.empty_cache()
         self.epoch_elapsed += time.perf_counter() - started
         self.progress.close()
 
     def _run_plan(self, plan: list[MicroBatch], signals: StopSignals, started: float) -> None:
         loader = make_loader(self.train_dataset, [mb.keys for mb in plan], self.cfg.num_workers, self.seed,
                              "train", self.epoch, pin_memory=self.device.type == "cuda")
-        window: list[tuple[Any, ...]] = []
+        window: list[_Piece] = []
         try:
             for mb, (images, labels) in zip(plan, loader, strict=True):
                 n = len(mb.keys)
                 out, finite, labels = self.stepper.forward_backward(images, labels, n / mb.window_samples,
                                                                     mb.last_in_window)
                 contribution, parts = micro_batch_contribution(out, finite, labels)
-                window.append((contribution, parts, n, out.logits.detach(), labels, finite,
-                               out.loss.detach()))
+                window.append(_Piece(contribution, parts, n, out.logits.detach(), labels, finite,
+                                     out.loss.detach()))
                 del out
                 self.progress.advance()
                 if mb.last_in_window:
@@ -227,21 +241,21 @@ class Trainer:
                     window = []
                     self._at_update_boundary(signals, started)
         except torch.OutOfMemoryError as exc:
-            del window
             self._fall_back_after_oom(exc)
             raise _OutOfMemoryRetry() from exc
 
-    def _finish_window(self, window: list[tuple[Any, ...]], window_samples: int) -> None:
-        losses_finite = torch.stack([entry[5] for entry in window]).all()
-        outcome = self.stepper.apply(losses_finite)
+    def _finish_window(self, window: list[_Piece], window_samples: int) -> None:
+        """Apply the window's update, then count it: the sums only take a window once its
+        update has happened, so an OOM retry of the window never counts a sample twice."""
+        outcome = self.stepper.apply(torch.stack([piece.finite for piece in window]).all())
         self.global_step += 1
         if outcome.loss_nonfinite and self.cfg.nonfinite_policy == "raise":
-            bad = torch.stack([entry[6].float() for entry in window])
-            validate_loss(bad[~torch.isfinite(bad)][0], self.global_step)  # raises NonFiniteLossError
-        for contribution, parts, n, logits, labels, _, _ in window:
-            self.epoch_tally.add_micro_batch(contribution, {}, n)
-            self.interval_tally.add_micro_batch(contribution, parts, n)
-            self.accumulator.update(logits, labels)
+            losses = torch.stack([piece.loss.float() for piece in window])
+            validate_loss(losses[~torch.isfinite(losses)][0], self.global_step)  # raises NonFiniteLossError
+        for piece in window:
+            self.epoch_tally.add_micro_batch(piece.contribution, {}, piece.samples)
+            self.interval_tally.add_micro_batch(piece.contribution, piece.parts, piece.samples)
+            self.accumulator.update(piece.logits, piece.labels)
         for tally in (self.epoch_tally, self.interval_tally):
             tally.add_update(outcome.applied, outcome.grad_norm)
         if outcome.applied:
@@ -279,8 +293,6 @@ class Trainer:
         """Free what the failed window held, halve the micro-batch (the window, i.e. the
         effective batch, stays) and let the caller redo the window."""
         self.optimizer.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         tried = f"micro-batch {self.micro_batch}"
         self.oom_history.append(tried)
         if self.micro_batch <= 1 or len(self.oom_history) > self.cfg.max_oom_retries:
