@@ -198,4 +198,7 @@ def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]]
 
 
 def print_summary(summary: Summary) -> None:
+    """The table on stdout, followed by where the report files are."""
     print("\n" + render_text(summary) + "\n")
+    if summary.files:
+        print("report: " + ", ".join(str(path) for path in summary.files) + "\n")
