@@ -329,3 +329,14 @@ def test_progress_bar_shows_loss_accuracy_and_throughput(capsys: pytest.CaptureF
     assert "epoch 1/3" in err and "loss=0.5000" in err and "acc=0.750" in err and "img_s=1234" in err
     assert Progress("auto", logging.getLogger("test")).mode == "plain"  # pytest's stderr is no terminal
     assert Progress("bar", logging.getLogger("test"), is_main=False).mode == "off"
+
+
+def test_tensorboard_without_the_package_is_a_clear_user_error(tmp_path: Path) -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="tensorboard"):
+            make_trainer(tmp_path, epochs=1, tensorboard=True).fit()
+    else:
+        make_trainer(tmp_path, epochs=1, tensorboard=True).fit()
+        assert any((tmp_path / "tensorboard").iterdir())
