@@ -340,3 +340,10 @@ def test_tensorboard_without_the_package_is_a_clear_user_error(tmp_path: Path) -
     else:
         make_trainer(tmp_path, epochs=1, tensorboard=True).fit()
         assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_resuming_from_a_weights_only_file_is_a_user_error(tmp_path: Path) -> None:
+    weights_only = tmp_path / "weights.pt"
+    torch.save({"model": tiny_vit().state_dict()}, weights_only)
+    with pytest.raises(UserError, match="missing keys"):
+        make_trainer(tmp_path / "stage", trainer_kwargs={"resume": weights_only}).fit()

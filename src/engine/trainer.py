@@ -46,6 +46,11 @@ from src.utils.metrics import PredictionAccumulator
 from src.utils.reproducibility import capture_rng_state, restore_rng_state
 from src.utils.training_guards import reset_peak_memory_stats, validate_loss
 
+# What a checkpoint must hold to be resumed (a weights-only file is not enough).
+RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "epoch", "samples_done", "global_step",
+               "early_stopping", "epoch_tally", "interval_tally", "accumulator", "epoch_elapsed",
+               "train_time", "peak_memory_mb", "rng", "micro_batch", "engine_config", "run_fingerprint",
+               "objective", "world_size")
 ResumeMode = Union[Literal["auto", "never"], Path]
 EpochCallback = Callable[[int, nn.Module], None]
 
@@ -121,7 +126,7 @@ class Trainer:
         self.samples_per_rank = math.ceil(len(train_dataset) / self.dist.world_size)  # type: ignore[arg-type]
         self.schedule = build_schedule(self.optimizer, config, math.ceil(self.samples_per_rank / self.window))
         self.early = EarlyStopping(config.monitor, config.mode, config.patience, config.min_delta)
-        self.store = CheckpointStore(self.stage_dir)
+        self.store = CheckpointStore(self.stage_dir, required_keys=RESUME_KEYS)
         self.num_classes = num_classes_of(val_dataset, fallback=_output_classes(model))
 
         self.train_model: nn.Module = self.model
