@@ -127,7 +127,7 @@ def main(family: str, argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
     except KDPipelineError as exc:  # diverged (3) or interrupted after a checkpoint (130/143)
-        print(f"error: {exc}" if exc.exit_code == 3 else f"interrupted: {exc}", file=sys.stderr)
+        print(f"error: {exc}" if exc.exit_code == 3 else str(exc), file=sys.stderr)  # "interrupted by ..."
         return exit_code_for(exc)
     except KeyboardInterrupt:
         print("interrupted: stopped by Ctrl-C; re-run the same command to continue", file=sys.stderr)
