@@ -1,16 +1,19 @@
 """The shared command line and the run directory's resume rules (no training here)."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 from src.config.loader import load_config
-from src.errors import IncompatibleResumeError, UserError
+from src.errors import IncompatibleResumeError, TrainingInterrupted, UserError
+from src.pipeline import cli
 from src.pipeline.cli import build_parser, default_config_path, load_run_config, main
 from src.pipeline.rundir import RunDirectory, check_stage_plan, prepare_run_directory
 from src.pipeline.runner import resolve_device, resume_target
+from src.utils.training_guards import NonFiniteLossError
 
 
 def parse(family: str, *argv: str):  # noqa: ANN201 - argparse.Namespace
@@ -123,3 +126,24 @@ def test_resume_never_keeps_user_data(tmp_path: Path) -> None:
     fresh = RunDirectory(tmp_path / "fresh")
     prepare_run_directory(fresh, cfg, "never", write=True)
     assert fresh.saved_config() == cfg
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "line"),
+    [
+        (TrainingInterrupted(signal.SIGTERM, "interrupted by SIGTERM; checkpoint saved"), 143,
+         "interrupted by SIGTERM; checkpoint saved\n"),
+        (TrainingInterrupted(signal.SIGINT, "interrupted by SIGINT; checkpoint saved"), 130,
+         "interrupted by SIGINT; checkpoint saved\n"),
+        (NonFiniteLossError(step=7, value=float("nan")), 3, "error: non-finite loss at step 7: nan."),
+        (KeyboardInterrupt(), 130, "interrupted: stopped by Ctrl-C"),
+    ],
+)
+def test_exit_codes_of_the_contract(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                    raised: BaseException, code: int, line: str) -> None:
+    def stopped(family: str, argv: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(cli, "run", stopped)  # the pipeline's own signals are tested in test_trainer
+    assert cli.main("cnn", []) == code
+    assert capsys.readouterr().err.startswith(line)
