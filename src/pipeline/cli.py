@@ -102,9 +102,11 @@ def load_run_config(family: str, args: argparse.Namespace) -> Any:
 
 def run(family: str, argv: Sequence[str] | None = None) -> None:
     """Parse flags, then run the pipeline and print the summary (raises on failure)."""
+    from src.memory.allocator import configure_cuda_allocator
     from src.pipeline.runner import run_pipeline
 
     args = build_parser(family).parse_args(argv)
+    configure_cuda_allocator()  # expandable segments unless the user chose; before CUDA starts
     cfg = load_run_config(family, args)
     output_dir = args.output_dir or Path("runs") / f"{family}-{cfg.data.name}"
     run_pipeline(cfg, output_dir, resume=args.resume)

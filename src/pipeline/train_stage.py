@@ -155,7 +155,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     sample = (torch.stack([data.val[i][0] for i in range(count)]),
               torch.tensor([data.val[i][1] for i in range(count)]))
     plan = plan_stage(model, objective, sample, cfg.train, device, cfg.runtime.vram_budget_gb,
-                      model_name=name)
+                      model_name=name, dist=dist)  # ranks agree on one split
     del sample
     trainer = Trainer(
         model, objective, data.train, data.val, plan.apply(cfg.train), stage_dir,

@@ -27,6 +27,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _plain_file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` gives (mkstemp's temp files are 0600, which
+    would hide shared run directories from colleagues). Read once: ``os.umask`` can only be
+    read by setting it."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _plain_file_mode()
+
+
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` to produce the file, then move it over ``path`` atomically.
 
@@ -43,6 +55,7 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,41 @@
+"""Atomic writes: a failed write leaves the old file and no debris; files get normal permissions."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from src.utils.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+
+
+def test_writes_replace_the_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "result.json"
+    atomic_write_json(target, {"b": 1, "a": [1, 2]})
+    assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}
+    atomic_write_text(target, "second")
+    assert target.read_text() == "second"
+    assert os.listdir(target.parent) == ["result.json"]
+
+
+def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+
+    def half_write(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_with(target, half_write)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.bin"]
+
+
+def test_files_get_the_permissions_a_plain_open_would_give(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
