@@ -29,7 +29,7 @@ class Objective:
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         """Called before each training epoch (1-based), e.g. to follow an alpha schedule."""
 
-    def to(self, device: torch.device) -> "Objective":
+    def to(self, device: torch.device) -> Objective:
         """Move any modules the objective owns (a frozen teacher) to ``device``."""
         return self
 
