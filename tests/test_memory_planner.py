@@ -211,6 +211,14 @@ def test_plan_on_cuda_caps_the_process_at_the_budget_and_applies_the_search(monk
                       dist=OtherRankFitsEight(rank=0, world_size=2))
     assert (plan.micro_batch, plan.accumulation_steps) == (8, 8)
 
+    class OtherRankFitsFour(DistributedContext):  # a micro-batch this rank's search never measured
+        def all_gather_object(self, obj):
+            return [obj, 4]
+
+    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 6.0,
+                      dist=OtherRankFitsFour(rank=0, world_size=2))
+    assert (plan.micro_batch, plan.accumulation_steps, plan.peak_bytes) == (4, 16, None)
+
 
 def test_ddp_ranks_agree_on_the_smallest_micro_batch_and_keep_the_effective_batch() -> None:
     plan = search_micro_batch(96, linear_memory(0, 100 * MIB), 6 * GIB)  # this rank fits 48

@@ -175,10 +175,12 @@ def plan_stage(
         torch.cuda.reset_peak_memory_stats(device)  # the stage's own peak must not include the probe's
     if dist is not None and dist.enabled:
         plan = agree_across_ranks(plan, dist.all_gather_object(plan.micro_batch))
+    # An agreed micro-batch smaller than this rank's own may never have been measured here.
+    peak = "not measured" if plan.peak_bytes is None else f"{plan.peak_bytes / GIB:.2f} GiB"
     log.info("memory plan for %s: micro-batch %d x %d accumulation steps (effective %d), checkpointing %s, "
-             "peak %.2f GiB of %.2f GiB budget: %s", _stage(model_name),
+             "peak %s of %.2f GiB budget: %s", _stage(model_name),
              plan.micro_batch, plan.accumulation_steps, plan.effective_batch,
-             "on" if plan.gradient_checkpointing else "off", plan.peak_bytes / GIB, budget / GIB, plan.reason)
+             "on" if plan.gradient_checkpointing else "off", peak, budget / GIB, plan.reason)
     return plan
 
 
