@@ -109,10 +109,10 @@ class UpdateStep:
             grads_ok, losses_ok = torch.stack([torch.isfinite(norm), losses_finite]).tolist()  # the one read
             applied = bool(grads_ok)
             if applied:
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                else:
-                    self.optimizer.step()
+                # Not scaler.step(): the gradients are already unscaled and known finite, and
+                # scaler.step would re-read found_inf with .item(), a second stall per update.
+                # update() below still takes found_inf from unscale_ to grow or back off the scale.
+                self.optimizer.step()
         finally:  # also after an OOM in the step (first-step optimizer state), so a retry starts clean
             if self.scaler is not None:
                 self.scaler.update()

@@ -1,0 +1,76 @@
+"""UpdateStep's fp16 path (GradScaler) on the CPU: torch's CPU GradScaler runs the same
+scale -> backward -> unscale_ -> clip -> step -> update sequence as on CUDA, so its ordering,
+its skip-and-back-off behaviour and its host reads can be checked without a GPU."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytest
+import torch
+from engine_fixtures import digits_tensors, engine_config, tiny_vit
+
+from src.engine.objective import CrossEntropyObjective
+from src.engine.optim import build_optimizer
+from src.engine.step import UpdateStep
+
+CPU = torch.device("cpu")
+
+
+def stepper(model: torch.nn.Module, scaler: Optional[torch.amp.GradScaler], **cfg: Any) -> UpdateStep:
+    config = engine_config(**cfg)
+    return UpdateStep(model, CrossEntropyObjective(), build_optimizer(model, config), config, CPU,
+                      None, scaler, channels_last=False)
+
+
+def one_update(step: UpdateStep, images: torch.Tensor, labels: torch.Tensor) -> Any:
+    """Two micro-batches of 8 in one window, as the trainer runs them."""
+    flags = [step.forward_backward(images[i : i + 8], labels[i : i + 8], 0.5, last_in_window=i == 8)[1]
+             for i in (0, 8)]
+    return step.apply(torch.stack(flags).all())
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.05])
+def test_scaled_update_equals_the_unscaled_one_clipped_after_unscaling(grad_clip: Optional[float]) -> None:
+    images, labels = digits_tensors(16)
+    plain, scaled = tiny_vit(seed=3), tiny_vit(seed=3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    outcomes = [one_update(stepper(plain, None, grad_clip=grad_clip), images, labels),
+                one_update(stepper(scaled, scaler, grad_clip=grad_clip), images, labels)]
+    assert all(o.applied for o in outcomes)
+    # clip_grad_norm_ saw unscaled gradients: the norms agree, not 4096x apart.
+    torch.testing.assert_close(outcomes[1].grad_norm, outcomes[0].grad_norm, rtol=1e-4, atol=1e-6)
+    for (name, value), other in zip(plain.state_dict().items(), scaled.state_dict().values(), strict=True):
+        torch.testing.assert_close(other, value, rtol=1e-4, atol=1e-6, msg=name)
+    assert scaler.get_scale() == 2.0**12  # no overflow: the scale stays
+
+
+def test_overflowing_scaled_gradients_skip_the_update_and_back_off_the_scale() -> None:
+    images, labels = digits_tensors(16)
+    model = tiny_vit(seed=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scaler = torch.amp.GradScaler("cpu", init_scale=1e38)  # scaled fp32 gradients overflow to inf
+    outcome = one_update(stepper(model, scaler), images, labels)
+    assert not outcome.applied and not outcome.loss_nonfinite
+    assert scaler.get_scale() == pytest.approx(0.5e38)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_an_update_reads_the_device_once_even_with_a_grad_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The design allows one host read per update; GradScaler.step would add a second (it
+    re-reads found_inf with .item()), which on a GPU is a second stall per update."""
+    images, labels = digits_tensors(16)
+    step = stepper(tiny_vit(seed=3), torch.amp.GradScaler("cpu", init_scale=2.0**12), grad_clip=1.0)
+    reads: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            reads.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    outcome = one_update(step, images, labels)
+    monkeypatch.undo()
+    assert outcome.applied
+    assert len(reads) == 1, reads
