@@ -3,17 +3,23 @@ scale -> backward -> unscale_ -> clip -> step -> update sequence as on CUDA, so 
 its skip-and-back-off behaviour and its host reads can be checked without a GPU."""
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 import torch
-from engine_fixtures import digits_tensors, engine_config, tiny_vit
+from engine_fixtures import KeyedTrain, PlainEval, digits_tensors, engine_config, fingerprint, tiny_vit
 
+from src.distillation.objective import DistillationObjective
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
 from src.engine.step import UpdateStep
+from src.engine.trainer import Trainer
 
 CPU = torch.device("cpu")
+ENGINE_CODE = re.compile(r"[/\\]src[/\\](engine|distillation|utils)[/\\]")
 
 
 def stepper(model: torch.nn.Module, scaler: Optional[torch.amp.GradScaler], **cfg: Any) -> UpdateStep:
@@ -74,3 +80,41 @@ def test_an_update_reads_the_device_once_even_with_a_grad_scaler(monkeypatch: py
     monkeypatch.undo()
     assert outcome.applied
     assert len(reads) == 1, reads
+
+
+def test_training_reads_the_device_once_per_update_and_not_per_micro_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over a whole epoch of a KD stage (2 micro-batches per update, no log interval due), the
+    loop's only host reads are the one per update: losses, parts, accuracy and predictions stay
+    on the device until the epoch end. Reads made by the data loading (CPU tensors in a
+    worker on a real run) are not counted: only those made by the engine's own code."""
+    teacher = tiny_vit(seed=9)
+    objective = DistillationObjective(teacher, temperature=4.0)
+    config = engine_config(epochs=1, batch_size=8, accumulation_steps=2, log_interval=1000)
+    trainer = Trainer(tiny_vit(seed=3), objective, KeyedTrain(64), PlainEval(8), config, tmp_path,
+                      device=CPU, seed=0, run_fingerprint=fingerprint())
+    reads: list[str] = []
+    counting = [False]
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            if counting[0] and ENGINE_CODE.search(sys._getframe(1).f_code.co_filename):
+                reads.append(_name)
+            return _real(self, *args, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    real_run_plan = trainer._run_plan
+
+    def run_plan_counted(*args: Any) -> None:
+        counting[0] = True
+        try:
+            real_run_plan(*args)
+        finally:
+            counting[0] = False
+
+    monkeypatch.setattr(trainer, "_run_plan", run_plan_counted)
+    trainer.fit()
+    monkeypatch.undo()
+    assert trainer.global_step == 4
+    assert reads == ["tolist"] * 4
