@@ -3,8 +3,10 @@ scale -> backward -> unscale_ -> clip -> step -> update sequence as on CUDA, so 
 its skip-and-back-off behaviour and its host reads can be checked without a GPU."""
 from __future__ import annotations
 
+import gc
 import re
 import sys
+import weakref
 from pathlib import Path
 from typing import Any, Optional
 
@@ -118,3 +120,40 @@ def test_training_reads_the_device_once_per_update_and_not_per_micro_batch(
     monkeypatch.undo()
     assert trainer.global_step == 4
     assert reads == ["tolist"] * 4
+
+
+class ActivationsThenOutOfMemory(CrossEntropyObjective):
+    """Builds a real forward graph, then runs out of memory above ``limit`` images (as a GPU
+    does mid-forward); remembers weak references to what the failed attempt allocated."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.failed: list[weakref.ref[torch.Tensor]] = []
+        self.alive_at_retry: list[bool] = []
+
+    def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Any:
+        if self.failed and not self.alive_at_retry:
+            self.alive_at_retry.append(any(ref() is not None for ref in self.failed))
+        out = super().training_step(model, images, labels)
+        if images.shape[0] > self.limit:
+            self.failed += [weakref.ref(images), weakref.ref(out.logits), weakref.ref(out.loss)]
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return out
+
+
+def test_out_of_memory_frees_the_failed_window_before_the_retry(tmp_path: Path) -> None:
+    """emptying the CUDA cache returns nothing while the failed attempt's tensors live on in the
+    exception's traceback frames; they must be gone (by reference counting alone, no gc pass)
+    before the smaller micro-batch starts."""
+    objective = ActivationsThenOutOfMemory(limit=8)
+    trainer = Trainer(tiny_vit(seed=3), objective, KeyedTrain(32), PlainEval(8),
+                      engine_config(epochs=1, batch_size=16), tmp_path, device=CPU, seed=0,
+                      run_fingerprint=fingerprint())
+    gc.disable()
+    try:
+        result = trainer.fit()
+    finally:
+        gc.enable()
+    assert result.micro_batch == 8 and objective.failed
+    assert objective.alive_at_retry == [False]
