@@ -17,6 +17,7 @@ from engine_fixtures import KeyedTrain, PlainEval, digits_tensors, engine_config
 from src.distillation.objective import DistillationObjective
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
+from src.engine.progress import Progress
 from src.engine.step import UpdateStep
 from src.engine.trainer import Trainer
 
@@ -126,17 +127,18 @@ class ActivationsThenOutOfMemory(CrossEntropyObjective):
     """Builds a real forward graph, then runs out of memory above ``limit`` images (as a GPU
     does mid-forward); remembers weak references to what the failed attempt allocated."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, from_call: int = 1) -> None:
         super().__init__()
-        self.limit = limit
+        self.limit, self.from_call, self.calls = limit, from_call, 0
         self.failed: list[weakref.ref[torch.Tensor]] = []
         self.alive_at_retry: list[bool] = []
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Any:
+        self.calls += 1
         if self.failed and not self.alive_at_retry:
             self.alive_at_retry.append(any(ref() is not None for ref in self.failed))
         out = super().training_step(model, images, labels)
-        if images.shape[0] > self.limit:
+        if images.shape[0] > self.limit and self.calls >= self.from_call:
             self.failed += [weakref.ref(images), weakref.ref(out.logits), weakref.ref(out.loss)]
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return out
@@ -157,3 +159,21 @@ def test_out_of_memory_frees_the_failed_window_before_the_retry(tmp_path: Path) 
         gc.enable()
     assert result.micro_batch == 8 and objective.failed
     assert objective.alive_at_retry == [False]
+
+
+def test_progress_after_an_out_of_memory_replan_continues_from_the_updates_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar restarted at 0 of the remaining micro-batches after a re-plan; it now counts
+    the windows already done in the new micro-batch size, so the total stays the epoch's."""
+    calls: list[tuple[int, int]] = []
+
+    def start_epoch(self: Progress, epoch: int, epochs: int, micro_batches: int, done: int = 0) -> None:
+        calls.append((micro_batches, done))
+
+    monkeypatch.setattr(Progress, "start_epoch", start_epoch)
+    objective = ActivationsThenOutOfMemory(limit=8, from_call=3)  # windows of 16: the third fails
+    trainer = Trainer(tiny_vit(seed=3), objective, KeyedTrain(64), PlainEval(8),
+                      engine_config(epochs=1, batch_size=16), tmp_path, device=CPU, seed=0,
+                      run_fingerprint=fingerprint())
+    trainer.fit()
+    assert calls == [(4, 0), (4, 4)]  # 4 windows x 1 micro-batch; then 2 windows x 2 left, 2 x 2 done

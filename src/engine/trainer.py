@@ -216,7 +216,9 @@ class Trainer:
             keys = train_keys(self.seed, self.epoch, len(self.train_dataset), self.dist.rank,  # type: ignore[arg-type]
                               self.dist.world_size, self.samples_done)
             plan = plan_micro_batches(keys, self.window, self.micro_batch)
-            self.progress.start_epoch(self.epoch, self.cfg.epochs, len(plan))
+            # samples_done is always a whole number of windows: the bar resumes where it was.
+            done = self.samples_done // self.window * math.ceil(self.window / self.micro_batch)
+            self.progress.start_epoch(self.epoch, self.cfg.epochs, len(plan), done)
             try:
                 self._run_plan(plan, signals, started)
                 break
