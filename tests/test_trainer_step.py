@@ -177,3 +177,28 @@ def test_progress_after_an_out_of_memory_replan_continues_from_the_updates_done(
                       run_fingerprint=fingerprint())
     trainer.fit()
     assert calls == [(4, 0), (4, 4)]  # 4 windows x 1 micro-batch; then 2 windows x 2 left, 2 x 2 done
+
+
+def test_out_of_memory_after_the_update_never_applies_it_twice(tmp_path: Path) -> None:
+    """An allocation in the bookkeeping after optimizer.step (here the prediction store) can
+    run out of memory too; the fallback must then go on after the window, not redo it."""
+    trainer = Trainer(tiny_vit(seed=3), CrossEntropyObjective(), KeyedTrain(64), PlainEval(8),
+                      engine_config(epochs=1, batch_size=16), tmp_path, device=CPU, seed=0,
+                      run_fingerprint=fingerprint())
+    real_step, real_update, steps, updates = trainer.optimizer.step, trainer.accumulator.update, [], []
+
+    def counted_step(*args: Any, **kwargs: Any) -> Any:
+        steps.append(1)
+        return real_step(*args, **kwargs)
+
+    def first_update_runs_out_of_memory(*args: Any) -> None:
+        updates.append(1)
+        if len(updates) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+        real_update(*args)
+
+    trainer.optimizer.step = counted_step
+    trainer.accumulator.update = first_update_runs_out_of_memory
+    result = trainer.fit()
+    assert result.micro_batch == 8
+    assert len(steps) == trainer.global_step == trainer.schedule.num_updates == 4  # 64 / 16, each once

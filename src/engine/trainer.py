@@ -253,9 +253,15 @@ class Trainer:
 
     def _finish_window(self, window: list[_Piece], window_samples: int) -> None:
         """Apply the window's update, then count it: the sums only take a window once its
-        update has happened, so an OOM retry of the window never counts a sample twice."""
+        update has happened, so an OOM retry of the window never counts a sample twice, and
+        an OOM after the update never applies it twice."""
         outcome = self.stepper.apply(torch.stack([piece.finite for piece in window]).all())
+        # The update has happened: record the position and the schedule before anything below
+        # allocates on the device, so an out-of-memory error there never redoes (re-applies) it.
         self.global_step += 1
+        self.samples_done += window_samples
+        if outcome.applied:
+            self.schedule.step_update()
         if outcome.loss_nonfinite and self.cfg.nonfinite_policy == "raise":
             losses = torch.stack([piece.loss.float() for piece in window])
             validate_loss(losses[~torch.isfinite(losses)][0], self.global_step)  # raises NonFiniteLossError
@@ -265,12 +271,9 @@ class Trainer:
             self.accumulator.update(piece.logits, piece.labels)
         for tally in (self.epoch_tally, self.interval_tally):
             tally.add_update(outcome.applied, outcome.grad_norm)
-        if outcome.applied:
-            self.schedule.step_update()
-        else:
+        if not outcome.applied:
             self.progress.message(f"update {self.global_step} skipped: non-finite "
                                   f"{'loss' if outcome.loss_nonfinite else 'gradients'}")
-        self.samples_done += window_samples
 
     def _at_update_boundary(self, signals: StopSignals, started: float) -> None:
         """Log, checkpoint and obey signals; every rank takes the same decision."""
