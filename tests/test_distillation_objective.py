@@ -139,3 +139,17 @@ def test_cuda_fp16_autocast_step_with_grad_scaler(pair) -> None:
     scaler.update()
     assert torch.isfinite(out.loss).item()
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+
+
+def test_teacher_follows_channels_last_inputs_with_the_same_targets(pair) -> None:
+    """On CUDA the engine feeds CNNs channels-last batches; the teacher's conv weights follow
+    once (not re-laid out by cuDNN on every forward), and its soft targets do not change."""
+    teacher, student = pair
+    objective = DistillationObjective(teacher, temperature=4.0)
+    images, labels = _batch()
+    plain = objective.training_step(student, images, labels)
+    assert teacher.conv1.weight.is_contiguous()
+    fast = objective.training_step(student, images.contiguous(memory_format=torch.channels_last), labels)
+    assert teacher.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not teacher.conv1.weight.is_contiguous()
+    torch.testing.assert_close(fast.loss, plain.loss, rtol=1e-4, atol=1e-5)

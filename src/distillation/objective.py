@@ -37,6 +37,7 @@ class DistillationObjective(Objective):
         self.alpha_end = float(alpha_end)
         self.teacher_fingerprint = dict(teacher_fingerprint or {})
         self.alpha = schedule_kd_alpha(1, 1, self.alpha_start, self.alpha_end)  # validates both alphas
+        self._teacher_channels_last = False
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         self.alpha = schedule_kd_alpha(epoch, total_epochs, self.alpha_start, self.alpha_end)
@@ -59,6 +60,11 @@ class DistillationObjective(Objective):
         # the teacher back: BatchNorm would then update its statistics from student batches.
         if self.teacher.training:
             self.teacher.eval()
+        # The engine makes a CNN student's inputs channels-last on CUDA; a teacher left in the
+        # default layout would have cuDNN re-lay out its conv weights on every forward.
+        if not self._teacher_channels_last and _is_channels_last(images):
+            self.teacher.to(memory_format=torch.channels_last)
+            self._teacher_channels_last = True
         # Inference-mode outputs may not be saved for backward, but kd_loss only reads them
         # through new tensors (teacher / T, log_softmax) made outside inference mode, so
         # autograd never saves an inference tensor itself (tests/test_distillation_objective.py).
@@ -69,3 +75,9 @@ class DistillationObjective(Objective):
             student_logits, teacher_logits, labels, temperature=self.temperature, alpha=self.alpha
         )
         return StepOutput(logits=student_logits, loss=loss, parts=parts)
+
+
+def _is_channels_last(images: torch.Tensor) -> bool:
+    """Strictly channels-last (a 1x1 or single-channel batch is contiguous both ways)."""
+    return images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(
+        memory_format=torch.channels_last)
