@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,18 @@ class CheckpointStore:
         self._latest_damaged = False
         return self.latest_path
 
-    def save_best(self, state: dict[str, Any]) -> Path:
-        return atomic_write_with(self.best_path, lambda tmp: torch.save(state, tmp))
+    def link_best(self, source: Path) -> Path:
+        """Make checkpoint_best.pt the state already saved in ``source``: a hard link instead
+        of a second checkpoint-sized write (these files are only ever replaced by a rename,
+        never rewritten in place, so the link keeps the state); a copy where links fail."""
+        def link(tmp: Path) -> None:
+            tmp.unlink()
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+
+        return atomic_write_with(self.best_path, link)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
         """The newest loadable state and its file, or None when the stage has no checkpoint yet.

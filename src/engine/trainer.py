@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +38,6 @@ from src.engine.signals import StopSignals
 from src.engine.step import UpdateStep, is_cnn, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
 from src.errors import TrainingInterrupted, UserError
-from src.utils.atomic import atomic_write_with
 from src.utils.logger import REQUIRED_COLUMNS, EpochLogger
 from src.utils.metrics import PredictionAccumulator
 from src.utils.reproducibility import capture_rng_state, restore_rng_state
@@ -433,7 +430,7 @@ class Trainer:
             self.metrics_log.flush()  # first: a resume drops records past its checkpoint, never misses any
             self.store.save_latest(self._state(epoch_elapsed))
             if is_best:
-                self._link_best(self.store.latest_path)
+                self.store.link_best(self.store.latest_path)
         self._last_save = time.monotonic()
         self.dist.barrier()
 
@@ -469,23 +466,10 @@ class Trainer:
             self.micro_batch = int(state["micro_batch"])  # keep an earlier OOM fallback
         restore_rng_state(state["rng"])
         if self.dist.is_main and self.samples_done == 0 and self.early.best_epoch == self.epoch - 1 > 0:
-            self._link_best(path)  # a crash may have come between saving this state and linking it
+            self.store.link_best(path)  # a crash may have come between saving this state and linking it
         self.logger.info("resuming %s at epoch %d (update %d) from %s", self.stage_dir.name, self.epoch,
                          self.global_step, path)
         return path, changes
-
-    def _link_best(self, source: Path) -> None:
-        """Make checkpoint_best.pt the epoch-end state just saved in ``source``: a hard link
-        instead of a second 90 MB write (checkpoint files are only ever replaced by a rename,
-        never rewritten in place, so the link keeps the state); a copy where links fail."""
-        def link(tmp: Path) -> None:
-            tmp.unlink()
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
-
-        atomic_write_with(self.store.best_path, link)
 
     def _restore_best(self) -> None:
         """Load the best epoch's weights into ``model`` (every rank reads rank 0's file),
