@@ -178,6 +178,20 @@ def test_loading_another_schedules_state_is_refused():
         step.load_state_dict(cosine.state_dict())
 
 
+def test_onecycle_resumed_with_more_epochs_is_refused_before_it_crashes_mid_run():
+    """epochs is a harmless resume change for the other schedules; torch's OneCycleLR would
+    keep its saved length and raise a ValueError once stepped past it, mid-training."""
+    optimizer, short = _schedule(scheduler="onecycle", epochs=2)
+    optimizer.step()
+    short.step_update()
+    _, longer = _schedule(scheduler="onecycle", epochs=4)
+    with pytest.raises(IncompatibleResumeError, match="onecycle .* original --epochs"):
+        longer.load_state_dict(short.state_dict())
+    _, same = _schedule(scheduler="onecycle", epochs=2)
+    same.load_state_dict(short.state_dict())
+    assert same.num_updates == 1
+
+
 def test_warmup_longer_than_the_run_is_a_user_error():
     with pytest.raises(UserError, match="warmup_epochs"):
         _schedule(scheduler="cosine", warmup_epochs=4)

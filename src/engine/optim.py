@@ -165,6 +165,14 @@ class LRSchedule:
             raise IncompatibleResumeError(
                 f"the checkpoint used the {state.get('kind')!r} LR schedule, this run asks for {self.kind!r}"
             )
+        if self._onecycle is not None and state["onecycle"]["total_steps"] != self.total_updates:
+            # torch's OneCycleLR keeps its saved length and raises once stepped past it, so a
+            # resume with more epochs would crash mid-run; its curve cannot be stretched.
+            raise IncompatibleResumeError(
+                f"the onecycle LR schedule was planned for {state['onecycle']['total_steps']} updates, "
+                f"this run has {self.total_updates} (epochs changed?): onecycle's length is fixed for "
+                "the whole run; resume with the original --epochs"
+            )
         self.num_updates = int(state["num_updates"])
         if self._plateau is not None:
             self._plateau.load_state_dict(state["plateau"])
