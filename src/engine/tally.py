@@ -85,13 +85,15 @@ class Tally:
 
 
 def micro_batch_contribution(out: StepOutput, finite: torch.Tensor, labels: torch.Tensor
-                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """[loss * n (0 when not finite), n when finite, correct] and the parts times n, all on
-    the device; computed once per micro-batch and added to both the epoch and interval tallies."""
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """[loss * n (0 when not finite), n when finite, correct], the parts times n, and the
+    predicted classes, all on the device; computed once per micro-batch and added to both the
+    epoch and interval tallies (the predictions also feed the epoch's macro metrics)."""
     n = labels.shape[0]
     loss = out.loss.detach().double()
     kept = torch.where(finite, loss * n, torch.zeros_like(loss))
-    correct = (out.logits.detach().argmax(dim=1) == labels).sum().double()
+    preds = out.logits.detach().argmax(dim=1)
+    correct = (preds == labels).sum().double()
     contribution = torch.stack([kept, finite.double() * n, correct])
     parts = {name: value.detach().double() * n for name, value in out.parts.items()}
-    return contribution, parts
+    return contribution, parts, preds

@@ -74,7 +74,7 @@ class _Piece(NamedTuple):
     contribution: torch.Tensor  # see micro_batch_contribution
     parts: dict[str, torch.Tensor]
     samples: int
-    logits: torch.Tensor
+    preds: torch.Tensor  # predicted classes, not logits: [N] instead of [N, classes] held per window
     labels: torch.Tensor
     finite: torch.Tensor
     loss: torch.Tensor
@@ -235,9 +235,8 @@ class Trainer:
                 n = len(mb.keys)
                 out, finite, labels = self.stepper.forward_backward(images, labels, n / mb.window_samples,
                                                                     mb.last_in_window)
-                contribution, parts = micro_batch_contribution(out, finite, labels)
-                window.append(_Piece(contribution, parts, n, out.logits.detach(), labels, finite,
-                                     out.loss.detach()))
+                contribution, parts, preds = micro_batch_contribution(out, finite, labels)
+                window.append(_Piece(contribution, parts, n, preds, labels, finite, out.loss.detach()))
                 del out
                 self.progress.advance()
                 if mb.last_in_window:
@@ -265,7 +264,7 @@ class Trainer:
         for piece in window:
             self.epoch_tally.add_micro_batch(piece.contribution, {}, piece.samples)
             self.interval_tally.add_micro_batch(piece.contribution, piece.parts, piece.samples)
-            self.accumulator.update(piece.logits, piece.labels)
+            self.accumulator.update(piece.preds, piece.labels)
         for tally in (self.epoch_tally, self.interval_tally):
             tally.add_update(outcome.applied, outcome.grad_norm)
         if not outcome.applied:
