@@ -52,18 +52,17 @@ class Tally:
     def read(self) -> dict[str, float]:
         """Host values (this is the sync): mean loss over finite-loss samples, accuracy,
         mean loss parts and mean grad norm over applied updates."""
-        loss_sum, finite, correct = self.sums.tolist()
-        result = {
+        values = torch.cat([self.sums, self.grad_norm_sum.reshape(1),
+                            *(v.double().reshape(1) for v in self.parts.values())]).tolist()  # one read
+        loss_sum, finite, correct, grad_norm_sum, *parts = values
+        applied = self.updates - self.skipped
+        samples = max(self.samples, 1)
+        return {
             "loss": loss_sum / finite if finite else float("nan"),
             "accuracy": correct / self.samples if self.samples else 0.0,
+            **{name: value / samples for name, value in zip(self.parts, parts, strict=True)},
+            "grad_norm": grad_norm_sum / applied if applied else float("nan"),
         }
-        if self.parts:
-            values = torch.stack([v.double() for v in self.parts.values()]).tolist()
-            samples = max(self.samples, 1)
-            result.update({name: value / samples for name, value in zip(self.parts, values, strict=True)})
-        applied = self.updates - self.skipped
-        result["grad_norm"] = float(self.grad_norm_sum) / applied if applied else float("nan")
-        return result
 
     def state_dict(self) -> dict[str, Any]:
         return {
