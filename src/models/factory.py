@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+from safetensors import SafetensorError
 from timm.models import load_state_dict
 from timm.models.resnet import ResNet
 from timm.models.vision_transformer import VisionTransformer
@@ -80,7 +81,7 @@ def _create_from_file(timm_name: str, weights_path: str | Path, **kwargs: Any) -
         model = timm.create_model(
             timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
         )
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as exc:  # damaged file too
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"weights file {path} does not fit {timm_name}: {first_line}") from exc
     missing = _missing_from_file(model, file_keys)

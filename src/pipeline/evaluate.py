@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from src.data.build import build_datasets
@@ -50,8 +50,11 @@ def _stage_of(checkpoint: Path, given: str | None) -> str:
     if given:
         return given
     if checkpoint.suffix == ".safetensors":
-        with safe_open(str(checkpoint), framework="pt") as handle:
-            stage = (handle.metadata() or {}).get("stage")
+        try:
+            with safe_open(str(checkpoint), framework="pt") as handle:
+                stage = (handle.metadata() or {}).get("stage")
+        except SafetensorError as exc:
+            raise UserError(f"{checkpoint} is not a readable safetensors file: {exc}") from None
         if stage in STAGES:
             return stage
     if checkpoint.parent.name in STAGES:
@@ -75,8 +78,13 @@ def _load_into(model: nn.Module, checkpoint: Path) -> None:
 def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage: str | None = None,
                   device: str = "auto", batch_size: int = 256) -> tuple[str, EvalResult]:
     """(stage, metrics) of ``checkpoint`` on ``split`` of the run in ``run_dir``."""
+    if checkpoint.is_dir():
+        raise UserError(f"checkpoint {checkpoint} is a directory; pass a checkpoint_*.pt or "
+                        "model.safetensors file inside it")
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run = RunDirectory(run_dir)
     cfg = run.saved_config()
     if cfg is None:

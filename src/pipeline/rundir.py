@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,8 +32,8 @@ HARMLESS_KEYS = frozenset({
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.num_workers",
     "train.tensorboard", "train.progress", "train.max_oom_retries", "train.nonfinite_policy",
 })
-# Keys that change the data or the architectures: every stage of the run depends on them.
-_ALWAYS_BREAKING_PREFIXES = ("data.", "models.", "runtime.seed")
+# Keys that change the data: split.json was made with them even before any stage has started.
+_ALWAYS_BREAKING_PREFIXES = ("data.", "runtime.seed")
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,9 @@ def _stages_depending_on(key: str) -> tuple[str, ...]:
 def compare_configs(saved: RunConfig, new: RunConfig, started: list[str]) -> tuple[list[str], list[str]]:
     """(breaking, harmless) descriptions of the changes from ``saved`` to ``new``.
 
-    A change is breaking when it alters the data or architectures, or a training setting of a
-    stage that has already started; settings of stages not yet started may change freely.
+    A change is breaking when it alters the data, or the architectures or a training setting of a
+    stage that has already started; until a stage starts, a model that failed to build (a typo,
+    an offline pretrained download) may still be corrected in the same run directory.
     """
     old, cur = flatten(saved), flatten(new)
     breaking, harmless = [], []
@@ -134,6 +136,17 @@ def check_stage_plan(stages: list[str], finished: list[str]) -> None:
             )
 
 
+def _check_creatable(root: Path) -> None:
+    """Refuse a run directory that could never be made, before anything is written for it."""
+    parent = root.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if parent != root.absolute() and not parent.is_dir():
+        raise UserError(f"cannot create --output-dir {root}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --output-dir {root}: {parent} is not writable")
+
+
 def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *, write: bool) -> list[str]:
     """Decide whether ``cfg`` may run in ``run_dir``; write or update config.yaml (when ``write``).
 
@@ -147,6 +160,7 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
         )
     if run_dir.root.exists() and not run_dir.root.is_dir():
         raise UserError(f"--output-dir {run_dir.root} exists and is not a directory")
+    _check_creatable(run_dir.root)
     saved = run_dir.saved_config()
     notes: list[str] = []
     if saved is not None:

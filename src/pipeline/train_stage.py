@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -73,7 +74,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
     """Load a model.safetensors into ``model``; a file of another architecture is a user error."""
     try:
         model.load_state_dict(load_file(str(path)))
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, SafetensorError) as exc:  # SafetensorError: not a safetensors file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"weights {path} do not fit this model: {first}") from None
 

@@ -1,0 +1,106 @@
+"""Bad input a user can fix ends in one `error: ...` line and exit code 2, never a traceback,
+and never leaves a run directory that the corrected command can no longer use."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from src.config.loader import load_config
+from src.data.build import build_datasets
+from src.pipeline import evaluate
+from src.pipeline.cli import build_parser, load_run_config, main
+from src.pipeline.rundir import RunDirectory, compare_configs, prepare_run_directory
+
+QUICK = ["--subset", "20", "--epochs", "1", "--image-size", "8", "--device", "cpu", "--stages", "teacher"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_pipeline_logger() -> Iterator[None]:
+    """main() points the log at this test's captured stderr; the next test must not write to it."""
+    logger = logging.getLogger("kd_pipeline")
+    saved = logger.handlers[:]
+    yield
+    for handler in logger.handlers:
+        if handler not in saved:
+            handler.close()
+    logger.handlers[:] = saved
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line the command printed on stderr besides log lines (fails on a traceback)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and " INFO " not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_a_model_typo_can_be_corrected_in_the_same_output_dir(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main("cnn", [*QUICK, "--output-dir", str(out), "--set", "models.teacher=resnet999"]) == 2
+    assert "unknown model 'resnet999'" in _error_line(capsys)
+    # nothing was trained: the corrected command must be accepted, not refused as a breaking change
+    fixed = load_run_config("cnn", build_parser("cnn").parse_args([*QUICK, "--output-dir", str(out)]))
+    notes = prepare_run_directory(RunDirectory(out), fixed, "auto", write=False)
+    assert notes == ["models.teacher: 'resnet999' -> 'resnet50'"]
+
+
+def test_architecture_change_breaks_only_once_a_stage_has_started() -> None:
+    old, new = load_config(None, []), load_config(None, ["models.teacher=resnet34"])
+    breaking, harmless = compare_configs(old, new, started=[])
+    assert not breaking and harmless == ["models.teacher: 'resnet50' -> 'resnet34'"]
+    breaking, _ = compare_configs(old, new, started=["teacher"])
+    assert breaking and breaking[0].startswith("models.teacher")
+    # the data still always breaks: split.json was made with it before any stage started
+    breaking, _ = compare_configs(old, load_config(None, ["data.subset=50"]), started=[])
+    assert breaking
+
+
+def test_output_dir_below_a_file_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    assert main("cnn", [*QUICK, "--output-dir", str(blocker / "run")]) == 2
+    assert f"{blocker} is a file, not a folder" in _error_line(capsys)
+    assert blocker.read_text() == "mine"
+
+
+def test_damaged_teacher_weights_file_is_a_user_error(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    damaged = tmp_path / "teacher.safetensors"
+    damaged.write_text("not safetensors")
+    argv = [*QUICK, "--output-dir", str(tmp_path / "run"), "--set", f"models.teacher_weights={damaged}"]
+    assert main("cnn", argv) == 2
+    assert f"weights file {damaged}" in _error_line(capsys)
+
+
+@pytest.fixture
+def split_run(tmp_path: Path) -> Path:
+    """A run directory with config.yaml and split.json, as a run leaves it before training."""
+    run = RunDirectory(tmp_path / "run")
+    cfg = load_config(None, ["data.subset=20", "data.image_size=8", "stages=[teacher]"])
+    prepare_run_directory(run, cfg, "auto", write=True)
+    build_datasets(cfg.data, run.root, cfg.runtime.seed, write=True)
+    return run.root
+
+
+def test_evaluate_damaged_safetensors_is_a_user_error(split_run: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    damaged = split_run / "teacher" / "model.safetensors"
+    damaged.parent.mkdir()
+    damaged.write_text("not safetensors")
+    base = ["--checkpoint", str(damaged), "--run-dir", str(split_run), "--device", "cpu"]
+    assert evaluate.main(base) == 2  # stage read from the file's metadata
+    assert "not a readable safetensors file" in _error_line(capsys)
+    assert evaluate.main([*base, "--stage", "teacher"]) == 2  # straight to loading the weights
+    assert f"weights {damaged} do not fit" in _error_line(capsys)
+
+
+def test_evaluate_directory_and_zero_batch_are_user_errors(split_run: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main(["--checkpoint", str(split_run), "--device", "cpu"]) == 2
+    assert "is a directory" in _error_line(capsys)
+    config = split_run / "config.yaml"
+    assert evaluate.main(["--checkpoint", str(config), "--run-dir", str(split_run), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in _error_line(capsys)
