@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import re
 import sys
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +19,7 @@ from src.distillation.objective import DistillationObjective
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
 from src.engine.progress import Progress
-from src.engine.step import UpdateStep
+from src.engine.step import UpdateStep, resolve_precision
 from src.engine.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -202,3 +203,16 @@ def test_out_of_memory_after_the_update_never_applies_it_twice(tmp_path: Path) -
     result = trainer.fit()
     assert result.micro_batch == 8
     assert len(steps) == trainer.global_step == trainer.schedule.num_updates == 4  # 64 / 16, each once
+
+
+@pytest.mark.parametrize("native,expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_precision_picks_bf16_only_where_the_gpu_has_it_natively(
+        monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype) -> None:
+    """A Turing/Pascal 6 GB card emulates bf16 (torch's default check says yes): auto must
+    take fp16 with a GradScaler there. No GPU here: the capability query is replaced."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native
+                        or including_emulation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GradScaler("cuda") without CUDA warns and disables itself
+        dtype, scaler = resolve_precision("auto", torch.device("cuda"))
+    assert dtype == expected and (scaler is not None) == (expected == torch.float16)

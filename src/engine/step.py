@@ -25,11 +25,13 @@ from src.errors import UserError
 def resolve_precision(amp: str, device: torch.device
                       ) -> tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
     """Autocast dtype and GradScaler for ``cfg.amp``: mixed precision only on CUDA; ``auto``
-    picks bf16 where the GPU supports it (no scaler needed) and fp16 with a scaler otherwise."""
+    picks bf16 where the GPU supports it natively (no scaler needed) and fp16 with a scaler
+    otherwise. torch's default check also accepts bf16 *emulated* on pre-Ampere GPUs (the
+    6 GB Pascal/Turing cards this product targets), which is far slower than their fp16."""
     if device.type != "cuda" or amp == "off":
         return None, None
     if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if amp == "bf16":
         if not torch.cuda.is_bf16_supported():
             raise UserError("amp=bf16 was asked for but this GPU does not support bfloat16; "
