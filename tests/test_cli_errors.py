@@ -104,3 +104,22 @@ def test_evaluate_directory_and_zero_batch_are_user_errors(split_run: Path,
     config = split_run / "config.yaml"
     assert evaluate.main(["--checkpoint", str(config), "--run-dir", str(split_run), "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in _error_line(capsys)
+
+
+def test_broken_image_in_imagefolder_is_a_user_error_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / "train" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (10, 10), (40 * i, 0, 0)).save(tmp_path / "data" / "train" / label / f"{i}.png")
+    broken = tmp_path / "data" / "train" / "a" / "broken.png"
+    broken.write_text("not an image")
+    out = tmp_path / "run"
+    argv = [*QUICK, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+            "--output-dir", str(out), "--set", "train.warmup_epochs=0"]
+    assert main("cnn", argv) == 2
+    assert f"cannot read image {broken}" in _error_line(capsys)
+    # no split.json counting the broken file: after removing it, the same command may use this folder
+    assert not (out / "split.json").exists()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from src.config.schema import DataConfig
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
 from src.data.sources import HFLIP, STATS, Source, load_source
-from src.data.split import SplitInfo, load_or_create_split
+from src.data.split import SplitInfo, load_or_create_split, save_split
 from src.data.transforms import Augment, Normalize, crop_padding
 from src.errors import UserError
 
@@ -48,7 +49,9 @@ def build_datasets(
     if cfg.image_size < 8:
         raise UserError(f"data.image_size must be at least 8 pixels, got {cfg.image_size}")
     source: Source = load_source(cfg)
-    record, info = load_or_create_split(source, cfg, seed, run_dir, write)
+    # a new split is saved only once its images have been read: a broken image file must not
+    # leave a split.json behind that the corrected data no longer matches
+    record, info = load_or_create_split(source, cfg, seed, run_dir, write=False)
     mean, std = STATS[source.name]
     normalize = Normalize(mean, std)
 
@@ -65,6 +68,8 @@ def build_datasets(
     )
     val = ImageDataset(*part_of("val"), source.class_names, normalize)
     test = ImageDataset(*part_of("test"), source.class_names, normalize)
+    if write and run_dir is not None and not info.reused:
+        info = dataclasses.replace(info, path=save_split(record, run_dir))
     return DataBundle(
         train=train,
         val=val,

@@ -110,8 +110,15 @@ def load_cifar_source(cfg: DataConfig) -> Source:
 
 
 def _folder_reader(folder: torchvision.datasets.ImageFolder) -> Callable[[Sequence[int], int], torch.Tensor]:
+    def load(path: str) -> torch.Tensor:
+        try:
+            return F.pil_to_tensor(folder.loader(path))
+        except OSError as exc:  # PIL's UnidentifiedImageError, a truncated or unreadable file
+            raise UserError(f"imagefolder: cannot read image {path} ({type(exc).__name__}); "
+                            "remove or replace that file") from None
+
     def read(indices: Sequence[int], size: int) -> torch.Tensor:
-        images = [resize_square(F.pil_to_tensor(folder.loader(folder.samples[i][0])), size) for i in indices]
+        images = [resize_square(load(folder.samples[i][0]), size) for i in indices]
         return torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
 
     return read

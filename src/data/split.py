@@ -163,6 +163,13 @@ def read_split(path: Path, source: Source) -> dict[str, Any]:
     return record
 
 
+def save_split(record: dict[str, Any], run_dir: Path) -> Path:
+    """Persist a split record as ``run_dir/split.json``; returns its path."""
+    path = Path(run_dir) / SPLIT_FILE
+    atomic_write_json(path, record)
+    return path
+
+
 def load_or_create_split(
     source: Source, cfg: DataConfig, seed: int, run_dir: Path | None, write: bool
 ) -> tuple[dict[str, Any], SplitInfo]:
@@ -178,7 +185,7 @@ def load_or_create_split(
         record = make_split(source, cfg, seed)
         reused = False
         if path is not None and write:
-            atomic_write_json(path, record)
+            save_split(record, path.parent)
         else:
             path = None
     sizes = {name: len(record["splits"][name]["indices"]) for name in SPLITS}
