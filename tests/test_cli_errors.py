@@ -13,6 +13,8 @@ from src.data.build import build_datasets
 from src.pipeline import evaluate
 from src.pipeline.cli import build_parser, load_run_config, main
 from src.pipeline.rundir import RunDirectory, compare_configs, prepare_run_directory
+from src.pipeline.stages import build_model
+from src.pipeline.train_stage import save_weights
 
 QUICK = ["--subset", "20", "--epochs", "1", "--image-size", "8", "--device", "cpu", "--stages", "teacher"]
 
@@ -123,3 +125,30 @@ def test_broken_image_in_imagefolder_is_a_user_error_and_writes_nothing(
     assert f"cannot read image {broken}" in _error_line(capsys)
     # no split.json counting the broken file: after removing it, the same command may use this folder
     assert not (out / "split.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--device", "tpu"], ["--epochs", "abc"], ["--stages"]])
+def test_bad_flag_is_one_error_line_not_a_usage_block(argv: list[str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main("vit", argv)
+    assert exit_info.value.code == 2
+    assert _error_line(capsys).endswith("(see --help)")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--checkpoint", "x.pt", "--split", "holdout"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'holdout'" in _error_line(capsys)
+
+
+def test_evaluate_weights_of_another_architecture_name_the_mismatch(
+        split_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = RunDirectory(split_run).saved_config()
+    assert cfg is not None
+    weights = split_run / "teacher" / "model.safetensors"
+    weights.parent.mkdir()
+    save_weights(build_model(cfg, "teacher", 10, initial=False), weights, {"stage": "teacher"})
+    argv = ["--checkpoint", str(weights), "--stage", "student", "--device", "cpu"]
+    assert evaluate.main(argv) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: weights {weights} do not fit this model: ")
+    assert "key(s) in state_dict" in line or "size mismatch" in line  # the detail, not torch's bare header

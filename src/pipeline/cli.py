@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from src.config.schema import STAGE_NAMES
 from src.errors import KDPipelineError, UserError
@@ -41,9 +41,16 @@ def family_config_dir(family: str) -> Path:
     return REPO_ROOT / FAMILY_DIRS[family] / "configs"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse reporting a bad flag as the contract's one ``error:`` line (exit 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(family: str) -> argparse.ArgumentParser:
     """The training command's flags (DESIGN.md, command-line contract)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=f"{FAMILY_DIRS[family]}/train.py",
         description=f"Teacher -> assistant -> student knowledge distillation ({family.upper()} family). "
         "Re-running the same command continues an interrupted run.",

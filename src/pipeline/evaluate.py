@@ -19,17 +19,17 @@ from src.data.build import build_datasets
 from src.engine.checkpoint import CheckpointStore
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError
+from src.pipeline.cli import OneLineParser
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.runner import resolve_device
 from src.pipeline.stages import STAGES, build_model
-from src.pipeline.train_stage import TEST_METRICS, load_weights
+from src.pipeline.train_stage import TEST_METRICS, load_error_detail, load_weights
 
 SPLITS = ("test", "val", "train")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="evaluate.py",
         description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
         "on a split of the run it belongs to.",
@@ -72,7 +72,7 @@ def _load_into(model: nn.Module, checkpoint: Path) -> None:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise UserError(f"checkpoint {checkpoint} does not fit this run's model: "
-                        f"{str(exc).strip().splitlines()[0]}") from None
+                        f"{load_error_detail(exc)}") from None
 
 
 def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage: str | None = None,

@@ -70,13 +70,21 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> str:
     return file_sha256(path)
 
 
+def load_error_detail(exc: BaseException, limit: int = 200) -> str:
+    """One informative line of a loading error: torch's first line is a bare "Error(s) in ...:" header."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a model.safetensors into ``model``; a file of another architecture is a user error."""
     try:
         model.load_state_dict(load_file(str(path)))
     except (RuntimeError, OSError, SafetensorError) as exc:  # SafetensorError: not a safetensors file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"weights {path} do not fit this model: {first}") from None
+        raise UserError(f"weights {path} do not fit this model: {load_error_detail(exc)}") from None
 
 
 def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
