@@ -152,3 +152,9 @@ def test_evaluate_weights_of_another_architecture_name_the_mismatch(
     line = _error_line(capsys)
     assert line.startswith(f"error: weights {weights} do not fit this model: ")
     assert "key(s) in state_dict" in line or "size mismatch" in line  # the detail, not torch's bare header
+
+
+def test_negative_seed_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main("cnn", [*QUICK, "--seed", "-1", "--output-dir", str(tmp_path / "run")]) == 2
+    assert _error_line(capsys) == "error: config key 'runtime.seed': must be 0 or more, got -1"
+    assert not (tmp_path / "run").exists()

@@ -249,6 +249,7 @@ def validate(cfg: RunConfig) -> None:
     for key, value in (("distillation.alpha_start", dist.alpha_start),
                        ("distillation.alpha_end", dist.alpha_end)):
         _check(0.0 <= value <= 1.0, f"config key '{key}': must be between 0 and 1, got {value}")
+    _check(r.seed >= 0, f"config key 'runtime.seed': must be 0 or more, got {r.seed}")
     _check(r.attention_every >= 0,
            f"config key 'runtime.attention_every': must be 0 or more, got {r.attention_every}")
     _check(r.vram_budget_gb is None or r.vram_budget_gb > 0,
