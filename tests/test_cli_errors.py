@@ -158,3 +158,10 @@ def test_negative_seed_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureF
     assert main("cnn", [*QUICK, "--seed", "-1", "--output-dir", str(tmp_path / "run")]) == 2
     assert _error_line(capsys) == "error: config key 'runtime.seed': must be 0 or more, got -1"
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_a_directory_says_it_is_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stage_dir = tmp_path / "old" / "teacher"
+    stage_dir.mkdir(parents=True)
+    assert main("cnn", [*QUICK, "--resume", str(stage_dir), "--output-dir", str(tmp_path / "run")]) == 2
+    assert _error_line(capsys).startswith(f"error: --resume {stage_dir} is a directory")

@@ -42,6 +42,9 @@ def resume_target(resume: str) -> Path | None:
     if resume in ("auto", "never"):
         return None
     path = Path(resume).expanduser()
+    if path.is_dir():
+        raise UserError(f"--resume {resume} is a directory; pass a checkpoint_*.pt file inside it "
+                        "(or --resume auto with --output-dir to continue that run)")
     if not path.is_file():
         raise UserError(f"--resume {resume}: no such checkpoint file "
                         "(use auto, never, or the path of a checkpoint_*.pt file)")
