@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from engine_fixtures import KeyedTrain
 
-from src.engine.sampling import epoch_order, make_loader, plan_micro_batches, rank_shard, train_keys
+from src.engine.sampling import (
+    epoch_order,
+    make_loader,
+    plan_micro_batches,
+    rank_shard,
+    train_keys,
+    window_sizes,
+)
 
 
 def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch() -> None:
@@ -38,7 +45,18 @@ def test_windows_do_not_depend_on_the_micro_batch_size() -> None:
     assert [k for mb in small for k in mb.keys] == keys
     window_sizes = [mb.window_samples for mb in small if mb.last_in_window]
     assert window_sizes == [mb.window_samples for mb in big if mb.last_in_window] == [16, 16, 5]
-    assert [len(mb.keys) for mb in small[:4]] == [5, 5, 5, 1]
+    assert [len(mb.keys) for mb in small[:3]] == [5, 5, 6]  # no one-sample micro-batch
+
+
+def test_a_lone_last_sample_joins_the_window_before_it() -> None:
+    """A one-sample batch breaks batch norm in training mode: it never happens unless the
+    epoch holds a single sample."""
+    assert window_sizes(33, 32) == [33]
+    assert window_sizes(34, 32) == [32, 2]
+    assert window_sizes(64, 32) == [32, 32]
+    assert window_sizes(1, 32) == [1]
+    plan = plan_micro_batches([(1, i) for i in range(33)], window=32, micro_batch=16)
+    assert [len(mb.keys) for mb in plan] == [16, 17] and plan[-1].window_samples == 33
 
 
 def test_loading_leaves_the_global_rng_alone() -> None:

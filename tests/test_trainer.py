@@ -109,6 +109,14 @@ def test_fit_writes_epochs_csv_metrics_checkpoints_and_curves(tmp_path: Path) ->
     assert trainer.evaluate(PlainEval(20)).loss == pytest.approx(result.best_metric)
 
 
+def test_a_batch_norm_model_trains_when_the_epoch_leaves_one_sample_over(tmp_path: Path) -> None:
+    # 33 samples at batch 32: without merging, the last batch of one sample would hit batch
+    # norm on a 1x1 feature map ("Expected more than 1 value per channel when training")
+    result = make_trainer(tmp_path, model=tiny_cnn(), train=33, batch_size=32, epochs=2).fit()
+    assert result.epochs_run == 2
+    assert [r["step"] for r in records(tmp_path) if "step" in r][-1] == 2  # one update per epoch
+
+
 def test_evaluate_weights_the_loss_by_samples(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, batch_size=16)
     data = PlainEval(21)  # batches of 16 and 5: a per-batch mean would be biased

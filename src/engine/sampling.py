@@ -44,15 +44,38 @@ class MicroBatch:
     last_in_window: bool
 
 
+def window_sizes(num_keys: int, window: int) -> list[int]:
+    """Samples per update window: full windows, then the remainder. A remainder of one sample
+    joins the window before it, since a one-sample batch breaks batch norm in training mode
+    (and is a one-sample gradient step anyway)."""
+    sizes = [window] * (num_keys // window)
+    rest = num_keys % window
+    if rest == 1 and sizes:
+        sizes[-1] += 1
+    elif rest:
+        sizes.append(rest)
+    return sizes
+
+
+def _pieces(keys: list[Key], micro_batch: int) -> list[list[Key]]:
+    """Micro-batches of at most ``micro_batch`` keys; a lone last key joins the one before."""
+    pieces = [keys[i : i + micro_batch] for i in range(0, len(keys), micro_batch)]
+    if len(pieces) > 1 and len(pieces[-1]) == 1:
+        pieces[-2].extend(pieces.pop())
+    return pieces
+
+
 def plan_micro_batches(keys: Sequence[Key], window: int, micro_batch: int) -> list[MicroBatch]:
-    """Cut ``keys`` into update windows of ``window`` samples (the effective batch; the last
-    window may be short) and each window into micro-batches of at most ``micro_batch``."""
+    """Cut ``keys`` into update windows (:func:`window_sizes`) and each window into
+    micro-batches of about ``micro_batch`` (:func:`_pieces`)."""
     plan: list[MicroBatch] = []
-    for start in range(0, len(keys), window):
-        window_keys = list(keys[start : start + window])
-        pieces = [window_keys[i : i + micro_batch] for i in range(0, len(window_keys), micro_batch)]
+    start = 0
+    for size in window_sizes(len(keys), window):
+        window_keys = list(keys[start : start + size])
+        start += size
+        pieces = _pieces(window_keys, micro_batch)
         for i, piece in enumerate(pieces):
-            plan.append(MicroBatch(piece, len(window_keys), i == len(pieces) - 1))
+            plan.append(MicroBatch(piece, size, i == len(pieces) - 1))
     return plan
 
 

@@ -33,7 +33,7 @@ from src.engine.objective import Objective
 from src.engine.optim import build_optimizer, build_schedule
 from src.engine.progress import Progress
 from src.engine.run_log import MetricsLog, open_tensorboard
-from src.engine.sampling import MicroBatch, make_loader, plan_micro_batches, train_keys
+from src.engine.sampling import MicroBatch, make_loader, plan_micro_batches, train_keys, window_sizes
 from src.engine.signals import StopSignals
 from src.engine.step import UpdateStep, is_cnn, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
@@ -121,7 +121,8 @@ class Trainer:
         self.micro_batch = config.batch_size
         self.window = config.batch_size * config.accumulation_steps  # samples per update, per rank
         self.samples_per_rank = math.ceil(len(train_dataset) / self.dist.world_size)  # type: ignore[arg-type]
-        self.schedule = build_schedule(self.optimizer, config, math.ceil(self.samples_per_rank / self.window))
+        updates_per_epoch = len(window_sizes(self.samples_per_rank, self.window))
+        self.schedule = build_schedule(self.optimizer, config, updates_per_epoch)
         self.early = EarlyStopping(config.monitor, config.mode, config.patience, config.min_delta)
         self.store = CheckpointStore(self.stage_dir, required_keys=RESUME_KEYS)
         self.num_classes = num_classes_of(val_dataset, fallback=_output_classes(model))
