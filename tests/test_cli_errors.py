@@ -165,3 +165,10 @@ def test_resume_from_a_directory_says_it_is_one(tmp_path: Path, capsys: pytest.C
     stage_dir.mkdir(parents=True)
     assert main("cnn", [*QUICK, "--resume", str(stage_dir), "--output-dir", str(tmp_path / "run")]) == 2
     assert _error_line(capsys).startswith(f"error: --resume {stage_dir} is a directory")
+
+
+def test_subset_of_one_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [*QUICK, "--subset", "1", "--output-dir", str(tmp_path / "run")]
+    assert main("cnn", argv) == 2
+    assert "data.subset" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()

@@ -225,7 +225,8 @@ def validate(cfg: RunConfig) -> None:
         _check(0.0 < value < 1.0, f"config key '{key}': must be between 0 and 1 (exclusive), got {value}")
     _check(d.val_fraction + d.test_fraction < 1.0,
            "config keys 'data.val_fraction' + 'data.test_fraction' must leave data to train on (sum < 1)")
-    _check(d.subset is None or d.subset >= 1, f"config key 'data.subset': must be at least 1, got {d.subset}")
+    _check(d.subset is None or d.subset >= 2,  # a one-sample training batch breaks batch norm
+           f"config key 'data.subset': must be at least 2 samples per split, got {d.subset}")
     _check(cfg.models.patch_size is None or cfg.models.patch_size >= 1,
            f"config key 'models.patch_size': must be at least 1, got {cfg.models.patch_size}")
     _check(0.0 <= cfg.models.drop_path_rate < 1.0, "config key 'models.drop_path_rate': must be in [0, 1)")
