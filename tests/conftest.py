@@ -1,5 +1,9 @@
-"""Skip tests marked ``gpu`` where CUDA is not available (markers are declared in pyproject.toml)."""
+"""Shared test set-up: skip ``gpu`` tests without CUDA (markers are declared in pyproject.toml),
+and give every test the ``kd_pipeline`` logger as it found it."""
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,3 +16,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def restore_pipeline_logger() -> Iterator[None]:
+    """An in-process ``main()`` points the product's logger at that test's captured stderr
+    (``setup_logging``); later tests must neither write there nor see its handlers."""
+    logger = logging.getLogger("kd_pipeline")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    for handler in logger.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    logger.handlers[:], logger.level, logger.propagate = saved

@@ -2,8 +2,6 @@
 and never leaves a run directory that the corrected command can no longer use."""
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +15,6 @@ from src.pipeline.stages import build_model
 from src.pipeline.train_stage import save_weights
 
 QUICK = ["--subset", "20", "--epochs", "1", "--image-size", "8", "--device", "cpu", "--stages", "teacher"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_pipeline_logger() -> Iterator[None]:
-    """main() points the log at this test's captured stderr; the next test must not write to it."""
-    logger = logging.getLogger("kd_pipeline")
-    saved = logger.handlers[:]
-    yield
-    for handler in logger.handlers:
-        if handler not in saved:
-            handler.close()
-    logger.handlers[:] = saved
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
