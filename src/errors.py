@@ -5,8 +5,6 @@ and the documented exit code, so no user ever sees a traceback for a mistake the
 """
 from __future__ import annotations
 
-import signal
-
 
 class KDPipelineError(Exception):
     """Base class: an error the command line reports without a traceback."""
@@ -31,7 +29,3 @@ class TrainingInterrupted(KDPipelineError):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + int(signum)
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
