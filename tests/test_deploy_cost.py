@@ -246,3 +246,15 @@ def test_turning_the_benchmark_off_never_blocks_a_resume() -> None:
     breaking, harmless = compare_configs(saved, changed, started=["teacher", "student"])
     assert breaking == [] and harmless == ["report.benchmark: True -> False"]
     assert run_fingerprint(saved, "student") == run_fingerprint(changed, "student")  # checkpoints agree
+
+
+@pytest.mark.gpu
+def test_cuda_run_times_the_gpu_and_the_cpu_in_two_interleaved_phases() -> None:
+    models = {stage: (name, create_model("cnn", name, 10, 8), 1) for stage, name in
+              (("teacher", "resnet34"), ("student", "resnet18"))}
+    table = cost.measure_costs(models, 8, torch.device("cuda"), key={})
+    assert table.device.startswith("CUDA, ")
+    for stage_cost in table.stages.values():
+        assert stage_cost.device.batch == benchmark.DEVICE_BATCH and stage_cost.cpu.batch == 32
+        assert stage_cost.device != stage_cost.cpu  # two measurements, not one copied
+    assert all(next(m.parameters()).device.type == "cpu" for _, m, _ in models.values())

@@ -79,7 +79,8 @@ def describe_device(device: torch.device) -> str:
     """The measured hardware in words, part of the cache key: another machine measures again."""
     if device.type == "cuda":
         return f"CUDA, {torch.cuda.get_device_name(device)}"
-    return f"CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def cache_key(results: Mapping[str, Mapping[str, Any]], image_size: int,
