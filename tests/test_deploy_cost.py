@@ -153,15 +153,16 @@ def result_of(stage: str, accuracy: float, sha: str = "x") -> dict:
 def test_sentence_ratios_are_read_from_the_one_cost_table() -> None:
     costs = table_of(teacher=(23_500_000, 8_000_000, 6.4), student=(11_200_000, 2_000_000, 2.0))
     table = pd.DataFrame({"stage": ["teacher", "student"], "test accuracy": [0.96, 0.9466]})
-    (sentence,) = cost_sentences(table, costs)
+    sentence, note = cost_sentences(table, costs)
+    assert "a multiply-add is 2 FLOPs" in note
     assert sentence.startswith("The student keeps 98.6% of the teacher's accuracy with 2.1x fewer "
                                "parameters, 4.0x fewer FLOPs, and runs 3.2x faster at batch 1 on this "
                                "machine")
     assert "6.40 -> 2.00 ms; CPU, 2 threads" in sentence
     bigger = table_of(teacher=(1_000, 1_000, 1.0), student=(2_000, 3_000, 1.5))
-    (sentence,) = cost_sentences(table, bigger)
+    sentence, _ = cost_sentences(table, bigger)
     assert "2.0x more parameters, 3.0x more FLOPs, and runs 1.5x slower" in sentence
-    assert cost_sentences(table, table_of(student=(1, 1, 1.0))) == []  # no teacher measured
+    assert len(cost_sentences(table, table_of(student=(1, 1, 1.0)))) == 1  # no teacher: the note only
 
 
 def test_report_gains_cost_columns_sentence_and_plot(tmp_path: Path,

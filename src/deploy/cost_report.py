@@ -62,7 +62,8 @@ def _times(reference: float, value: float, fewer: str, more: str) -> str:
 
 
 def cost_sentences(table: pd.DataFrame, costs: CostTable | None) -> list[str]:
-    """E.g. "the student keeps 98.6% of the teacher's accuracy with 2.1x fewer parameters, ..."."""
+    """E.g. "the student keeps 98.6% of the teacher's accuracy with 2.1x fewer parameters, ...",
+    then what the cost columns mean."""
     if costs is None:
         return []
     accuracy = table.set_index("stage")["test accuracy"]
@@ -80,6 +81,10 @@ def cost_sentences(table: pd.DataFrame, costs: CostTable | None) -> list[str]:
             f"on this machine ({big.device.latency_ms:.2f} -> {small.device.latency_ms:.2f} ms; "
             f"{costs.device})."
         )
+    any_stage = next(iter(costs.stages.values()))
+    sentences.append(f"Costs measured side by side on {costs.device} (fp32, cost.json): FLOPs per image as "
+                     "torch counts them (a multiply-add is 2 FLOPs), latency at batch 1, throughput at batch "
+                     f"{any_stage.device.batch} (CPU: {any_stage.cpu.batch}).")
     return sentences
 
 
