@@ -17,7 +17,7 @@ formula, and the count is the same on every device.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,8 +120,7 @@ def fitting_batch(models: Mapping[str, nn.Module], image_size: int, device: torc
 
 
 def time_models(models: Mapping[str, nn.Module], image_size: int, device: torch.device, *, batch: int,
-                budget_s: float = DEFAULT_BUDGET_S,
-                clock: Callable[[], float] = time.perf_counter) -> dict[str, Speed]:
+                budget_s: float = DEFAULT_BUDGET_S) -> dict[str, Speed]:
     """Batch-1 latency and throughput of every model (all on ``device``, in eval mode), interleaved.
 
     The number of rounds fills ``budget_s`` (estimated from the warm-up), within
@@ -131,18 +130,18 @@ def time_models(models: Mapping[str, nn.Module], image_size: int, device: torch.
 
     def timed(model: nn.Module, images: torch.Tensor) -> float:
         _synchronize(device)
-        start = clock()
+        start = time.perf_counter()
         model(images)
         _synchronize(device)
-        return clock() - start
+        return time.perf_counter() - start
 
     timings = {name: Timings() for name in models}
     with torch.inference_mode():
         round_cost = 0.0
         for model in models.values():
-            for _ in range(WARMUP_CALLS):
-                cost = LATENCY_REPEATS * timed(model, single) + timed(model, batched)
-            round_cost += cost
+            for _ in range(WARMUP_CALLS):  # the last warm-up call estimates the model's share of a round
+                visit = LATENCY_REPEATS * timed(model, single) + timed(model, batched)
+            round_cost += visit
         rounds = int(np.clip(budget_s // max(round_cost, 1e-9), MIN_ROUNDS, MAX_ROUNDS))
         for order in interleaved_order(list(models), rounds):
             for name in order:

@@ -44,6 +44,7 @@ def format_cost_columns(shown: pd.DataFrame) -> pd.DataFrame:
     """Human formatting of the cost columns that are present (n/a where unknown)."""
     formats = {"GFLOPs": "{:.3g}", "weights MB": "{:.1f}", "latency ms": "{:.2f}", "latency p90 ms": "{:.2f}",
                "throughput img/s": "{:,.0f}", "CPU throughput img/s": "{:,.0f}"}
+
     def cell(value: Any, pattern: str) -> str:
         unknown = value is None or (isinstance(value, float) and math.isnan(value))
         return "n/a" if unknown else pattern.format(value)
