@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: run run-vit test test-fast validate bench clean lint
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-export.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the build this machine carries, so the ranges below resolve to it
 	$(PY) -m pip install --quiet $(TORCH_PIN) || $(PY) -m pip install --quiet "torch>=2.4,<3" "torchvision>=0.19,<1"

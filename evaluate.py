@@ -1,6 +1,7 @@
-"""Score a saved checkpoint or model.safetensors on a split of its run.
+"""Score a saved checkpoint, model.safetensors or exported model.onnx on a split of its run.
 
     python evaluate.py --checkpoint runs/cnn-digits/student/model.safetensors --split test
+    python evaluate.py --checkpoint runs/cnn-digits/student/model.onnx --split test   # ONNX Runtime
 
 Thin entry point; the work is in src/pipeline/evaluate.py.
 """

@@ -82,6 +82,8 @@ def test_cnn_chain_leaves_the_run_directory_contract(cnn_run: tuple[Path, dict[s
     with open(out / "summary.csv", newline="") as handle:
         assert [row["stage"] for row in csv.DictReader(handle)] == list(teachers)
     assert "student vs baseline" in stdout and "resnet50" in stdout
+    # the cost table (src/deploy): measured side by side after the stages, the sentence printed
+    assert "The student keeps" in stdout and "fewer FLOPs" in stdout and (out / "cost.json").is_file()
     # the second command skipped the finished teacher: its files were not touched
     assert snapshot(out / "teacher") == teacher_files
     assert "stage teacher: finished earlier" in (out / "pipeline.log").read_text()

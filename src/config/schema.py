@@ -63,6 +63,13 @@ class RuntimeConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What the end-of-run report adds beyond accuracy (never changes what was trained)."""
+
+    benchmark: bool = True  # measure every stage's FLOPs, latency and throughput side by side
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as ``config.yaml`` in the run directory."""
 
@@ -72,3 +79,4 @@ class RunConfig:
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)

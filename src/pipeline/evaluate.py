@@ -15,7 +15,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from src.config.schema import RunConfig
 from src.data.build import build_datasets
+from src.deploy.onnx_runtime import onnx_model_for
 from src.engine.checkpoint import CheckpointStore
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError
@@ -32,10 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="evaluate.py",
         description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
-        "on a split of the run it belongs to.",
+        "on a split of the run it belongs to; a model.onnx from export.py is scored through ONNX Runtime.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="a .pt checkpoint or model.safetensors")
+                        help="a .pt checkpoint, model.safetensors or model.onnx")
     parser.add_argument("--run-dir", type=Path, help="the run directory (default: two levels above the file)")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--stage", choices=tuple(STAGES),
@@ -75,27 +77,37 @@ def _load_into(model: nn.Module, checkpoint: Path) -> None:
                         f"{load_error_detail(exc)}") from None
 
 
+def open_run(run_dir: Path) -> tuple[RunDirectory, RunConfig]:
+    """A run directory whose config.yaml and split.json can rebuild its data exactly."""
+    run = RunDirectory(run_dir)
+    cfg = run.saved_config()
+    if cfg is None:
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass a training run's "
+                        "--output-dir as --run-dir")
+    if not (run.root / "split.json").is_file():
+        raise UserError(f"{run_dir} has no split.json; the run never got as far as splitting its data")
+    return run, cfg
+
+
 def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage: str | None = None,
                   device: str = "auto", batch_size: int = 256) -> tuple[str, EvalResult]:
     """(stage, metrics) of ``checkpoint`` on ``split`` of the run in ``run_dir``."""
     if checkpoint.is_dir():
-        raise UserError(f"checkpoint {checkpoint} is a directory; pass a checkpoint_*.pt or "
-                        "model.safetensors file inside it")
+        raise UserError(f"checkpoint {checkpoint} is a directory; pass a checkpoint_*.pt, "
+                        "model.safetensors or model.onnx file inside it")
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    run = RunDirectory(run_dir)
-    cfg = run.saved_config()
-    if cfg is None:
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass --run-dir")
-    if not (run.root / "split.json").is_file():
-        raise UserError(f"{run_dir} has no split.json; the run never got as far as splitting its data")
+    run, cfg = open_run(run_dir)
     stage = _stage_of(checkpoint, stage)
     data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False)
-    model = build_model(cfg, stage, data.num_classes, initial=False)
-    _load_into(model, checkpoint)
-    target = resolve_device(device)
+    if checkpoint.suffix == ".onnx":  # the deployed artifact, through ONNX Runtime (src/deploy)
+        model, target = onnx_model_for(checkpoint, cfg.data.image_size, data.num_classes, run_dir, device)
+    else:
+        model = build_model(cfg, stage, data.num_classes, initial=False)
+        _load_into(model, checkpoint)
+        target = resolve_device(device)
     dataset = {"test": data.test, "val": data.val, "train": data.train}[split]
     result = evaluate_model(model.to(target), dataset, device=target, batch_size=batch_size,
                             num_workers=0, seed=cfg.runtime.seed, num_classes=data.num_classes)

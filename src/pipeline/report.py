@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -21,9 +21,19 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from src.deploy.cost_report import (  # noqa: E402
+    PLOT_NAME,
+    add_cost_columns,
+    cost_sentences,
+    format_cost_columns,
+    plot_accuracy_vs_latency,
+)
 from src.pipeline.rundir import RunDirectory  # noqa: E402
 from src.utils.atomic import atomic_write_text, atomic_write_with  # noqa: E402
 from src.utils.metrics import confusion, per_class_report  # noqa: E402
+
+if TYPE_CHECKING:
+    from src.deploy.cost import CostTable
 
 COLUMNS = ["stage", "architecture", "parameters", "best epoch", "test accuracy", "macro precision",
            "macro recall", "macro F1", "train time s", "peak GPU MB"]
@@ -39,6 +49,7 @@ class Summary:
     table: pd.DataFrame
     deltas: pd.DataFrame
     files: list[Path] = field(default_factory=list)
+    cost_sentences: list[str] = field(default_factory=list)  # what the student buys (src/deploy)
 
 
 def _number(value: Any) -> float:
@@ -117,7 +128,7 @@ def _display(table: pd.DataFrame, deltas: pd.DataFrame) -> tuple[pd.DataFrame, p
     shown_deltas = deltas.copy().astype(object)
     for col in ("accuracy delta", "macro F1 delta"):
         shown_deltas[col] = shown_deltas[col].map(fmt(lambda v: f"{100 * v:+.2f} pts"))
-    return shown, shown_deltas
+    return format_cost_columns(shown), shown_deltas
 
 
 def render_text(summary: Summary) -> str:
@@ -126,6 +137,8 @@ def render_text(summary: Summary) -> str:
     text = shown.to_string(index=False)
     if not shown_deltas.empty:
         text += "\n\n" + shown_deltas.to_string(index=False)
+    if summary.cost_sentences:
+        text += "\n\n" + "\n".join(summary.cost_sentences)
     return text
 
 
@@ -134,6 +147,8 @@ def render_markdown(summary: Summary) -> str:
     text = "# Run summary\n\n" + markdown_table(shown) + "\n"
     if not shown_deltas.empty:
         text += "\n## Did distillation help?\n\n" + markdown_table(shown_deltas) + "\n"
+    if summary.cost_sentences:
+        text += "\n" + "\n".join(summary.cost_sentences) + "\n"
     return text
 
 
@@ -181,10 +196,11 @@ def write_confusion(run_dir: RunDirectory, stage: str, class_names: Sequence[str
 
 
 def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]],
-                 class_names: Sequence[str]) -> Summary:
-    """summary.csv, summary.md, comparison.png and the student's confusion matrix in ``run_dir``."""
-    table = summary_table(results)
-    summary = Summary(table=table, deltas=delta_table(table))
+                 class_names: Sequence[str], costs: CostTable | None = None) -> Summary:
+    """summary.csv, summary.md, comparison.png and the student's confusion matrix in ``run_dir``;
+    with ``costs`` also the cost columns, sentences and accuracy_vs_latency.png."""
+    table = add_cost_columns(summary_table(results), costs)
+    summary = Summary(table=table, deltas=delta_table(table), cost_sentences=cost_sentences(table, costs))
     csv_frame = with_reference_deltas(table)
     atomic_write_with(run_dir.root / "summary.csv", lambda tmp: csv_frame.round(6).to_csv(tmp, index=False))
     atomic_write_text(run_dir.root / "summary.md", render_markdown(summary))
@@ -194,6 +210,8 @@ def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]]
         summary.files.append(run_dir.root / "comparison.png")
     if CONFUSION_STAGE in results:
         summary.files += write_confusion(run_dir, CONFUSION_STAGE, class_names)
+    if costs is not None:
+        summary.files.append(plot_accuracy_vs_latency(table, costs, run_dir.root / PLOT_NAME))
     return summary
 
 

@@ -31,6 +31,7 @@ HARMLESS_KEYS = frozenset({
     "runtime.deterministic", "train.epochs", "train.patience", "train.min_delta", "train.log_interval",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.num_workers",
     "train.tensorboard", "train.progress", "train.max_oom_retries", "train.nonfinite_policy",
+    "report.benchmark",  # what the report measures after training, never what was trained
 })
 # Keys that change the data: split.json was made with them even before any stage has started.
 _ALWAYS_BREAKING_PREFIXES = ("data.", "runtime.seed")

@@ -75,6 +75,7 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -
 
     Returns every finished stage's result.json content, in pipeline order.
     """
+    from src.deploy.cost import run_costs
     from src.pipeline.report import print_summary, write_report
 
     run_dir = RunDirectory(Path(output_dir))
@@ -98,7 +99,8 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -
         cleanup_training_state(verbose=False)  # the stage's scope has ended: its objects are unreachable now
     results = {stage: run_dir.read_result(stage) for stage in run_dir.finished_stages()}
     if dist.is_main:
-        summary = write_report(run_dir, results, class_names=data.class_names)
+        costs = run_costs(cfg, run_dir, results, device, data.num_classes) if cfg.report.benchmark else None
+        summary = write_report(run_dir, results, class_names=data.class_names, costs=costs)
         print_summary(summary)
     dist.barrier()
     return results

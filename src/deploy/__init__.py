@@ -1,0 +1,1 @@
+"""Deployment: what each stage costs to run (measured side by side) and its ONNX/TorchScript export."""

@@ -1,0 +1,244 @@
+"""Export a finished stage to ONNX (or TorchScript) and prove the file against PyTorch.
+
+    python export.py --run-dir runs/cnn-digits --stage student [--format onnx|torchscript]
+
+The export is written to a temporary file, run on real test images of the run's own split next
+to the PyTorch model, and only moved to ``<stage>/model.onnx`` when every top-1 prediction
+agrees and the largest logit difference is within the tolerance: a file that is there is a file
+that was proven. Its input contract (size, channel order, value range, mean/std, class names)
+goes into ``<file>.json`` beside it.
+
+ONNX uses the exporter torch ships as its default since 2.9 (``torch.export`` + onnxscript,
+``dynamo=True``) at opset 20, with a dynamic batch dimension. The example batch has 2 images
+because ``torch.export`` specialises a dimension of size 1; the check runs batches of 1 and
+of ``--batch-size`` to prove the batch dimension really is free.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from src.data.build import DataBundle, build_datasets
+from src.deploy.onnx_runtime import EXPORT_PACKAGES, OnnxClassifier, require
+from src.engine.evaluation import evaluate_model
+from src.errors import KDPipelineError, UserError
+from src.pipeline.cli import OneLineParser
+from src.pipeline.evaluate import open_run
+from src.pipeline.rundir import RunDirectory
+from src.pipeline.stages import STAGES, build_model
+from src.pipeline.train_stage import file_sha256, load_weights
+from src.utils.atomic import atomic_write_json, atomic_write_with
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+ONNX_OPSET = 20
+DEFAULT_IMAGES = 256
+DEFAULT_TOLERANCE = 1e-3
+CHECK_BATCH = 64
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class ExportCheckFailed(KDPipelineError):
+    """The exported model does not compute what the PyTorch model computes (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How the exported model compared with PyTorch on the same real test images."""
+
+    images: int
+    max_abs_diff: float
+    agree: int  # images with the same top-1 class
+    accuracy: float  # the exported model's, on these images
+
+
+class _SideBySide(nn.Module):
+    """Runs the PyTorch model and the exported one on each batch; returns the exported logits."""
+
+    def __init__(self, reference: nn.Module, exported: Any) -> None:
+        super().__init__()
+        self.reference, self.exported = reference, exported
+        self.images, self.agree, self.max_abs_diff = 0, 0, 0.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        expected, actual = self.reference(images), self.exported(images)
+        self.max_abs_diff = max(self.max_abs_diff, float((expected - actual).abs().max()))
+        self.agree += int((expected.argmax(dim=1) == actual.argmax(dim=1)).sum())
+        self.images += len(images)
+        return actual
+
+
+def compare(reference: nn.Module, exported: Any, data: DataBundle, images: int, seed: int) -> Parity:
+    """Both models on the first ``images`` test images, through the evaluation data path: the first
+    image alone, the rest in batches of ``CHECK_BATCH`` and a shorter last one (the exported batch
+    dimension must really be free)."""
+    pair = _SideBySide(reference.eval(), exported)
+    count = min(images, len(data.test))
+    parts = [(range(1), 1), (range(1, count), CHECK_BATCH)]
+    y_true, y_pred = [], []
+    for indices, batch in parts:
+        if len(indices):
+            result = evaluate_model(pair, Subset(data.test, indices), device=torch.device("cpu"),
+                                    batch_size=batch, num_workers=0, seed=seed, num_classes=data.num_classes)
+            y_true.append(result.y_true)
+            y_pred.append(result.y_pred)
+    accuracy = float((np.concatenate(y_true) == np.concatenate(y_pred)).mean())
+    return Parity(images=pair.images, max_abs_diff=pair.max_abs_diff, agree=pair.agree, accuracy=accuracy)
+
+
+def _export_onnx(model: nn.Module, image_size: int, path: Path) -> None:
+    example = torch.zeros(2, 3, image_size, image_size)
+    torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=ONNX_OPSET,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+
+
+def _export_torchscript(model: nn.Module, image_size: int, path: Path) -> None:
+    example = torch.zeros(2, 3, image_size, image_size)
+    with warnings.catch_warnings():  # asked for by name; the README says torch deprecates it
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=Warning)
+        torch.jit.trace(model, example).save(str(path))
+
+
+def _load_exported(fmt: str, path: Path) -> Any:
+    if fmt == "onnx":
+        return OnnxClassifier(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=Warning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def finished_stage(run: RunDirectory, stage: str) -> dict[str, Any]:
+    """The stage's result.json, once the stage has finished and its weights are what it recorded."""
+    if not run.result_path(stage).is_file():
+        done = run.finished_stages()
+        hint = (f"export a finished one ({', '.join(done)})" if done
+                else "run the training command first")
+        raise UserError(f"stage '{stage}' has not finished in {run.root} (no {stage}/result.json); "
+                        f"re-run the training command to finish it, or {hint}")
+    result = run.read_result(stage)
+    weights = run.weights_path(stage)
+    if not weights.is_file():
+        raise UserError(f"weights {weights} are missing; delete {run.stage_dir(stage)} and re-run the "
+                        "training command to train that stage again")
+    if file_sha256(weights) != result.get("weights_sha256"):
+        raise UserError(f"weights {weights} do not match the hash in {stage}/result.json (changed after "
+                        f"training?); delete {run.stage_dir(stage)} and re-run to train it again")
+    return result
+
+
+def input_contract(fmt: str, path: Path, stage: str, result: dict[str, Any], data: DataBundle,
+                   dataset: str, parity: Parity) -> dict[str, Any]:
+    """What a deployment must feed the file and how to read what it returns."""
+    size = data.image_size
+    packages = ("torch", *EXPORT_PACKAGES) if fmt == "onnx" else ("torch",)
+    return {
+        "file": path.name, "format": fmt, "opset": ONNX_OPSET if fmt == "onnx" else None,
+        "stage": stage, "architecture": result.get("model"), "dataset": dataset,
+        "weights_sha256": result.get("weights_sha256"),
+        "input": {
+            "name": INPUT_NAME if fmt == "onnx" else None, "shape": ["batch", 3, size, size],
+            "dtype": "float32", "layout": "NCHW", "channel_order": "RGB",
+            "preprocessing": [f"resize the shorter side to {size} px (bilinear, antialiased) and centre-crop "
+                              f"{size}x{size}; grey images are repeated to 3 channels",
+                              "scale uint8 pixels to [0, 1] (divide by 255)",
+                              "normalise per channel: (x - mean) / std"],
+            "mean": list(data.mean), "std": list(data.std),
+        },
+        "output": {"name": OUTPUT_NAME if fmt == "onnx" else None, "shape": ["batch", data.num_classes],
+                   "dtype": "float32",
+                   "meaning": "logits: argmax is the index into class_names; softmax gives probabilities"},
+        "class_names": list(data.class_names),
+        "check": {"split": "test", "images": parity.images, "top1_agree": parity.agree,
+                  "max_abs_logit_diff": parity.max_abs_diff, "accuracy": parity.accuracy},
+        "exported_with": {name: version(name) for name in packages},
+    }
+
+
+def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = DEFAULT_IMAGES,
+                 tolerance: float = DEFAULT_TOLERANCE) -> tuple[Path, Parity]:
+    """Write ``<stage>/model.onnx`` (or the TorchScript file) and its contract; returns (file, parity).
+
+    Raises UserError for bad input and ExportCheckFailed when the export does not match PyTorch
+    (nothing is written then).
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if images < 1 or not tolerance > 0:
+        raise UserError(f"--images must be at least 1 and --tolerance positive (got {images}, {tolerance})")
+    if fmt == "onnx":
+        require(*EXPORT_PACKAGES, purpose="ONNX export")
+    run, cfg = open_run(run_dir)
+    result = finished_stage(run, stage)
+    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False)
+    model = build_model(cfg, stage, data.num_classes, initial=False).eval()
+    load_weights(model, run.weights_path(stage))
+    target = run.stage_dir(stage) / FORMATS[fmt]
+    writer = _export_onnx if fmt == "onnx" else _export_torchscript
+    checked: list[Parity] = []
+
+    def write_and_check(tmp: Path) -> None:
+        try:
+            writer(model, data.image_size, tmp)
+        except Exception as exc:  # the exporters raise many types; the first line says what failed
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExportCheckFailed(f"{fmt} export of {result.get('model')} failed: {first}; "
+                                    "try the other --format") from exc
+        parity = compare(model, _load_exported(fmt, tmp), data, images, cfg.runtime.seed)
+        if parity.agree != parity.images or parity.max_abs_diff > tolerance:
+            raise ExportCheckFailed(
+                f"the {fmt} export of stage '{stage}' does not match PyTorch on the test split: top-1 "
+                f"agrees on {parity.agree}/{parity.images} images, largest logit difference "
+                f"{parity.max_abs_diff:.3g} (tolerance {tolerance:g}); nothing was written. Try the other "
+                "--format, or report it with your torch and onnxruntime versions")
+        checked.append(parity)
+
+    atomic_write_with(target, write_and_check)
+    atomic_write_json(target.with_name(target.name + ".json"),
+                      input_contract(fmt, target, stage, result, data, cfg.data.name, checked[0]))
+    return target, checked[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="export.py",
+        description="Export a finished stage's model.safetensors to ONNX (dynamic batch, opset "
+        f"{ONNX_OPSET}) or TorchScript, checked against PyTorch on the run's test images.",
+        epilog="Exit codes: 0 exported and checked, 1 the export does not match PyTorch (nothing "
+        "written), 2 bad input.",
+    )
+    parser.add_argument("--run-dir", type=Path, required=True, help="the training run's --output-dir")
+    parser.add_argument("--stage", choices=tuple(STAGES), default="student")
+    parser.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default="onnx")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
+                        help=f"test images to check the export on (default {DEFAULT_IMAGES})")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"largest logit difference accepted (default {DEFAULT_TOLERANCE:g})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path, parity = export_stage(args.run_dir, args.stage, args.fmt, images=args.images,
+                                    tolerance=args.tolerance)
+    except KDPipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    detail = f"ONNX opset {ONNX_OPSET}" if args.fmt == "onnx" else "TorchScript (traced)"
+    print(f"exported stage {args.stage} to {path} ({detail}, dynamic batch dimension)")
+    print(f"checked against PyTorch on {parity.images} test images: largest logit difference "
+          f"{parity.max_abs_diff:.3g}, top-1 agrees on {parity.agree}/{parity.images} "
+          f"(accuracy {100 * parity.accuracy:.2f}%)")
+    print(f"input contract: {path.with_name(path.name + '.json')}")
+    return 0
