@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from src.distillation.config import DistillationConfig
 from src.engine.config import EngineConfig
 
 STAGE_NAMES = ("teacher", "assistant", "student", "baseline", "direct")
@@ -40,15 +41,6 @@ class ModelsConfig:
     pretrained: bool = False  # teacher only: timm hub where online, or teacher_weights
     teacher_weights: Optional[str] = None  # local .safetensors/.pth/.bin file for the teacher
     drop_path_rate: float = 0.0
-
-
-@dataclass
-class DistillationConfig:
-    """KD loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
-
-    temperature: float = 4.0
-    alpha_start: float = 0.9
-    alpha_end: float = 0.5
 
 
 @dataclass

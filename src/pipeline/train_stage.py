@@ -114,13 +114,9 @@ def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, num_classe
         return CrossEntropyObjective(label_smoothing=cfg.train.label_smoothing)
     assert teacher_result is not None
     teacher, fingerprint = load_teacher(cfg, run_dir, teacher_stage, num_classes, teacher_result)
-    objective = DistillationObjective(
-        teacher.to(device),
-        temperature=cfg.distillation.temperature,
-        alpha_start=cfg.distillation.alpha_start,
-        alpha_end=cfg.distillation.alpha_end,
-        teacher_fingerprint=fingerprint,
-    )
+    objective = DistillationObjective(teacher.to(device), cfg.distillation,
+                                      label_smoothing=cfg.train.label_smoothing,
+                                      teacher_fingerprint=fingerprint)
     return objective.to(device)
 
 
