@@ -31,7 +31,7 @@ from src.errors import UserError
 from src.memory.planner import plan_stage
 from src.models.factory import count_parameters
 from src.pipeline.rundir import HARMLESS_KEYS, RunDirectory
-from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name
+from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.training_guards import enforce_gradient_checkpointing, get_model_specific_lr
 from src.visualization.attention import save_attention_maps, should_visualize
@@ -167,6 +167,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
         device=device, seed=cfg.runtime.seed, run_fingerprint=run_fingerprint(cfg, stage), dist=dist,
         epoch_callbacks=attention_callback(cfg, data, stage_dir, dist), resume=resume, lr=lr,
     )
+    torch.manual_seed(stage_seed(cfg.runtime.seed, "train", stage))  # a resume restores its saved RNG
     fit = trainer.fit()
     test = trainer.evaluate(data.test)
     if dist.is_main:
@@ -186,6 +187,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "peak_gpu_memory_mb": fit.peak_gpu_memory_mb,
             "train_time_sec": fit.train_time_sec,
             "teacher": spec.teacher_stage,
+            "seed": cfg.runtime.seed,
             "weights_sha256": sha,
             "memory_plan": plan.to_dict(),
             "lr": lr,
