@@ -5,9 +5,10 @@ YAML files and ``--set key=value`` overrides are validated against these types b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
+from src.config.stage_overrides import StageOverrides
 from src.distillation.config import DistillationConfig
 from src.engine.config import EngineConfig
 
@@ -47,7 +48,8 @@ class ModelsConfig:
 class RuntimeConfig:
     """Where and how the run executes."""
 
-    seed: int = 42
+    seed: int = 42  # the split, and the training seed of a one-seed run
+    seeds: Optional[list[int]] = None  # one chain per seed under <run>/seed-<n>/ (same split)
     deterministic: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     vram_budget_gb: Optional[float] = 6.0  # CUDA only; None disables the planner
@@ -63,4 +65,8 @@ class RunConfig:
     stages: list[str] = field(default_factory=lambda: ["teacher", "assistant", "student", "baseline"])
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
+    stage_overrides: StageOverrides = field(default_factory=StageOverrides)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+assert tuple(f.name for f in fields(StageOverrides)) == STAGE_NAMES, "one override section per stage"

@@ -17,6 +17,7 @@ from typing import Any
 
 from src.config.loader import config_from_dict, dump_config, flatten, read_yaml
 from src.config.schema import RunConfig
+from src.config.stage_overrides import override_target
 from src.errors import IncompatibleResumeError, UserError
 from src.pipeline.stages import KD_STAGES, STAGES
 from src.utils.atomic import atomic_write_text
@@ -27,6 +28,7 @@ LOGGER = logging.getLogger("kd_pipeline.rundir")
 HARMLESS_KEYS = frozenset({
     # data.data_dir: a moved dataset is still the same data; split.json checks its identity
     "stages", "data.download", "data.data_dir",
+    "runtime.seeds",  # each seed's chain keeps its own folder; adding a seed leaves the others as they are
     "runtime.device", "runtime.vram_budget_gb", "runtime.attention_every",
     "runtime.deterministic", "train.epochs", "train.patience", "train.min_delta", "train.log_interval",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.num_workers",
@@ -96,6 +98,8 @@ class RunDirectory:
 
 def _stages_depending_on(key: str) -> tuple[str, ...]:
     """The stages whose results a change of ``key`` would invalidate."""
+    if (target := override_target(key)) is not None:
+        return (target[0],)
     if key.startswith("distillation."):
         return KD_STAGES
     return tuple(STAGES)
@@ -114,7 +118,8 @@ def compare_configs(saved: RunConfig, new: RunConfig, started: list[str]) -> tup
         if old.get(key) == cur.get(key):
             continue
         change = f"{key}: {old.get(key)!r} -> {cur.get(key)!r}"
-        if key in HARMLESS_KEYS:
+        rule_key = target[1] if (target := override_target(key)) else key  # an override follows its train key
+        if rule_key in HARMLESS_KEYS:
             harmless.append(change)
         elif key.startswith(_ALWAYS_BREAKING_PREFIXES):
             breaking.append(change)

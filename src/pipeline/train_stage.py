@@ -22,6 +22,7 @@ from torch import nn
 
 from src.config.loader import flatten
 from src.config.schema import RunConfig
+from src.config.stage_overrides import stage_config
 from src.data.build import DataBundle
 from src.distillation.objective import DistillationObjective
 from src.engine.distributed import DistributedContext
@@ -144,6 +145,7 @@ def write_predictions(path: Path, y_true: Any, y_pred: Any) -> None:
 def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBundle, *,
                 device: torch.device, dist: DistributedContext, resume: str | Path = "auto") -> None:
     """Train, test and save ``stage``; everything built here is released when this returns."""
+    cfg = stage_config(cfg, stage)  # stage_overrides.<stage> applied to train: what this stage trains with
     spec, name = STAGES[stage], model_name(cfg, stage)
     stage_dir = run_dir.stage_dir(stage)
     teacher_result = run_dir.read_result(spec.teacher_stage) if spec.teacher_stage else None
