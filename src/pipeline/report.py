@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from src.evidence import verdict  # noqa: E402
 from src.pipeline.rundir import RunDirectory  # noqa: E402
 from src.utils.atomic import atomic_write_text, atomic_write_with  # noqa: E402
 from src.utils.metrics import confusion, per_class_report  # noqa: E402
@@ -39,6 +40,7 @@ class Summary:
     table: pd.DataFrame
     deltas: pd.DataFrame
     files: list[Path] = field(default_factory=list)
+    evidence: list[verdict.Comparison] = field(default_factory=list)  # paired tests and the verdict
 
 
 def _number(value: Any) -> float:
@@ -126,6 +128,8 @@ def render_text(summary: Summary) -> str:
     text = shown.to_string(index=False)
     if not shown_deltas.empty:
         text += "\n\n" + shown_deltas.to_string(index=False)
+    if summary.evidence:
+        text += "\n\n" + verdict.evidence_text(summary.evidence)
     return text
 
 
@@ -134,6 +138,8 @@ def render_markdown(summary: Summary) -> str:
     text = "# Run summary\n\n" + markdown_table(shown) + "\n"
     if not shown_deltas.empty:
         text += "\n## Did distillation help?\n\n" + markdown_table(shown_deltas) + "\n"
+    if summary.evidence:
+        text += "\n" + verdict.evidence_markdown(summary.evidence)
     return text
 
 
@@ -185,10 +191,14 @@ def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]]
     """summary.csv, summary.md, comparison.png and the student's confusion matrix in ``run_dir``."""
     table = summary_table(results)
     summary = Summary(table=table, deltas=delta_table(table))
+    seed = next((res["seed"] for res in results.values() if "seed" in res), None)
+    summary.evidence = verdict.compare_run({seed: run_dir})
     csv_frame = with_reference_deltas(table)
     atomic_write_with(run_dir.root / "summary.csv", lambda tmp: csv_frame.round(6).to_csv(tmp, index=False))
     atomic_write_text(run_dir.root / "summary.md", render_markdown(summary))
     summary.files = [run_dir.root / "summary.csv", run_dir.root / "summary.md"]
+    if summary.evidence:
+        summary.files.append(verdict.write_evidence(run_dir.root / "evidence.json", summary.evidence))
     if not table.empty:
         plot_comparison(table, run_dir.root / "comparison.png")
         summary.files.append(run_dir.root / "comparison.png")

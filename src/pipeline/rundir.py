@@ -157,6 +157,8 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
 
     Returns notes about accepted changes (for pipeline.log). Raises UserError for
     ``--resume never`` on a non-empty folder and IncompatibleResumeError for breaking changes.
+    Whether each KD stage has its teacher is checked per seed's chain by the runner
+    (``check_stage_plan``), after ``--teacher-from`` has said what it brings.
     """
     if resume == "never" and not run_dir.is_empty():
         raise UserError(
@@ -177,7 +179,6 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
                 + ". Use the old values, or choose another --output-dir for a new run"
             )
         notes = harmless
-    check_stage_plan(cfg.stages, run_dir.finished_stages())
     if write and (saved is None or notes):
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         header = f"# kd-pipeline run configuration, written {stamp}\n"

@@ -88,17 +88,23 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise UserError(f"weights {path} do not fit this model: {load_error_detail(exc)}") from None
 
 
-def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
-                 result: dict[str, Any]) -> tuple[nn.Module, dict[str, str]]:
-    """The teacher stage's final weights, verified against the hash its result.json recorded."""
-    path = run_dir.weights_path(teacher_stage)
+def verified_weights(run_dir: RunDirectory, stage: str, result: dict[str, Any]) -> tuple[Path, str]:
+    """A finished stage's model.safetensors and its sha256, checked against its result.json."""
+    path = run_dir.weights_path(stage)
     if not path.is_file():
-        raise UserError(f"teacher weights {path} are missing; delete {run_dir.stage_dir(teacher_stage)} "
+        raise UserError(f"{stage} weights {path} are missing; delete {run_dir.stage_dir(stage)} "
                         "to train that stage again")
     sha = file_sha256(path)
     if sha != result.get("weights_sha256"):
-        raise UserError(f"teacher weights {path} do not match the hash in its result.json (changed after "
-                        f"training?); delete {run_dir.stage_dir(teacher_stage)} to train that stage again")
+        raise UserError(f"{stage} weights {path} do not match the hash in its result.json (changed after "
+                        f"training?); delete {run_dir.stage_dir(stage)} to train that stage again")
+    return path, sha
+
+
+def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
+                 result: dict[str, Any]) -> tuple[nn.Module, dict[str, str]]:
+    """The teacher stage's final weights, verified against the hash its result.json recorded."""
+    path, sha = verified_weights(run_dir, teacher_stage, result)
     teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
     load_weights(teacher, path)
     # relative to the run directory: a moved run directory still resumes; the hash is the identity
