@@ -79,8 +79,10 @@ class RunDirectory:
         return [s for s in STAGES if self.result_path(s).is_file()]
 
     def started_stages(self) -> list[str]:
-        """Stages with any file in their folder (finished or in progress)."""
-        return [s for s in STAGES if self.stage_dir(s).is_dir() and any(self.stage_dir(s).iterdir())]
+        """Stages with any file in their folder (finished or in progress), here or in any seed's
+        chain (``seed-<n>/``, see src/pipeline/seeds.py): one config.yaml governs them all."""
+        folders = [self.root, *sorted(self.root.glob("seed-*"))]
+        return [s for s in STAGES if any((f / s).is_dir() and any((f / s).iterdir()) for f in folders)]
 
     def is_empty(self) -> bool:
         return not self.root.exists() or not any(self.root.iterdir())
