@@ -160,9 +160,11 @@ def test_dkd_warmup_is_mdistillers_share_of_the_stage(pair) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fp16_autocast_step_with_grad_scaler(pair) -> None:
+@pytest.mark.parametrize(("loss", "standardize"), [("kd", False), ("dkd", False), ("dist", True)])
+def test_cuda_fp16_autocast_step_with_grad_scaler(pair, loss: str, standardize: bool) -> None:
     teacher, student = (m.cuda() for m in pair)
-    objective = DistillationObjective(teacher).to(torch.device("cuda"))
+    config = DistillationConfig(loss=loss, logit_standardization=standardize)
+    objective = DistillationObjective(teacher, config).to(torch.device("cuda"))
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cuda")

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from src.pipeline.cli import main
+from src.pipeline.evaluate import main as evaluate_main
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +52,16 @@ def test_seeds_run_one_chain_per_seed_on_one_split_and_report_the_verdict(source
     assert [c["stage"] for c in evidence] == ["direct"] and set(evidence[0]["mcnemar"]) == {"42", "43"}
     assert (out / "comparison.png").stat().st_size > 0
     assert (out / "seed-42" / "summary.md").is_file()  # each chain keeps its own one-seed report
+
+
+def test_evaluate_finds_the_run_of_a_seed_chains_file(source: tuple[Path, str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = source
+    weights = out / "seed-43" / "direct" / "model.safetensors"
+    assert evaluate_main(["--checkpoint", str(weights), "--device", "cpu"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    expected = json.loads((out / "seed-43" / "direct" / "result.json").read_text())["test"]
+    assert scored["accuracy"] == pytest.approx(expected["accuracy"])
 
 
 def test_teacher_from_reuses_teacher_and_baseline_and_trains_the_new_loss(

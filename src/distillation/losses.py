@@ -61,9 +61,10 @@ def _logits(student: torch.Tensor, teacher: torch.Tensor,
 
 
 def _parts(device: torch.device, **values: torch.Tensor | float) -> Parts:
-    """Detached 0-dim float32 tensors on ``device`` (schedule weights arrive as floats)."""
+    """Detached 0-dim float32 tensors on ``device``; schedule weights arrive as floats and are
+    filled on the device (a fill kernel, not a host-to-device copy that could wait on the GPU)."""
     return {name: value.detach() if torch.is_tensor(value)
-            else torch.tensor(float(value), dtype=torch.float32, device=device)
+            else torch.full((), float(value), dtype=torch.float32, device=device)
             for name, value in values.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 from src.config.schema import RunConfig
 from src.pipeline.rundir import RunDirectory
@@ -37,3 +38,11 @@ def seed_chains(cfg: RunConfig, top: RunDirectory) -> list[Chain]:
         return [Chain(cfg.runtime.seed, cfg, top)]
     return [Chain(seed, chain_config(cfg, seed), RunDirectory(top.root / f"seed-{seed}"))
             for seed in cfg.runtime.seeds]
+
+
+def run_dir_of(stage_file: Path) -> Path:
+    """The run directory a stage's file belongs to: ``<run>/<stage>/file``, or
+    ``<run>/seed-<n>/<stage>/file`` in a run with several seeds (config.yaml and split.json are
+    at the top)."""
+    chain = stage_file.resolve().parents[1]
+    return chain.parent if chain.name.startswith("seed-") and not (chain / "config.yaml").exists() else chain
