@@ -16,9 +16,11 @@ from src.pipeline.evaluate import main as evaluate_main
 
 pytestmark = pytest.mark.slow
 
-# every role a resnet18: this is about seeds and reuse, not capacity
+# every role a resnet18: this is about seeds and reuse, not capacity; the teacher trains with
+# its own overrides (2 epochs at another rate)
 TINY = ["--epochs", "1", "--subset", "40", "--image-size", "8", "--device", "cpu",
-        "--set", "models.teacher=resnet18", "--set", "models.assistant=resnet18"]
+        "--set", "models.teacher=resnet18", "--set", "models.assistant=resnet18",
+        "--set", "stage_overrides.teacher.epochs=2", "--set", "stage_overrides.teacher.lr=0.004"]
 STAGES = ["--stages", "teacher,baseline,direct"]
 
 
@@ -35,9 +37,13 @@ def test_seeds_run_one_chain_per_seed_on_one_split_and_report_the_verdict(source
     for seed in (42, 43):
         chain = out / f"seed-{seed}"
         assert not (chain / "split.json").exists() and not (chain / "config.yaml").exists()
-        for stage in ("teacher", "baseline", "direct"):
-            result = json.loads((chain / stage / "result.json").read_text())
-            assert result["seed"] == seed
+        results = {stage: json.loads((chain / stage / "result.json").read_text())
+                   for stage in ("teacher", "baseline", "direct")}
+        assert {result["seed"] for result in results.values()} == {seed}
+        # stage_overrides.teacher: its own epochs and base rate (resnet18: 0.5x); the others keep train.*
+        assert [results[s]["epochs_run"] for s in ("teacher", "baseline", "direct")] == [2, 1, 1]
+        assert results["teacher"]["lr"] == pytest.approx(0.004 * 0.5)
+        assert results["baseline"]["lr"] == pytest.approx(0.002 * 0.5)  # digits.yaml's train.lr
     labels = [pd.read_csv(out / f"seed-{s}" / "baseline" / "test_predictions.csv")["y_true"]
               for s in (42, 43)]
     assert labels[0].equals(labels[1])  # the same test images in every chain
@@ -116,6 +122,8 @@ def test_teacher_from_mismatches_are_one_line_errors_that_write_nothing(
     assert "no chain for seed 44" in _refused([*base, str(src), "--seeds", "42,44"], capsys, out)
     assert "models.teacher: 'resnet18' -> 'resnet34'" in _refused(
         [*base, str(src), "--seeds", "42", "--set", "models.teacher=resnet34"], capsys, out)
+    assert "stage_overrides.teacher.lr: 0.004 -> 0.001" in _refused(
+        [*base, str(src), "--seeds", "42", "--set", "stage_overrides.teacher.lr=0.001"], capsys, out)
     tampered = tmp_path / "tampered"
     shutil.copytree(src, tampered)
     weights = tampered / "seed-42" / "teacher" / "model.safetensors"
