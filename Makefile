@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run run-vit test test-fast validate bench clean lint
+.PHONY: run run-vit test test-fast validate bench study clean lint
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-export.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/throughput.py
 	$(PY) bench/memory.py
+
+study: $(STAMP)  ## the KD study behind docs/RESULTS.md (kd, dkd, dist x 3 seeds on digits; ~15 min idle)
+	$(PY) bench/kd_study.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

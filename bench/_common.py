@@ -81,9 +81,7 @@ def build_stage(cfg: RunConfig, stage: str, device: torch.device) -> StageSetup:
         return StageSetup(stage, model_name(cfg, stage), model,
                           CrossEntropyObjective(cfg.train.label_smoothing), None, None)
     teacher = build_model(cfg, teacher_stage, NUM_CLASSES, initial=False).to(device)
-    objective = DistillationObjective(teacher, temperature=cfg.distillation.temperature,
-                                      alpha_start=cfg.distillation.alpha_start,
-                                      alpha_end=cfg.distillation.alpha_end)
+    objective = DistillationObjective(teacher, cfg.distillation, label_smoothing=cfg.train.label_smoothing)
     return StageSetup(stage, model_name(cfg, stage), model, objective, model_name(cfg, teacher_stage),
                       teacher)
 

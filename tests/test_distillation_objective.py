@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.distillation.losses import kd_loss
-from src.distillation.objective import DistillationObjective
+from src.distillation.config import DistillationConfig, DKDConfig
+from src.distillation.losses import dist_loss, dkd_loss, kd_loss
+from src.distillation.objective import DistillationObjective, dkd_warmup
+from src.errors import UserError
 from src.models.factory import create_model
 
 IMAGE = 8
@@ -27,7 +29,7 @@ def _batch(size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_training_the_student_never_touches_the_teacher(pair) -> None:
     teacher, student = pair
-    objective = DistillationObjective(teacher, temperature=4.0)
+    objective = DistillationObjective(teacher)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}  # weights and BN statistics
     student_before = student.fc.weight.detach().clone()
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
@@ -48,7 +50,7 @@ def test_training_the_student_never_touches_the_teacher(pair) -> None:
 
 def test_teacher_stays_in_eval_mode(pair) -> None:
     teacher, student = pair
-    objective = DistillationObjective(teacher, temperature=4.0)
+    objective = DistillationObjective(teacher)
     assert not teacher.training
     student.train()  # what the engine does every epoch
     assert not teacher.training
@@ -61,7 +63,7 @@ def test_teacher_stays_in_eval_mode(pair) -> None:
 
 def test_teacher_is_not_reachable_from_the_student(pair) -> None:
     teacher, student = pair
-    DistillationObjective(teacher, temperature=4.0)
+    DistillationObjective(teacher)
     teacher_params = {id(p) for p in teacher.parameters()}
     assert teacher_params.isdisjoint(id(p) for p in student.parameters())
     assert all(module is not teacher for module in student.modules())
@@ -70,7 +72,7 @@ def test_teacher_is_not_reachable_from_the_student(pair) -> None:
 
 def test_alpha_follows_the_schedule_per_epoch(pair) -> None:
     teacher, student = pair
-    objective = DistillationObjective(teacher, temperature=2.0, alpha_start=0.9, alpha_end=0.5)
+    objective = DistillationObjective(teacher, DistillationConfig(temperature=2.0))
     seen = []
     for epoch in range(1, 6):
         objective.on_epoch_start(epoch, 5)
@@ -80,7 +82,8 @@ def test_alpha_follows_the_schedule_per_epoch(pair) -> None:
 
 def test_loss_matches_kd_loss_and_backward_works_under_autocast(pair) -> None:
     teacher, student = pair
-    objective = DistillationObjective(teacher, temperature=3.0, alpha_start=0.7, alpha_end=0.7)
+    config = DistillationConfig(temperature=3.0, alpha_start=0.7, alpha_end=0.7)
+    objective = DistillationObjective(teacher, config)
     images, labels = _batch()
     student.eval()  # deterministic forward so the two computations can be compared
     out = objective.training_step(student, images, labels)
@@ -99,33 +102,69 @@ def test_loss_matches_kd_loss_and_backward_works_under_autocast(pair) -> None:
     assert student.fc.weight.grad is not None
 
 
-def test_fingerprint_names_temperature_alphas_and_teacher(pair) -> None:
+def test_fingerprint_names_every_loss_setting_and_the_teacher(pair) -> None:
     teacher, _ = pair
     teacher_id = {"path": "runs/x/teacher/checkpoint_best.pt", "sha256": "ab" * 32}
-    objective = DistillationObjective(teacher, temperature=4.0, teacher_fingerprint=teacher_id)
-    assert objective.fingerprint() == {
-        "objective": "DistillationObjective",
-        "temperature": 4.0,
-        "alpha_start": 0.9,
-        "alpha_end": 0.5,
-        "teacher": teacher_id,
-    }
+    objective = DistillationObjective(teacher, label_smoothing=0.1, teacher_fingerprint=teacher_id)
+    facts = objective.fingerprint()
+    assert facts["objective"] == "DistillationObjective" and facts["teacher"] == teacher_id
+    assert facts["label_smoothing"] == 0.1
+    assert facts["distillation"]["loss"] == "kd" and facts["distillation"]["temperature"] == 4.0
+    assert facts["distillation"]["dkd"]["beta"] == 8.0 and facts["distillation"]["dist"]["gamma"] == 1.0
     assert objective.to(torch.device("cpu")) is objective
 
 
 def test_rejects_bad_settings(pair) -> None:
     teacher, _ = pair
-    with pytest.raises(ValueError, match="temperature"):
-        DistillationObjective(teacher, temperature=0.0)
-    with pytest.raises(ValueError, match="alpha_start"):
-        DistillationObjective(teacher, temperature=4.0, alpha_start=1.5)
+    with pytest.raises(UserError, match="distillation.temperature"):
+        DistillationObjective(teacher, DistillationConfig(temperature=0.0))
+    with pytest.raises(UserError, match="distillation.alpha_start"):
+        DistillationObjective(teacher, DistillationConfig(alpha_start=1.5))
+
+
+@pytest.mark.parametrize("loss", ["dkd", "dist"])
+def test_configured_loss_is_the_one_trained_with_the_runs_label_smoothing(pair, loss: str) -> None:
+    teacher, student = pair
+    config = DistillationConfig(loss=loss, logit_standardization=True, temperature=2.0)
+    objective = DistillationObjective(teacher, config, label_smoothing=0.2)
+    images, labels = _batch()
+    student.eval()
+    out = objective.training_step(student, images, labels)
+    with torch.no_grad():
+        s, t = student(images), teacher(images)
+        if loss == "dkd":
+            expected, parts = dkd_loss(s, t, labels, temperature=2.0, alpha=1.0, beta=8.0,
+                                       warmup=objective.warmup, label_smoothing=0.2, standardize=True)
+        else:
+            expected, parts = dist_loss(s, t, labels, tau=2.0, beta=1.0, gamma=1.0, label_smoothing=0.2,
+                                        standardize=True)
+    torch.testing.assert_close(out.loss.detach(), expected)
+    assert set(out.parts) == set(parts)
+
+
+def test_dkd_warmup_is_mdistillers_share_of_the_stage(pair) -> None:
+    """mdistiller: min(epoch / 20, 1) over 240 epochs; the same 1/12 of any stage length."""
+    assert [dkd_warmup(e, 240, 20 / 240) for e in (1, 10, 20, 21, 240)] == pytest.approx([0.05, 0.5, 1, 1, 1])
+    assert [dkd_warmup(e, 24, 20 / 240) for e in (1, 2, 3)] == pytest.approx([0.5, 1, 1])
+    assert dkd_warmup(1, 5, 0.0) == 1.0
+    teacher, _ = pair
+    config = DistillationConfig(loss="dkd", dkd=DKDConfig(warmup_fraction=0.5))
+    objective = DistillationObjective(teacher, config)
+    logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    seen = []
+    for epoch in (1, 2, 3, 4):
+        objective.on_epoch_start(epoch, 4)
+        seen.append(objective.loss(logits, logits.flip(0), labels)[1]["warmup"].item())
+    assert seen == pytest.approx([0.5, 1.0, 1.0, 1.0])
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fp16_autocast_step_with_grad_scaler(pair) -> None:
+@pytest.mark.parametrize(("loss", "standardize"), [("kd", False), ("dkd", False), ("dist", True)])
+def test_cuda_fp16_autocast_step_with_grad_scaler(pair, loss: str, standardize: bool) -> None:
     teacher, student = (m.cuda() for m in pair)
-    objective = DistillationObjective(teacher, temperature=4.0).to(torch.device("cuda"))
+    config = DistillationConfig(loss=loss, logit_standardization=standardize)
+    objective = DistillationObjective(teacher, config).to(torch.device("cuda"))
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cuda")
@@ -145,7 +184,7 @@ def test_teacher_follows_channels_last_inputs_with_the_same_targets(pair) -> Non
     """On CUDA the engine feeds CNNs channels-last batches; the teacher's conv weights follow
     once (not re-laid out by cuDNN on every forward), and its soft targets do not change."""
     teacher, student = pair
-    objective = DistillationObjective(teacher, temperature=4.0)
+    objective = DistillationObjective(teacher)
     images, labels = _batch()
     plain = objective.training_step(student, images, labels)
     assert teacher.conv1.weight.is_contiguous()

@@ -241,7 +241,7 @@ class CountingObjective(CrossEntropyObjective):
 
 class CountingKD(DistillationObjective):
     def __init__(self, teacher: torch.nn.Module) -> None:
-        super().__init__(teacher, temperature=4.0)
+        super().__init__(teacher)
         self.calls = 0
 
     def training_step(self, model, images, labels):

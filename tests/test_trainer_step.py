@@ -93,7 +93,7 @@ def test_training_reads_the_device_once_per_update_and_not_per_micro_batch(
     on the device until the epoch end. Reads made by the data loading (CPU tensors in a
     worker on a real run) are not counted: only those made by the engine's own code."""
     teacher = tiny_vit(seed=9)
-    objective = DistillationObjective(teacher, temperature=4.0)
+    objective = DistillationObjective(teacher)
     config = engine_config(epochs=1, batch_size=8, accumulation_steps=2, log_interval=1000)
     trainer = Trainer(tiny_vit(seed=3), objective, KeyedTrain(64), PlainEval(8), config, tmp_path,
                       device=CPU, seed=0, run_fingerprint=fingerprint())

@@ -18,6 +18,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from src.config.schema import STAGE_NAMES, RunConfig
+from src.config.stage_overrides import check_stage_overrides, drop_unset
+from src.distillation.config import check_distillation
 from src.errors import UserError
 
 _NONE_WORDS = ("none", "null", "~")
@@ -244,23 +246,22 @@ def validate(cfg: RunConfig) -> None:
     _check(t.monitor.startswith("val_"),
            f"config key 'train.monitor': must name a val_* column, got {t.monitor!r}")
     _check(0.0 <= t.label_smoothing < 1.0, "config key 'train.label_smoothing': must be in [0, 1)")
-    dist = cfg.distillation
-    _check(dist.temperature > 0,
-           f"config key 'distillation.temperature': must be positive, got {dist.temperature}")
-    for key, value in (("distillation.alpha_start", dist.alpha_start),
-                       ("distillation.alpha_end", dist.alpha_end)):
-        _check(0.0 <= value <= 1.0, f"config key '{key}': must be between 0 and 1, got {value}")
+    check_distillation(cfg.distillation)
+    _check(r.seeds is None or (bool(r.seeds) and min(r.seeds) >= 0 and len(set(r.seeds)) == len(r.seeds)),
+           f"config key 'runtime.seeds': must list distinct seeds, each 0 or more, got {r.seeds} "
+           "(e.g. --seeds 42,43,44)")
     _check(r.seed >= 0, f"config key 'runtime.seed': must be 0 or more, got {r.seed}")
     _check(r.attention_every >= 0,
            f"config key 'runtime.attention_every': must be 0 or more, got {r.attention_every}")
     _check(r.vram_budget_gb is None or r.vram_budget_gb > 0,
            f"config key 'runtime.vram_budget_gb': must be positive (or null to disable), "
            f"got {r.vram_budget_gb}")
+    check_stage_overrides(cfg, validate)
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The nested plain-dict form saved as config.yaml."""
-    return dataclasses.asdict(cfg)
+    return drop_unset(dataclasses.asdict(cfg))
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -5,9 +5,11 @@ YAML files and ``--set key=value`` overrides are validated against these types b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
+from src.config.stage_overrides import StageOverrides
+from src.distillation.config import DistillationConfig
 from src.engine.config import EngineConfig
 
 STAGE_NAMES = ("teacher", "assistant", "student", "baseline", "direct")
@@ -43,19 +45,11 @@ class ModelsConfig:
 
 
 @dataclass
-class DistillationConfig:
-    """KD loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
-
-    temperature: float = 4.0
-    alpha_start: float = 0.9
-    alpha_end: float = 0.5
-
-
-@dataclass
 class RuntimeConfig:
     """Where and how the run executes."""
 
-    seed: int = 42
+    seed: int = 42  # the split, and the training seed of a one-seed run
+    seeds: Optional[list[int]] = None  # one chain per seed under <run>/seed-<n>/ (same split)
     deterministic: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     vram_budget_gb: Optional[float] = 6.0  # CUDA only; None disables the planner
@@ -78,5 +72,9 @@ class RunConfig:
     stages: list[str] = field(default_factory=lambda: ["teacher", "assistant", "student", "baseline"])
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
+    stage_overrides: StageOverrides = field(default_factory=StageOverrides)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+
+
+assert tuple(f.name for f in fields(StageOverrides)) == STAGE_NAMES, "one override section per stage"

@@ -6,41 +6,51 @@ never in the optimizer, the student's checkpoint or its ``model.train()`` calls.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
-from src.distillation.losses import kd_loss
+from src.distillation.config import DistillationConfig, check_distillation
+from src.distillation.losses import Parts, dist_loss, dkd_loss, kd_loss
 from src.engine.objective import Objective, StepOutput
 from src.utils.training_guards import freeze_teacher, schedule_kd_alpha
 
 
+def dkd_warmup(epoch: int, total_epochs: int, fraction: float) -> float:
+    """mdistiller's ``min(epoch / warmup, 1)`` with ``warmup = fraction * total_epochs``:
+    the reference's 20 of 240 epochs become the same share of this stage (per epoch, 1-based)."""
+    span = fraction * total_epochs
+    return 1.0 if span <= 0 else min(epoch / span, 1.0)
+
+
 class DistillationObjective(Objective):
-    """KD from a frozen ``teacher`` with alpha annealed by ``schedule_kd_alpha`` per epoch."""
+    """Distillation from a frozen ``teacher`` with the loss ``config.loss`` names (kd, dkd or
+    dist), per-epoch schedules (kd's alpha, dkd's warm-up) and the run's label smoothing."""
 
     def __init__(
         self,
         teacher: nn.Module,
+        config: DistillationConfig | None = None,
         *,
-        temperature: float,
-        alpha_start: float = 0.9,
-        alpha_end: float = 0.5,
+        label_smoothing: float = 0.0,
         teacher_fingerprint: dict[str, Any] | None = None,
     ) -> None:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.config = copy.deepcopy(config) if config is not None else DistillationConfig()
+        check_distillation(self.config)
         freeze_teacher(teacher, verbose=False)
         self.teacher = teacher
-        self.temperature = float(temperature)
-        self.alpha_start = float(alpha_start)
-        self.alpha_end = float(alpha_end)
+        self.label_smoothing = float(label_smoothing)
         self.teacher_fingerprint = dict(teacher_fingerprint or {})
-        self.alpha = schedule_kd_alpha(1, 1, self.alpha_start, self.alpha_end)  # validates both alphas
+        self.on_epoch_start(1, 1)
         self._teacher_channels_last = False
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
-        self.alpha = schedule_kd_alpha(epoch, total_epochs, self.alpha_start, self.alpha_end)
+        cfg = self.config
+        self.alpha = schedule_kd_alpha(epoch, total_epochs, cfg.alpha_start, cfg.alpha_end)
+        self.warmup = dkd_warmup(epoch, total_epochs, cfg.dkd.warmup_fraction)
 
     def to(self, device: torch.device) -> DistillationObjective:
         self.teacher.to(device)
@@ -49,11 +59,25 @@ class DistillationObjective(Objective):
     def fingerprint(self) -> dict[str, Any]:
         return {
             "objective": type(self).__name__,
-            "temperature": self.temperature,
-            "alpha_start": self.alpha_start,
-            "alpha_end": self.alpha_end,
+            "distillation": dataclasses.asdict(self.config),
+            "label_smoothing": self.label_smoothing,
             "teacher": self.teacher_fingerprint,
         }
+
+    def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+             labels: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        """The configured loss at the current epoch's schedule."""
+        cfg = self.config
+        common = {"label_smoothing": self.label_smoothing, "standardize": cfg.logit_standardization}
+        if cfg.loss == "dkd":
+            return dkd_loss(student_logits, teacher_logits, labels, temperature=cfg.temperature,
+                            alpha=cfg.dkd.alpha, beta=cfg.dkd.beta, ce_weight=cfg.dkd.ce_weight,
+                            warmup=self.warmup, **common)
+        if cfg.loss == "dist":
+            return dist_loss(student_logits, teacher_logits, labels, tau=cfg.temperature,
+                             beta=cfg.dist.beta, gamma=cfg.dist.gamma, ce_weight=cfg.dist.ce_weight, **common)
+        return kd_loss(student_logits, teacher_logits, labels, temperature=cfg.temperature,
+                       alpha=self.alpha, **common)
 
     def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         # Someone (a generic model.train() over a container, a user callback) may have flipped
@@ -66,14 +90,12 @@ class DistillationObjective(Objective):
             self.teacher.to(memory_format=torch.channels_last)
             self._teacher_channels_last = True
         # Inference-mode outputs may not be saved for backward, but kd_loss only reads them
-        # through new tensors (teacher / T, log_softmax) made outside inference mode, so
+        # through new tensors (a float32 copy, teacher / T) made outside inference mode, so
         # autograd never saves an inference tensor itself (tests/test_distillation_objective.py).
         with torch.inference_mode():
             teacher_logits = self.teacher(images)
         student_logits = model(images)
-        loss, parts = kd_loss(
-            student_logits, teacher_logits, labels, temperature=self.temperature, alpha=self.alpha
-        )
+        loss, parts = self.loss(student_logits, teacher_logits, labels)
         return StepOutput(logits=student_logits, loss=loss, parts=parts)
 
 

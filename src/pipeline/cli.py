@@ -32,6 +32,7 @@ FLAG_KEYS = {
     "lr": "train.lr",
     "num_workers": "train.num_workers",
     "seed": "runtime.seed",
+    "seeds": "runtime.seeds",
     "device": "runtime.device",
     "vram_budget": "runtime.vram_budget_gb",
 }
@@ -46,6 +47,11 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds 42,43,44`` -> [42, 43, 44] (argparse turns a ValueError into the one-line error)."""
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def build_parser(family: str) -> argparse.ArgumentParser:
@@ -70,6 +76,12 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     add("--lr", type=float, help="base learning rate (scaled per model size)")
     add("--image-size", type=int, help="square input size in pixels (8 or more)")
     add("--seed", type=int, help="decides the split, initialisation and data order")
+    add("--seeds", type=seed_list, metavar="N,N,...",
+        help="train the chain once per seed under OUTPUT_DIR/seed-<n>/ (one split, made with --seed) "
+        "and report mean, spread and a 95%% interval over seeds and test images")
+    add("--teacher-from", type=Path, metavar="RUN_DIR",
+        help="reuse the finished teacher (and assistant, baseline where their settings match) of "
+        "another run instead of training them")
     add("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     add("--subset", type=int, help="use at most N samples per split (stratified), for quick runs")
     add("--num-workers", type=int, help="data-loader worker processes")
@@ -116,7 +128,7 @@ def run(family: str, argv: Sequence[str] | None = None) -> None:
     configure_cuda_allocator()  # expandable segments unless the user chose; before CUDA starts
     cfg = load_run_config(family, args)
     output_dir = args.output_dir or Path("runs") / f"{family}-{cfg.data.name}"
-    run_pipeline(cfg, output_dir, resume=args.resume)
+    run_pipeline(cfg, output_dir, resume=args.resume, teacher_from=args.teacher_from)
 
 
 def exit_code_for(exc: BaseException) -> int:

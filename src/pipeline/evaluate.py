@@ -24,6 +24,7 @@ from src.errors import UserError
 from src.pipeline.cli import OneLineParser
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.runner import resolve_device
+from src.pipeline.seeds import run_dir_of
 from src.pipeline.stages import STAGES, build_model
 from src.pipeline.train_stage import TEST_METRICS, load_error_detail, load_weights
 
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="a .pt checkpoint, model.safetensors or model.onnx")
-    parser.add_argument("--run-dir", type=Path, help="the run directory (default: two levels above the file)")
+    parser.add_argument("--run-dir", type=Path,
+                        help="the run directory (default: the one the file is in, e.g. RUN/student/ or "
+                        "RUN/seed-42/student/)")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--stage", choices=tuple(STAGES),
                         help="whose architecture (default: the file's metadata or folder)")
@@ -118,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with torch.inference_mode():
-            run_dir = args.run_dir or args.checkpoint.resolve().parents[1]
+            run_dir = args.run_dir or run_dir_of(args.checkpoint)
             stage, result = evaluate_file(args.checkpoint, run_dir, args.split, stage=args.stage,
                                           device=args.device, batch_size=args.batch_size)
     except UserError as exc:

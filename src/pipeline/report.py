@@ -28,6 +28,7 @@ from src.deploy.cost_report import (  # noqa: E402
     format_cost_columns,
     plot_accuracy_vs_latency,
 )
+from src.evidence import verdict  # noqa: E402
 from src.pipeline.rundir import RunDirectory  # noqa: E402
 from src.utils.atomic import atomic_write_text, atomic_write_with  # noqa: E402
 from src.utils.metrics import confusion, per_class_report  # noqa: E402
@@ -50,6 +51,7 @@ class Summary:
     deltas: pd.DataFrame
     files: list[Path] = field(default_factory=list)
     cost_sentences: list[str] = field(default_factory=list)  # what the student buys (src/deploy)
+    evidence: list[verdict.Comparison] = field(default_factory=list)  # paired tests and the verdict
 
 
 def _number(value: Any) -> float:
@@ -137,6 +139,8 @@ def render_text(summary: Summary) -> str:
     text = shown.to_string(index=False)
     if not shown_deltas.empty:
         text += "\n\n" + shown_deltas.to_string(index=False)
+    if summary.evidence:
+        text += "\n\n" + verdict.evidence_text(summary.evidence)
     if summary.cost_sentences:
         text += "\n\n" + "\n".join(summary.cost_sentences)
     return text
@@ -147,6 +151,8 @@ def render_markdown(summary: Summary) -> str:
     text = "# Run summary\n\n" + markdown_table(shown) + "\n"
     if not shown_deltas.empty:
         text += "\n## Did distillation help?\n\n" + markdown_table(shown_deltas) + "\n"
+    if summary.evidence:
+        text += "\n" + verdict.evidence_markdown(summary.evidence)
     if summary.cost_sentences:
         text += "\n" + "\n".join(summary.cost_sentences) + "\n"
     return text
@@ -201,10 +207,14 @@ def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]]
     with ``costs`` also the cost columns, sentences and accuracy_vs_latency.png."""
     table = add_cost_columns(summary_table(results), costs)
     summary = Summary(table=table, deltas=delta_table(table), cost_sentences=cost_sentences(table, costs))
+    seed = next((res["seed"] for res in results.values() if "seed" in res), None)
+    summary.evidence = verdict.compare_run({seed: run_dir})
     csv_frame = with_reference_deltas(table)
     atomic_write_with(run_dir.root / "summary.csv", lambda tmp: csv_frame.round(6).to_csv(tmp, index=False))
     atomic_write_text(run_dir.root / "summary.md", render_markdown(summary))
     summary.files = [run_dir.root / "summary.csv", run_dir.root / "summary.md"]
+    if summary.evidence:
+        summary.files.append(verdict.write_evidence(run_dir.root / "evidence.json", summary.evidence))
     if not table.empty:
         plot_comparison(table, run_dir.root / "comparison.png")
         summary.files.append(run_dir.root / "comparison.png")

@@ -17,6 +17,7 @@ from typing import Any
 
 from src.config.loader import config_from_dict, dump_config, flatten, read_yaml
 from src.config.schema import RunConfig
+from src.config.stage_overrides import override_target
 from src.errors import IncompatibleResumeError, UserError
 from src.pipeline.stages import KD_STAGES, STAGES
 from src.utils.atomic import atomic_write_text
@@ -27,6 +28,7 @@ LOGGER = logging.getLogger("kd_pipeline.rundir")
 HARMLESS_KEYS = frozenset({
     # data.data_dir: a moved dataset is still the same data; split.json checks its identity
     "stages", "data.download", "data.data_dir",
+    "runtime.seeds",  # each seed's chain keeps its own folder; adding a seed leaves the others as they are
     "runtime.device", "runtime.vram_budget_gb", "runtime.attention_every",
     "runtime.deterministic", "train.epochs", "train.patience", "train.min_delta", "train.log_interval",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.num_workers",
@@ -78,8 +80,10 @@ class RunDirectory:
         return [s for s in STAGES if self.result_path(s).is_file()]
 
     def started_stages(self) -> list[str]:
-        """Stages with any file in their folder (finished or in progress)."""
-        return [s for s in STAGES if self.stage_dir(s).is_dir() and any(self.stage_dir(s).iterdir())]
+        """Stages with any file in their folder (finished or in progress), here or in any seed's
+        chain (``seed-<n>/``, see src/pipeline/seeds.py): one config.yaml governs them all."""
+        folders = [self.root, *sorted(self.root.glob("seed-*"))]
+        return [s for s in STAGES if any((f / s).is_dir() and any((f / s).iterdir()) for f in folders)]
 
     def is_empty(self) -> bool:
         return not self.root.exists() or not any(self.root.iterdir())
@@ -97,6 +101,8 @@ class RunDirectory:
 
 def _stages_depending_on(key: str) -> tuple[str, ...]:
     """The stages whose results a change of ``key`` would invalidate."""
+    if (target := override_target(key)) is not None:
+        return (target[0],)
     if key.startswith("distillation."):
         return KD_STAGES
     return tuple(STAGES)
@@ -115,7 +121,8 @@ def compare_configs(saved: RunConfig, new: RunConfig, started: list[str]) -> tup
         if old.get(key) == cur.get(key):
             continue
         change = f"{key}: {old.get(key)!r} -> {cur.get(key)!r}"
-        if key in HARMLESS_KEYS:
+        rule_key = target[1] if (target := override_target(key)) else key  # an override follows its train key
+        if rule_key in HARMLESS_KEYS:
             harmless.append(change)
         elif key.startswith(_ALWAYS_BREAKING_PREFIXES):
             breaking.append(change)
@@ -153,6 +160,8 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
 
     Returns notes about accepted changes (for pipeline.log). Raises UserError for
     ``--resume never`` on a non-empty folder and IncompatibleResumeError for breaking changes.
+    Whether each KD stage has its teacher is checked per seed's chain by the runner
+    (``check_stage_plan``), after ``--teacher-from`` has said what it brings.
     """
     if resume == "never" and not run_dir.is_empty():
         raise UserError(
@@ -173,7 +182,6 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
                 + ". Use the old values, or choose another --output-dir for a new run"
             )
         notes = harmless
-    check_stage_plan(cfg.stages, run_dir.finished_stages())
     if write and (saved is None or notes):
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         header = f"# kd-pipeline run configuration, written {stamp}\n"

@@ -17,8 +17,10 @@ from src.config.schema import RunConfig
 from src.data.build import DataBundle, build_datasets
 from src.engine.distributed import DistributedContext
 from src.errors import UserError
-from src.pipeline.rundir import RunDirectory, prepare_run_directory
+from src.pipeline.rundir import RunDirectory, check_stage_plan, prepare_run_directory
+from src.pipeline.seeds import Chain, seed_chains
 from src.pipeline.stages import STAGES, model_name
+from src.pipeline.teacher_from import apply_reuse, plan_reuse, reuse_data
 from src.pipeline.train_stage import train_stage
 from src.utils.logger import setup_logging
 from src.utils.reproducibility import setup_reproducibility
@@ -51,18 +53,28 @@ def resume_target(resume: str) -> Path | None:
     return path
 
 
-def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: DistributedContext) -> DataBundle:
+def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: DistributedContext,
+             chains: list[Chain], teacher_from: Path | None) -> DataBundle:
     """Check and write the run directory and the split on rank 0, then let the other ranks read them."""
     if dist.is_main:
         # Check everything (resume rules, then the data itself) before the first file is written,
         # so a mistake leaves no half-made run directory behind to trip the corrected command.
         prepare_run_directory(run_dir, cfg, resume, write=False)
-        data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True)
+        reuse = plan_reuse(cfg, run_dir, chains, teacher_from) if teacher_from is not None else None
+        for chain in chains:
+            reused = reuse.stages_for(chain) if reuse is not None else []
+            check_stage_plan(cfg.stages, chain.run_dir.finished_stages() + reused)
+        if reuse is None:
+            data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True)
+        else:
+            data = reuse_data(reuse, cfg, run_dir)
         notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
         setup_logging(log_file=run_dir.log_path)
         LOGGER.info("run directory %s, stages %s", run_dir.root, ",".join(cfg.stages))
         for note in notes:
             LOGGER.info("config changed on resume (allowed): %s", note)
+        if reuse is not None:
+            apply_reuse(reuse)
         dist.barrier()
         return data
     dist.barrier()
@@ -70,12 +82,34 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
     return build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=False)
 
 
-def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -> dict[str, dict[str, Any]]:
-    """Run ``cfg.stages`` in ``output_dir`` (skipping finished ones), write and print the report.
+def _run_chain(chain: Chain, data: DataBundle, device: torch.device, dist: DistributedContext,
+               checkpoint: Path | None) -> Path | None:
+    """Train the chain's stages that have not finished; returns ``--resume PATH`` if still unused."""
+    finished = set(chain.run_dir.finished_stages())
+    for stage in chain.cfg.stages:
+        if stage in finished:
+            LOGGER.info("stage %s: finished earlier (%s), reusing its results",
+                        stage, chain.run_dir.result_path(stage))
+            continue
+        stage_resume: str | Path = checkpoint if checkpoint is not None else "auto"
+        checkpoint = None  # --resume PATH applies to the first stage still to run
+        LOGGER.info("stage %s: %s (%s)", stage, model_name(chain.cfg, stage), STAGES[stage].description)
+        train_stage(chain.cfg, stage, chain.run_dir, data, device=device, dist=dist, resume=stage_resume)
+        cleanup_training_state(verbose=False)  # the stage's scope has ended: its objects are unreachable now
+    return checkpoint
 
-    Returns every finished stage's result.json content, in pipeline order.
+
+def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto",
+                 teacher_from: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Run ``cfg.stages`` in ``output_dir`` (skipping finished ones), once per seed of
+    ``runtime.seeds``; write and print the report. ``teacher_from`` reuses another run's
+    finished teacher (and assistant, baseline) where they fit.
+
+    Returns every finished stage's result.json content, in pipeline order (of the last seed's
+    chain when there are several; each chain's are in its folder).
     """
     from src.deploy.cost import run_costs
+    from src.evidence.seeds_report import print_seeds_summary, write_seeds_report
     from src.pipeline.report import print_summary, write_report
 
     run_dir = RunDirectory(Path(output_dir))
@@ -85,22 +119,26 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     setup_reproducibility(cfg.runtime.seed, cfg.runtime.deterministic)
-    data = _prepare(cfg, run_dir, resume, dist)
-    finished = set(run_dir.finished_stages())
-    for stage in cfg.stages:
-        if stage in finished:
-            LOGGER.info("stage %s: finished earlier (%s), reusing its results",
-                        stage, run_dir.result_path(stage))
-            continue
-        stage_resume: str | Path = checkpoint if checkpoint is not None else "auto"
-        checkpoint = None  # --resume PATH applies to the first stage still to run
-        LOGGER.info("stage %s: %s (%s)", stage, model_name(cfg, stage), STAGES[stage].description)
-        train_stage(cfg, stage, run_dir, data, device=device, dist=dist, resume=stage_resume)
-        cleanup_training_state(verbose=False)  # the stage's scope has ended: its objects are unreachable now
-    results = {stage: run_dir.read_result(stage) for stage in run_dir.finished_stages()}
+    chains = seed_chains(cfg, run_dir)
+    data = _prepare(cfg, run_dir, resume, dist, chains, teacher_from)
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    for chain in chains:
+        if len(chains) > 1:
+            LOGGER.info("seed %d: chain in %s", chain.seed, chain.run_dir.root)
+        chain_data = data if chain.seed == cfg.runtime.seed else build_datasets(
+            cfg.data, run_dir.root, chain.seed, write=False)  # the run's split; this seed's augmentation
+        checkpoint = _run_chain(chain, chain_data, device, dist, checkpoint)
+        results[chain.seed] = {s: chain.run_dir.read_result(s) for s in chain.run_dir.finished_stages()}
     if dist.is_main:
-        costs = run_costs(cfg, run_dir, results, device, data.num_classes) if cfg.report.benchmark else None
-        summary = write_report(run_dir, results, class_names=data.class_names, costs=costs)
-        print_summary(summary)
+        # costs follow the architectures and the image size, not a seed's weights: measured once
+        first = chains[0]
+        costs = (run_costs(cfg, first.run_dir, results[first.seed], device, data.num_classes)
+                 if cfg.report.benchmark else None)
+        summaries = [write_report(chain.run_dir, results[chain.seed], data.class_names, costs)
+                     for chain in chains]
+        if cfg.runtime.seeds is None:
+            print_summary(summaries[0])
+        else:
+            print_seeds_summary(write_seeds_report(run_dir, chains, results, costs=costs))
     dist.barrier()
-    return results
+    return results[chains[-1].seed]

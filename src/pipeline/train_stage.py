@@ -22,6 +22,7 @@ from torch import nn
 
 from src.config.loader import flatten
 from src.config.schema import RunConfig
+from src.config.stage_overrides import stage_config
 from src.data.build import DataBundle
 from src.distillation.objective import DistillationObjective
 from src.engine.distributed import DistributedContext
@@ -31,7 +32,7 @@ from src.errors import UserError
 from src.memory.planner import plan_stage
 from src.models.factory import count_parameters
 from src.pipeline.rundir import HARMLESS_KEYS, RunDirectory
-from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name
+from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.training_guards import enforce_gradient_checkpointing, get_model_specific_lr
 from src.visualization.attention import save_attention_maps, should_visualize
@@ -87,17 +88,23 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise UserError(f"weights {path} do not fit this model: {load_error_detail(exc)}") from None
 
 
-def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
-                 result: dict[str, Any]) -> tuple[nn.Module, dict[str, str]]:
-    """The teacher stage's final weights, verified against the hash its result.json recorded."""
-    path = run_dir.weights_path(teacher_stage)
+def verified_weights(run_dir: RunDirectory, stage: str, result: dict[str, Any]) -> tuple[Path, str]:
+    """A finished stage's model.safetensors and its sha256, checked against its result.json."""
+    path = run_dir.weights_path(stage)
     if not path.is_file():
-        raise UserError(f"teacher weights {path} are missing; delete {run_dir.stage_dir(teacher_stage)} "
+        raise UserError(f"{stage} weights {path} are missing; delete {run_dir.stage_dir(stage)} "
                         "to train that stage again")
     sha = file_sha256(path)
     if sha != result.get("weights_sha256"):
-        raise UserError(f"teacher weights {path} do not match the hash in its result.json (changed after "
-                        f"training?); delete {run_dir.stage_dir(teacher_stage)} to train that stage again")
+        raise UserError(f"{stage} weights {path} do not match the hash in its result.json (changed after "
+                        f"training?); delete {run_dir.stage_dir(stage)} to train that stage again")
+    return path, sha
+
+
+def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
+                 result: dict[str, Any]) -> tuple[nn.Module, dict[str, str]]:
+    """The teacher stage's final weights, verified against the hash its result.json recorded."""
+    path, sha = verified_weights(run_dir, teacher_stage, result)
     teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
     load_weights(teacher, path)
     # relative to the run directory: a moved run directory still resumes; the hash is the identity
@@ -114,13 +121,9 @@ def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, num_classe
         return CrossEntropyObjective(label_smoothing=cfg.train.label_smoothing)
     assert teacher_result is not None
     teacher, fingerprint = load_teacher(cfg, run_dir, teacher_stage, num_classes, teacher_result)
-    objective = DistillationObjective(
-        teacher.to(device),
-        temperature=cfg.distillation.temperature,
-        alpha_start=cfg.distillation.alpha_start,
-        alpha_end=cfg.distillation.alpha_end,
-        teacher_fingerprint=fingerprint,
-    )
+    objective = DistillationObjective(teacher.to(device), cfg.distillation,
+                                      label_smoothing=cfg.train.label_smoothing,
+                                      teacher_fingerprint=fingerprint)
     return objective.to(device)
 
 
@@ -148,6 +151,7 @@ def write_predictions(path: Path, y_true: Any, y_pred: Any) -> None:
 def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBundle, *,
                 device: torch.device, dist: DistributedContext, resume: str | Path = "auto") -> None:
     """Train, test and save ``stage``; everything built here is released when this returns."""
+    cfg = stage_config(cfg, stage)  # stage_overrides.<stage> applied to train: what this stage trains with
     spec, name = STAGES[stage], model_name(cfg, stage)
     stage_dir = run_dir.stage_dir(stage)
     teacher_result = run_dir.read_result(spec.teacher_stage) if spec.teacher_stage else None
@@ -171,6 +175,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
         device=device, seed=cfg.runtime.seed, run_fingerprint=run_fingerprint(cfg, stage), dist=dist,
         epoch_callbacks=attention_callback(cfg, data, stage_dir, dist), resume=resume, lr=lr,
     )
+    torch.manual_seed(stage_seed(cfg.runtime.seed, "train", stage))  # a resume restores its saved RNG
     fit = trainer.fit()
     test = trainer.evaluate(data.test)
     if dist.is_main:
@@ -190,6 +195,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "peak_gpu_memory_mb": fit.peak_gpu_memory_mb,
             "train_time_sec": fit.train_time_sec,
             "teacher": spec.teacher_stage,
+            "seed": cfg.runtime.seed,
             "weights_sha256": sha,
             "memory_plan": plan.to_dict(),
             "lr": lr,

@@ -1,0 +1,165 @@
+"""The top-level report of a run with several seeds: spread over seeds, paired intervals, verdict.
+
+Each seed's chain keeps its own one-seed report in ``seed-<n>/``; this one, at the top, puts
+the seeds together: every stage's mean and standard deviation over seeds (summary.csv), the
+student-baseline and direct-baseline differences with a 95% interval over seeds and test
+images and an exact McNemar test per seed (summary.md, evidence.json), and comparison.png,
+which shows each seed's accuracy and the intervals.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from src.deploy.cost_report import cost_sentences  # noqa: E402
+from src.evidence.stats import mean_and_std  # noqa: E402
+from src.evidence.verdict import (  # noqa: E402
+    Comparison,
+    compare_run,
+    evidence_markdown,
+    evidence_text,
+    write_evidence,
+)
+from src.pipeline.report import markdown_table  # noqa: E402
+from src.pipeline.rundir import RunDirectory  # noqa: E402
+from src.pipeline.seeds import Chain  # noqa: E402
+from src.pipeline.stages import STAGES  # noqa: E402
+from src.utils.atomic import atomic_write_text, atomic_write_with  # noqa: E402
+
+if TYPE_CHECKING:
+    from src.deploy.cost import CostTable
+
+Results = Mapping[int, Mapping[str, Mapping[str, Any]]]  # seed -> stage -> result.json
+
+
+@dataclass
+class SeedsSummary:
+    """One row per stage over the seeds it finished in, and the paired comparisons."""
+
+    table: pd.DataFrame
+    comparisons: list[Comparison]
+    files: list[Path] = field(default_factory=list)
+    cost_sentences: list[str] = field(default_factory=list)  # what the student buys, at mean accuracies
+
+
+def seed_table(results: Results) -> pd.DataFrame:
+    """stage, architecture, seeds, mean and std of test accuracy and macro F1, then each seed's accuracy."""
+    seeds = list(results)
+    rows = []
+    for stage in STAGES:
+        finished = {seed: results[seed][stage] for seed in seeds if stage in results[seed]}
+        if not finished:
+            continue
+        accuracy = [res["test"]["accuracy"] for res in finished.values()]
+        f1 = [res["test"]["f1_score"] for res in finished.values()]
+        acc_mean, acc_std = mean_and_std(accuracy)
+        f1_mean, f1_std = mean_and_std(f1)
+        row: dict[str, Any] = {"stage": stage, "architecture": next(iter(finished.values())).get("model"),
+                               "seeds": len(finished), "test accuracy mean": acc_mean,
+                               "test accuracy std": acc_std, "macro F1 mean": f1_mean, "macro F1 std": f1_std}
+        for seed in seeds:
+            row[f"accuracy seed {seed}"] = finished[seed]["test"]["accuracy"] if seed in finished else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.2f}%"
+
+
+def _mean_std(table: pd.DataFrame, metric: str) -> list[str]:
+    """"96.30% ± 0.45" (the std in points; n/a with one seed)."""
+    pairs = zip(table[f"{metric} mean"], table[f"{metric} std"], strict=True)
+    return [f"{_percent(mean)} ± {'n/a' if math.isnan(std) else f'{100 * std:.2f}'}" for mean, std in pairs]
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    shown = pd.DataFrame({
+        "stage": table["stage"], "architecture": table["architecture"], "seeds": table["seeds"],
+        "test accuracy (mean ± std)": _mean_std(table, "test accuracy"),
+        "macro F1 (mean ± std)": _mean_std(table, "macro F1"),
+    })
+    for column in (c for c in table.columns if c.startswith("accuracy seed ")):
+        shown[column.replace("accuracy ", "")] = table[column].map(_percent)
+    return shown
+
+
+def render_text(summary: SeedsSummary) -> str:
+    text = _shown(summary.table).to_string(index=False)
+    if summary.comparisons:
+        text += "\n\n" + evidence_text(summary.comparisons)
+    return text + ("\n\n" + "\n".join(summary.cost_sentences) if summary.cost_sentences else "")
+
+
+def render_markdown(summary: SeedsSummary) -> str:
+    seeds = int(summary.table["seeds"].max()) if not summary.table.empty else 0
+    text = f"# Run summary over {seeds} seeds\n\n" + markdown_table(_shown(summary.table)) + "\n"
+    text += "\nStandard deviations are over seeds (sample std); each seed's own report is in `seed-<n>/`.\n"
+    if summary.comparisons:
+        text += "\n" + evidence_markdown(summary.comparisons)
+    return text + ("\n" + "\n".join(summary.cost_sentences) + "\n" if summary.cost_sentences else "")
+
+
+def plot_spread(table: pd.DataFrame, comparisons: list[Comparison], path: Path) -> None:
+    """Left: each seed's test accuracy per stage (dots) with the mean; right: each comparison's
+    difference with its 95% interval, against zero."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    seed_columns = [c for c in table.columns if c.startswith("accuracy seed ")]
+    for x, (_, row) in enumerate(table.iterrows()):
+        values = [100 * row[c] for c in seed_columns if not math.isnan(row[c])]
+        left.scatter([x] * len(values), values, color="tab:blue", alpha=0.7, zorder=3)
+        left.hlines(100 * row["test accuracy mean"], x - 0.3, x + 0.3, color="black", zorder=4)
+    left.set_xticks(range(len(table)), [f"{s}\n{a}" for s, a in zip(table["stage"], table["architecture"],
+                                                                     strict=True)], fontsize=8)
+    left.set_ylabel("test accuracy (%)")
+    left.set_title("Test accuracy per seed (dots) and mean (bar)")
+    colors = {"helped": "tab:green", "hurt": "tab:red", "no difference": "tab:gray"}
+    for y, comparison in enumerate(comparisons):
+        i = comparison.interval
+        whiskers = [[100 * (i.estimate - i.low)], [100 * (i.high - i.estimate)]]
+        right.errorbar(100 * i.estimate, y, xerr=whiskers, fmt="o", capsize=5,
+                       color=colors[comparison.outcome])
+    right.axvline(0, color="black", linewidth=0.8)
+    labels = [f"{c.label}\nvs {c.reference}" for c in comparisons]
+    right.set_yticks(range(len(comparisons)), labels, fontsize=8)
+    right.set_ylim(-0.7, max(len(comparisons), 1) - 0.3)
+    right.invert_yaxis()  # the first comparison (the TAKD student) on top
+    right.set_xlabel("accuracy difference, points (95% CI)")
+    right.set_title("Did distillation help?")
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_seeds_report(top: RunDirectory, chains: list[Chain], results: Results,
+                       costs: CostTable | None = None) -> SeedsSummary:
+    """summary.csv, summary.md, evidence.json and comparison.png at the top of the run; with
+    ``costs`` also the sentences on what the student buys (at the mean accuracies)."""
+    table = seed_table(results)
+    summary = SeedsSummary(table, compare_run({chain.seed: chain.run_dir for chain in chains}))
+    if not table.empty:
+        summary.cost_sentences = cost_sentences(table.rename(columns={"test accuracy mean": "test accuracy"}),
+                                                costs)
+    csv, md = top.root / "summary.csv", top.root / "summary.md"
+    atomic_write_with(csv, lambda tmp: table.round(6).to_csv(tmp, index=False))
+    atomic_write_text(md, render_markdown(summary))
+    summary.files = [csv, md, write_evidence(top.root / "evidence.json", summary.comparisons)]
+    if not table.empty:
+        plot_spread(table, summary.comparisons, top.root / "comparison.png")
+        summary.files.append(top.root / "comparison.png")
+    return summary
+
+
+def print_seeds_summary(summary: SeedsSummary) -> None:
+    """The table over seeds and the verdict on stdout, followed by where the report files are."""
+    print("\n" + render_text(summary) + "\n")
+    print("report: " + ", ".join(str(path) for path in summary.files) + "\n")

@@ -1,0 +1,48 @@
+"""One chain of stages per seed: ``--seeds 42,43,44`` trains each under ``<run>/seed-<n>/``.
+
+Every chain uses the run's one split (``<run>/split.json``, made with ``runtime.seed``); a
+chain's seed decides its stages' initial weights, data order, augmentation and other draws.
+A chain directory holds what a one-seed run directory holds, except the run-wide files
+(config.yaml, split.json, pipeline.log), which stay at the top. A run without
+``runtime.seeds`` is one chain in the run directory itself (the one-seed layout).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.config.schema import RunConfig
+from src.pipeline.rundir import RunDirectory
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One seed's chain: its settings (``runtime.seed`` = ``seed``) and its folder."""
+
+    seed: int
+    cfg: RunConfig
+    run_dir: RunDirectory
+
+
+def chain_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """``cfg`` as a one-seed run with ``seed``."""
+    chain = copy.deepcopy(cfg)
+    chain.runtime.seed, chain.runtime.seeds = seed, None
+    return chain
+
+
+def seed_chains(cfg: RunConfig, top: RunDirectory) -> list[Chain]:
+    """The chains ``cfg`` asks for, in ``runtime.seeds`` order (one chain at the top without it)."""
+    if cfg.runtime.seeds is None:
+        return [Chain(cfg.runtime.seed, cfg, top)]
+    return [Chain(seed, chain_config(cfg, seed), RunDirectory(top.root / f"seed-{seed}"))
+            for seed in cfg.runtime.seeds]
+
+
+def run_dir_of(stage_file: Path) -> Path:
+    """The run directory a stage's file belongs to: ``<run>/<stage>/file``, or
+    ``<run>/seed-<n>/<stage>/file`` in a run with several seeds (config.yaml and split.json are
+    at the top)."""
+    chain = stage_file.resolve().parents[1]
+    return chain.parent if chain.name.startswith("seed-") and not (chain / "config.yaml").exists() else chain

@@ -1,0 +1,170 @@
+"""``--teacher-from RUN_DIR``: new students from another run's finished teacher (and assistant).
+
+Trying another loss or more seeds should cost only the student stages. The finished teacher,
+assistant and baseline of RUN_DIR are reused in the new run, each only where it is exactly
+what this run would have trained: the same split (split.json's hash), the same settings under
+the resume rules (``compare_configs``, as if the stage had been trained in this directory),
+and a result.json whose weights hash, architecture, class count and image size fit. A reused
+stage is copied in (hard-linked where the file system allows) with ``reused_from`` added to its
+result.json, so the new run directory is complete on its own and its config.yaml describes
+every stage in it. A distilled assistant is reused only when the distillation settings match;
+otherwise this run trains its own (e.g. with another loss), if ``assistant`` is in --stages.
+Nothing is written until every check has passed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from src.config.schema import RunConfig
+from src.data.build import DataBundle, build_datasets
+from src.data.split import SPLIT_FILE
+from src.errors import UserError
+from src.pipeline.rundir import RunDirectory, compare_configs
+from src.pipeline.seeds import Chain, seed_chains
+from src.pipeline.stages import model_name
+from src.pipeline.train_stage import verified_weights
+from src.utils.atomic import atomic_write_json, atomic_write_with
+
+LOGGER = logging.getLogger("kd_pipeline.runner")
+REUSABLE = ("teacher", "assistant", "baseline")
+# a finished stage's files besides result.json (written last: it marks the stage finished)
+STAGE_FILES = ("model.safetensors", "test_predictions.csv", "epochs.csv", "metrics.jsonl", "curves.png")
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """Stage ``stage`` of ``source`` (a chain folder of the other run) into ``target``."""
+
+    stage: str
+    source: RunDirectory
+    target: RunDirectory
+
+
+@dataclass
+class ReusePlan:
+    """What ``--teacher-from`` will reuse, checked but not yet written."""
+
+    source: RunDirectory
+    reuses: list[Reuse] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # stages trained here instead, and why
+
+    def stages_for(self, chain: Chain) -> list[str]:
+        return [r.stage for r in self.reuses if r.target == chain.run_dir]
+
+
+def _fail(source: Path, problem: str, fix: str) -> UserError:
+    return UserError(f"--teacher-from {source}: {problem}; {fix}")
+
+
+def plan_reuse(cfg: RunConfig, top: RunDirectory, chains: list[Chain], source: Path) -> ReusePlan:
+    """Decide what to reuse from ``source`` for each chain; every mismatch is a UserError."""
+    src = RunDirectory(source.expanduser())
+    drop = "or drop --teacher-from to train a teacher in this run"
+    if not src.config_path.is_file() or not (src.root / SPLIT_FILE).is_file():
+        raise _fail(source, "not a run directory (it needs config.yaml and split.json)",
+                    "pass the --output-dir of a finished run")
+    if src.root.resolve() == top.root.resolve():
+        raise _fail(source, "that is this run's own --output-dir", "pass another run's directory")
+    src_cfg = src.saved_config()
+    assert src_cfg is not None
+    split_keys, _ = compare_configs(src_cfg, cfg, started=[])  # data.* and runtime.seed make the split
+    if split_keys:
+        raise _fail(source, "its split was made with other settings: " + "; ".join(split_keys),
+                    "use the same data settings and --seed")
+    ours = top.root / SPLIT_FILE
+    if ours.is_file() and ours.read_bytes() != (src.root / SPLIT_FILE).read_bytes():
+        raise _fail(source, f"its split.json differs from {ours}", "reuse from a run with the same split")
+    src_chains = {chain.seed: chain for chain in seed_chains(src_cfg, src)}
+    plan = ReusePlan(src)
+    for chain in chains:
+        src_chain = src_chains.get(chain.seed)
+        if src_chain is None:
+            raise _fail(source, f"it has no chain for seed {chain.seed} (its seeds: "
+                        f"{', '.join(map(str, src_chains))})", f"use seeds it has, {drop}")
+        for stage in REUSABLE:
+            _plan_stage(plan, stage, chain, src_chain, source, drop)
+    return plan
+
+
+def _plan_stage(plan: ReusePlan, stage: str, chain: Chain, src_chain: Chain, source: Path, drop: str) -> None:
+    if chain.run_dir.result_path(stage).is_file():
+        return  # finished here already (an earlier run of this command reused or trained it)
+    where = src_chain.run_dir.stage_dir(stage)
+    if not src_chain.run_dir.result_path(stage).is_file():
+        if stage == "teacher":
+            raise _fail(source, f"{where} has not finished", f"finish that run (re-run its command), {drop}")
+        return
+    breaking, _ = compare_configs(src_chain.cfg, chain.cfg, started=[stage])
+    if breaking:
+        if stage == "teacher":
+            raise _fail(source, f"its teacher was trained with other settings: {'; '.join(breaking)}",
+                        f"use the same values, {drop}")
+        plan.notes.append(f"{stage} (seed {chain.seed}) is trained here, not reused from {where}: "
+                          + "; ".join(breaking))
+        return
+    if (chain.run_dir.stage_dir(stage) / "checkpoint_latest.pt").exists():
+        raise _fail(source, f"{chain.run_dir.stage_dir(stage)} was already started in this run",
+                    "let it finish (drop --teacher-from) or delete that folder to reuse the other run's")
+    plan.reuses.append(Reuse(stage, src_chain.run_dir, chain.run_dir))
+
+
+def check_fingerprints(plan: ReusePlan, cfg: RunConfig, data: DataBundle) -> None:
+    """Each reused stage's weights match its recorded hash, and its model fits this run."""
+    for reuse in plan.reuses:
+        result = reuse.source.read_result(reuse.stage)
+        try:
+            verified_weights(reuse.source, reuse.stage, result)
+        except UserError as exc:
+            raise _fail(plan.source.root, str(exc), "or drop --teacher-from") from None
+        expected = {"model": model_name(cfg, reuse.stage), "num_classes": data.num_classes,
+                    "image_size": cfg.data.image_size}
+        wrong = [f"{key} {result.get(key)!r} (this run: {value!r})" for key, value in expected.items()
+                 if result.get(key) != value]
+        if wrong:
+            raise _fail(plan.source.root, f"{reuse.source.stage_dir(reuse.stage)} does not fit this run: "
+                        + ", ".join(wrong), "reuse from a run of the same models and data")
+
+
+def reuse_data(plan: ReusePlan, cfg: RunConfig, top: RunDirectory) -> DataBundle:
+    """The datasets on the source run's split, checked against the reused stages; then the
+    split is adopted (copied to ``top`` when this run has none yet). The first write."""
+    data = build_datasets(cfg.data, plan.source.root, cfg.runtime.seed, write=False)
+    check_fingerprints(plan, cfg, data)
+    ours, theirs = top.root / SPLIT_FILE, plan.source.root / SPLIT_FILE
+    if not ours.is_file():
+        atomic_write_with(ours, lambda tmp: shutil.copyfile(theirs, tmp))
+    return data
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where possible (files here are only ever replaced by rename, never changed
+    in place, so the two runs cannot diverge), else an atomic copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        atomic_write_with(target, lambda t: shutil.copyfile(source, t))
+        return
+    os.replace(tmp, target)
+
+
+def apply_reuse(plan: ReusePlan) -> None:
+    """Copy each reused stage in; its result.json, written last, says where it came from."""
+    for note in plan.notes:
+        LOGGER.info("--teacher-from: %s", note)
+    for reuse in plan.reuses:
+        source_dir = reuse.source.stage_dir(reuse.stage)
+        for name in STAGE_FILES:
+            if (source_dir / name).is_file():
+                _link_or_copy(source_dir / name, reuse.target.stage_dir(reuse.stage) / name)
+        result = reuse.source.read_result(reuse.stage)
+        result["reused_from"] = str(source_dir.resolve())
+        atomic_write_json(reuse.target.result_path(reuse.stage), result)
+        LOGGER.info("stage %s: reused from %s (weights sha256 %s)", reuse.stage, source_dir,
+                    result.get("weights_sha256"))
