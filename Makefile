@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run run-vit test test-fast validate bench clean lint
+.PHONY: run run-vit test test-fast validate bench clean lint gpu-check
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/throughput.py
 	$(PY) bench/memory.py
+
+gpu-check:  ## verify a CUDA machine: no venv, no network (the system python3 with torch); runs/gpu-check/report.md
+	$(PYTHON) bench/gpu_check.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
