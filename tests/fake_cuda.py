@@ -240,6 +240,10 @@ class FakeCuda:
     def synchronize(self) -> None:
         self._record("_cuda_synchronize")
 
+    def is_current_stream_capturing(self) -> bool:
+        self._record("_cuda_isCurrentStreamCapturing")
+        return False
+
     def current_stream(self, index: int) -> FakeStream:
         self._record("_accelerator_getStream")
         return FakeStream(self._check(index))
@@ -257,6 +261,7 @@ class FakeCuda:
             "_cuda_memoryStats": self.memory_stats,
             "_cuda_resetPeakMemoryStats": self.reset_peak_memory_stats,
             "_cuda_emptyCache": self.empty_cache, "_cuda_synchronize": self.synchronize,
+            "_cuda_isCurrentStreamCapturing": self.is_current_stream_capturing,  # optimizers ask (2.11)
             # torch.accelerator's device-generic bindings (optimizers' graph-capture check)
             "_accelerator_getDeviceIndex": self.get_device, "_accelerator_setDeviceIndex": self.set_device,
             "_accelerator_getStream": self.current_stream,
@@ -268,6 +273,8 @@ class FakeCuda:
         monkeypatch.setattr(cuda, "_exchange_device", self.exchange_device)
         monkeypatch.setattr(cuda, "_maybe_exchange_device", self.exchange_device)
         monkeypatch.setattr(cuda, "_get_device_properties", self.device_properties, raising=False)
+        monkeypatch.setattr(cuda.graphs, "_cuda_isCurrentStreamCapturing", self.is_current_stream_capturing,
+                            raising=False)
         monkeypatch.setattr(cuda, "_raw_device_count_nvml", lambda: len(self.allocators))
         monkeypatch.setattr(cuda, "_raw_device_uuid_nvml", lambda: None)
         if cuda._cudart is None:  # a CPU-only torch build: lazy init only checks that it exists
@@ -284,8 +291,13 @@ class FakeCuda:
 
 @pytest.fixture
 def make_fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FakeCuda]]:
-    """``make_fake_cuda(**options)`` installs a FakeCuda (see its arguments) for the test."""
-    settings = torch._C._accelerator_getAllocatorSettings()  # init parses into process-wide state
+    """``make_fake_cuda(**options)`` installs a FakeCuda (see its arguments) for the test. Where a
+    real GPU is present, its own (``gpu``-marked) tests cover these paths and the fake stays out
+    of the real CUDA state."""
+    if torch.cuda.is_available():
+        pytest.skip("a real GPU is here: the gpu-marked tests run these paths on it")
+    read_settings = getattr(torch._C, "_accelerator_getAllocatorSettings", lambda: "")  # torch >= 2.14
+    settings = read_settings()  # init parses into process-wide state: put it back afterwards
     yield lambda **options: FakeCuda(**options).install(monkeypatch)
     torch._C._accelerator_setAllocatorSettings(settings)
 

@@ -300,7 +300,8 @@ def test_allocator_setting_is_in_force_when_cuda_starts(fake_cuda: FakeCuda, mon
                                                         caplog: pytest.LogCaptureFixture) -> None:
     found = covering("allocator", lambda: allocator_scenario(fake_cuda, monkeypatch))
     assert found["chosen"] == found["parsed at init"] == "expandable_segments:True"
-    assert torch._C._accelerator_getAllocatorSettings() == "expandable_segments:True"  # torch parsed it
+    if hasattr(torch._C, "_accelerator_getAllocatorSettings"):  # torch >= 2.14 can say what it parsed
+        assert torch._C._accelerator_getAllocatorSettings() == "expandable_segments:True"
     assert found["too late"] is None and "cannot take effect" in caplog.text
 
 

@@ -75,8 +75,11 @@ def test_cuda_memory_drops_while_the_caller_keeps_model_and_optimizer() -> None:
     images, labels = digits_tensors(8)
     torch.nn.functional.cross_entropy(model(images.cuda()), labels.cuda()).backward()
     torch.cuda.synchronize()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     held = torch.cuda.memory_allocated()
     info = cleanup_training_state(model=model, optimizer=optimizer, verbose=False)
-    assert torch.cuda.memory_allocated() < held / 10  # weights moved off, gradients and state gone
+    # weights moved off, gradients and AdamW's two moments gone (cuBLAS workspaces may stay)
+    assert held - torch.cuda.memory_allocated() >= 4 * weights
+    assert info["released_mb"] * 1e6 >= 4 * weights
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert info["allocated_mb"] == pytest.approx(torch.cuda.memory_allocated() / 1e6)
