@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run run-vit test test-fast validate bench study clean lint
+.PHONY: run run-vit test test-fast validate bench study clean lint gpu-check
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-export.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: $(STAMP)
 
 study: $(STAMP)  ## the KD study behind docs/RESULTS.md (kd, dkd, dist x 3 seeds on digits; ~15 min idle)
 	$(PY) bench/kd_study.py
+
+gpu-check:  ## verify a CUDA machine: no venv, no network (the system python3 with torch); runs/gpu-check/report.md
+	$(PYTHON) bench/gpu_check.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -21,7 +21,10 @@ from torch import nn  # noqa: E402
 from src.config.loader import config_from_dict, read_yaml  # noqa: E402
 from src.config.schema import RunConfig  # noqa: E402
 from src.distillation.objective import DistillationObjective  # noqa: E402
+from src.engine.device import resolve_device as resolve_run_device  # noqa: E402
+from src.engine.layout import to_training_layout  # noqa: E402
 from src.engine.objective import CrossEntropyObjective, Objective  # noqa: E402
+from src.errors import UserError  # noqa: E402
 from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name  # noqa: E402
 from src.utils.training_guards import enforce_gradient_checkpointing  # noqa: E402
 
@@ -70,12 +73,14 @@ class StageSetup:
 
 def build_stage(cfg: RunConfig, stage: str, device: torch.device) -> StageSetup:
     """Fresh (random-weight) models for ``stage``, on ``device``, set up as the pipeline's stage
-    does (ViT-Base checkpointed); memory and speed depend on shapes, not on trained weights."""
+    does (ViT-Base checkpointed, the training layout); memory and speed depend on shapes, not on
+    trained weights."""
     torch.manual_seed(0)
     model = build_model(cfg, stage, NUM_CLASSES, initial=False)
     if is_vit_base(model_name(cfg, stage)):
         enforce_gradient_checkpointing(model, "vit_base", verbose=False)  # as train_stage does
     model.to(device)
+    to_training_layout(model, cfg.train, device)  # as the planner does before it measures
     teacher_stage = STAGES[stage].teacher_stage
     if teacher_stage is None:
         return StageSetup(stage, model_name(cfg, stage), model,
@@ -95,11 +100,11 @@ def synthetic_batch(batch: int, image_size: int, device: torch.device) -> tuple[
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but CUDA is not available here")
-    return torch.device(name)
+    """The pipeline's device resolution (an indexed CUDA device); a bad choice ends the script."""
+    try:
+        return resolve_run_device(name)
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def add_threads_flag(parser: Any) -> None:

@@ -43,8 +43,9 @@ from _common import (  # puts src on the path
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
 from src.errors import UserError
+from src.memory.accounting import DeviceMemory
 from src.memory.planner import choose_plan, plan_stage, set_checkpointing
-from src.memory.probe import probe_peaks, release_cached
+from src.memory.probe import probe_peaks
 from src.memory.search import GIB
 from src.pipeline.stages import is_vit_base
 from src.utils.training_guards import saved_activation_bytes
@@ -182,7 +183,7 @@ def gpu_rows(family: str, args: argparse.Namespace, device: torch.device) -> lis
             torch.cuda.set_per_process_memory_fraction(1.0, device)  # measure the next stage uncapped
         rows.append(row)
         del setup
-        release_cached(device)
+        DeviceMemory(device).release_cached()
     return rows
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.engine import trainer as trainer_module  # noqa: E402
 from src.engine.config import EngineConfig  # noqa: E402
+from src.engine.device import resolve_device  # noqa: E402
 from src.engine.objective import CrossEntropyObjective  # noqa: E402
 from src.engine.optim import build_optimizer  # noqa: E402
 
@@ -116,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     trainer_module.plot_curves = lambda *paths: None  # the benchmark measures training, not plotting
     cfg = EngineConfig(epochs=1, batch_size=args.batch_size, lr=0.05, scheduler="constant", amp="auto",
                        progress="off", patience=None)

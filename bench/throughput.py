@@ -43,9 +43,10 @@ from _common import (  # puts src on the path
 
 from src.config.schema import STAGE_NAMES
 from src.engine.config import EngineConfig
+from src.engine.layout import to_training_layout
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
-from src.engine.step import UpdateStep, is_cnn, resolve_precision
+from src.engine.step import UpdateStep, resolve_precision
 from src.pipeline.stages import STAGES, build_model
 
 Runner = Callable[[], None]
@@ -55,15 +56,13 @@ def training_runner(model: torch.nn.Module, objective, images: torch.Tensor, lab
                     cfg: EngineConfig, device: torch.device) -> Runner:
     """One optimizer update of ``model`` on the batch, exactly as the trainer runs it."""
     dtype, scaler = resolve_precision(cfg.amp, device)
-    channels_last = cfg.channels_last and device.type == "cuda" and is_cnn(model)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)  # as the Trainer does
+    channels_last = to_training_layout(model, cfg, device)  # as the planner and the Trainer do
     optimizer = build_optimizer(model, cfg)
     step = UpdateStep(model, objective, optimizer, cfg, device, dtype, scaler, channels_last)
     model.train()
 
     def run() -> None:
-        _, finite, _ = step.forward_backward(images, labels, 1.0, last_in_window=True)
+        _, finite, _ = step.forward_backward(images, labels, 1.0)
         step.apply(finite)
 
     return run
@@ -73,8 +72,8 @@ def inference_runner(teacher: torch.nn.Module, images: torch.Tensor, cfg: Engine
                      device: torch.device) -> Runner:
     """The frozen teacher's forward as the distillation objective runs it inside a KD step."""
     dtype, _ = resolve_precision(cfg.amp, device)
-    if cfg.channels_last and device.type == "cuda" and is_cnn(teacher):
-        images = images.contiguous(memory_format=torch.channels_last)  # the input format a KD step feeds
+    if to_training_layout(teacher, cfg, device):  # the layouts of a KD step's teacher and inputs
+        images = images.contiguous(memory_format=torch.channels_last)
 
     def run() -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

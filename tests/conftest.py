@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from fake_cuda import fake_cuda, make_fake_cuda  # noqa: F401  (fixtures: tests without a GPU run CUDA paths)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

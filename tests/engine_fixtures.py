@@ -86,6 +86,23 @@ class ScriptedLoss(Objective):
         return StepOutput(logits, loss, {"ce": loss.detach()})
 
 
+class OutOfMemoryAt(Objective):
+    """Cross-entropy that raises the real torch.OutOfMemoryError on chosen calls, after the
+    forward (as a GPU does when the backward's buffers do not fit); the injected stand-in for
+    a CUDA out-of-memory error, which cannot happen on the CPU."""
+
+    def __init__(self, bad_calls: set[int]) -> None:
+        self.bad_calls, self.calls = bad_calls, 0
+
+    def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        self.calls += 1
+        logits = model(images)
+        if self.calls in self.bad_calls:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected at call {self.calls})")
+        loss = F.cross_entropy(logits, labels)
+        return StepOutput(logits, loss, {"ce": loss.detach()})
+
+
 def tiny_cnn(seed: int = 0) -> nn.Module:
     """timm's smallest ResNet, with dropout and drop-path so RNG restore matters."""
     torch.manual_seed(seed)
@@ -142,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=192)
     parser.add_argument("--val", type=int, default=64)
     parser.add_argument("--ddp", action="store_true")
+    parser.add_argument("--oom", default="", help="RANK:CALL,...: out-of-memory errors to inject")
+    parser.add_argument("--dump-ranks", action="store_true",
+                        help="every rank writes rank<R>.pt (weights) and rank<R>.json (split, updates)")
     args = parser.parse_args(argv)
 
     from src.engine.distributed import DistributedContext
@@ -154,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     dist = DistributedContext.from_env(torch.device("cpu")) if args.ddp else None
     writes = record_writes_under(args.stage_dir) if dist is not None and not dist.is_main else None
     cfg = engine_config(**json.loads(args.config))
-    trainer = Trainer(tiny_cnn(), CrossEntropyObjective(), KeyedTrain(args.train), PlainEval(args.val), cfg,
+    rank = dist.rank if dist is not None else 0
+    bad_calls = {int(call) for where in args.oom.split(",") if where
+                 for r, call in [where.split(":")] if int(r) == rank}
+    objective = OutOfMemoryAt(bad_calls) if args.oom else CrossEntropyObjective()
+    trainer = Trainer(tiny_cnn(), objective, KeyedTrain(args.train), PlainEval(args.val), cfg,
                       args.stage_dir, device=torch.device("cpu"), seed=0, run_fingerprint=fingerprint(),
                       dist=dist)
     try:
@@ -168,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         if writes is not None:
             report = args.stage_dir.parent / f"writes_rank{trainer.dist.rank}.json"
             report.write_text(json.dumps(writes))
+    if args.dump_ranks:
+        torch.save(trainer.model.state_dict(), args.stage_dir / f"rank{rank}.pt")
+        split = {"micro_batch": result.micro_batch, "accumulation_steps": result.accumulation_steps,
+                 "global_step": trainer.global_step, "updates": trainer.schedule.num_updates,
+                 "oom_history": trainer.oom_history}
+        (args.stage_dir / f"rank{rank}.json").write_text(json.dumps(split))
     if trainer.dist.is_main:
         torch.save(trainer.model.state_dict(), args.stage_dir / "final.pt")
         summary = {k: str(v) for k, v in dataclasses.asdict(result).items()}

@@ -1,16 +1,13 @@
 """CIFAR-10/100 through torchvision itself, from small files written in torchvision's on-disk layout.
 
-The official pickles are Python 2 files whose byte-string keys Python 3 reads back (with
-``encoding="latin1"``, as torchvision loads them) as ``str`` keys, so the files here use ``str``
-keys. torchvision 0.29 verifies every file against the md5 of the official download on each load,
-not only when downloading; the real files cannot exist on this offline machine, so the tests point
-those expected checksums at the files they wrote: torchvision's own integrity check still runs.
+The files come from bench/cifar_files.py (torchvision's exact layout). torchvision verifies every
+file against the md5 of the official download on each load; the real files cannot exist on this
+offline machine, so the tests point those expected checksums at the files they wrote:
+torchvision's own integrity check still runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -18,85 +15,35 @@ import pytest
 import torch
 import torchvision
 
+from bench.cifar_files import write_cifar10, write_cifar100
 from src.config.schema import DataConfig
 from src.data import build_datasets
 from src.errors import UserError
-
-
-def _dump(path: Path, obj: dict) -> str:
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def _images(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
 
 
+def _point_torchvision_at(cls: type, checksums: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in checksums.items():
+        monkeypatch.setattr(cls, name, value)
+
+
 def _write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 20) -> dict[str, np.ndarray]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    cls = torchvision.datasets.CIFAR10
-    train_list, train_data = [], []
-    for b in range(1, 6):
-        data = _images(rng, per_batch)
-        labels = [i % 10 for i in range(per_batch)]
-        entry = {
-            "batch_label": f"training batch {b} of 5",
-            "labels": labels,
-            "data": data,
-            "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)],
-        }
-        train_list.append([f"data_batch_{b}", _dump(folder / f"data_batch_{b}", entry)])
-        train_data.append(data)
-    test = _images(rng, 30)
-    test_md5 = _dump(
-        folder / "test_batch",
-        {
-            "batch_label": "testing batch 1 of 1",
-            "data": test,
-            "labels": [i % 10 for i in range(30)],
-            "filenames": [],
-        },
-    )
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    meta_md5 = _dump(
-        folder / "batches.meta", {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}
-    )
-    monkeypatch.setattr(cls, "train_list", train_list)
-    monkeypatch.setattr(cls, "test_list", [["test_batch", test_md5]])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": meta_md5})
-    return {"train": np.vstack(train_data), "test": test}
+    train, test = _images(rng, 5 * per_batch), _images(rng, 30)
+    labels = [i % 10 for i in range(per_batch)] * 5
+    checksums = write_cifar10(root, train, labels, test, [i % 10 for i in range(30)])
+    _point_torchvision_at(torchvision.datasets.CIFAR10, checksums, monkeypatch)
+    return {"train": train, "test": test}
 
 
 def _write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
-    cls = torchvision.datasets.CIFAR100
-    md5 = {}
-    for name, n in (("train", 300), ("test", 100)):
-        fine = [i % 100 for i in range(n)]
-        md5[name] = _dump(
-            folder / name,
-            {
-                "filenames": [],
-                "batch_label": name,
-                "fine_labels": fine,
-                "coarse_labels": [f // 5 for f in fine],
-                "data": _images(rng, n),
-            },
-        )
-    meta_md5 = _dump(
-        folder / "meta",
-        {
-            "fine_label_names": [f"class_{i:02d}" for i in range(100)],
-            "coarse_label_names": [f"super_{i:02d}" for i in range(20)],
-        },
-    )
-    monkeypatch.setattr(cls, "train_list", [["train", md5["train"]]])
-    monkeypatch.setattr(cls, "test_list", [["test", md5["test"]]])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": meta_md5})
+    checksums = write_cifar100(root, _images(rng, 300), [i % 100 for i in range(300)],
+                               _images(rng, 100), [i % 100 for i in range(100)])
+    _point_torchvision_at(torchvision.datasets.CIFAR100, checksums, monkeypatch)
 
 
 def test_cifar10_loads_with_official_test_and_stratified_val(tmp_path: Path, monkeypatch) -> None:

@@ -1,5 +1,6 @@
 """Two CPU processes under torchrun (gloo): the run trains end to end, resumes, and only
-rank 0 writes files, with metrics computed over both ranks' samples."""
+rank 0 writes files, with metrics computed over both ranks' samples; an out-of-memory error on
+one rank makes both redo the window with the same smaller micro-batch."""
 from __future__ import annotations
 
 import json
@@ -18,12 +19,12 @@ from src.engine.evaluation import evaluate_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _torchrun(stage_dir: Path, epochs: int) -> subprocess.CompletedProcess[str]:
+def _torchrun(stage_dir: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess[str]:
     config = json.dumps({"epochs": epochs, "batch_size": 8, "accumulation_steps": 2,
                          "checkpoint_every_steps": 3})
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                "-m", "engine_fixtures", str(stage_dir), "--ddp", "--train", "100", "--val", "30",
-               "--config", config]
+               "--config", config, *extra]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
@@ -52,3 +53,23 @@ def test_two_process_gloo_run_trains_resumes_and_only_rank0_writes(tmp_path: Pat
     assert result["resumed_from"].endswith("checkpoint_latest.pt") and result["epochs_run"] == "2"
     assert json.loads((tmp_path / "writes_rank1.json").read_text()) == []
     assert not (tmp_path / "writes_rank0.json").exists()
+
+
+@pytest.mark.slow
+def test_out_of_memory_on_one_rank_makes_every_rank_redo_the_window_alike(tmp_path: Path) -> None:
+    """Per rank: 50 samples, windows of 16 (2 micro-batches of 8). Rank 1 runs out of memory in
+    window 2's first micro-batch (rank 0 has computed all of window 2 by then); later rank 0 runs
+    out in the last micro-batch of window 3 (the backward where DDP would all-reduce). Both ranks
+    must halve together twice, apply every window exactly once, and end with identical weights.
+    Before the fix, rank 1 halved alone and trained on with micro-batch 4 against rank 0's 8."""
+    stage = tmp_path / "stage"
+    run = _torchrun(stage, 1, "--oom", "1:3,0:12", "--dump-ranks")
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((stage / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert (rank["micro_batch"], rank["accumulation_steps"]) == (2, 8)  # 8 -> 4 -> 2, window kept
+        assert rank["global_step"] == rank["updates"] == 4  # 16, 16, 16, 2 per rank: none lost, none twice
+    assert ranks[0]["oom_history"] == ["micro-batch 8 on another rank", "micro-batch 4"]
+    assert ranks[1]["oom_history"] == ["micro-batch 8", "micro-batch 4 on another rank"]
+    weights = [torch.load(stage / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

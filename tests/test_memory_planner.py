@@ -1,5 +1,6 @@
 """The memory planner: search and checkpointing decisions against made-up memory models (CPU),
-the probe's promise to leave the model untouched (CPU), and the real CUDA probe (gpu marker)."""
+the probe's promise to leave the model untouched (CPU), and the real CUDA probe (gpu marker).
+plan_stage's CUDA wiring on a fake device is in tests/test_cuda_paths.py."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import torch
 
 from src.distillation.objective import DistillationObjective
 from src.engine.config import EngineConfig
-from src.engine.distributed import DistributedContext
+from src.engine.device import resolve_device
 from src.engine.objective import CrossEntropyObjective
 from src.errors import UserError
 from src.memory.allocator import configure_cuda_allocator
@@ -170,56 +171,6 @@ def test_plan_dict_is_json_ready_and_marks_oom() -> None:
                           {"micro_batch": 32, "peak_bytes": 3 * GIB}]
 
 
-def test_plan_on_cuda_caps_the_process_at_the_budget_and_applies_the_search(monkeypatch) -> None:
-    """The CUDA wiring, with the GPU calls replaced (no GPU here; the real run is the gpu test below)."""
-    from types import SimpleNamespace
-
-    import src.memory.planner as planner
-
-    calls: dict[str, list] = {"fraction": [], "reset": [], "measured": []}
-
-    def fake_measure(model, objective, images, labels, micro, effective, cfg, device):
-        calls["measured"].append((micro, effective))
-        return 1 * GIB + micro * 200 * MIB
-
-    monkeypatch.setattr(planner, "measure_peak", fake_measure)
-    monkeypatch.setattr(planner, "release_cached", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=8 * GIB))
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
-                        lambda f, d=None: calls["fraction"].append(f))
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls["reset"].append(d))
-    model = create_model("cnn", "resnet18", num_classes=3, image_size=8)
-    sample = (torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
-    cuda = torch.device("cuda")
-    cfg = EngineConfig(batch_size=32, accumulation_steps=2)
-
-    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 6.0, model_name="resnet18")
-    # limit 5.4 GiB -> micro <= 22 images; the largest divisor of 64 below that is 16.
-    assert (plan.micro_batch, plan.accumulation_steps, plan.gradient_checkpointing) == (16, 4, False)
-    assert plan.budget_bytes == 6 * GIB and calls["fraction"] == [0.75] and calls["reset"]
-    assert all(effective == 64 for _, effective in calls["measured"])
-    assert plan.apply(cfg).batch_size == 16 and plan.apply(cfg).accumulation_steps == 4
-
-    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 20.0)  # more than the card has
-    assert plan.budget_bytes == 8 * GIB and calls["fraction"][-1] == 1.0
-
-    class OtherRankFitsEight(DistributedContext):  # the other rank's answer, without a process group
-        def all_gather_object(self, obj):
-            return [obj, 8]
-
-    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 6.0,
-                      dist=OtherRankFitsEight(rank=0, world_size=2))
-    assert (plan.micro_batch, plan.accumulation_steps) == (8, 8)
-
-    class OtherRankFitsFour(DistributedContext):  # a micro-batch this rank's search never measured
-        def all_gather_object(self, obj):
-            return [obj, 4]
-
-    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cuda, 6.0,
-                      dist=OtherRankFitsFour(rank=0, world_size=2))
-    assert (plan.micro_batch, plan.accumulation_steps, plan.peak_bytes) == (4, 16, None)
-
-
 def test_ddp_ranks_agree_on_the_smallest_micro_batch_and_keep_the_effective_batch() -> None:
     plan = search_micro_batch(96, linear_memory(0, 100 * MIB), 6 * GIB)  # this rank fits 48
     assert plan.micro_batch == 48
@@ -285,7 +236,7 @@ def test_allocator_setting_respects_the_user() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_real_probe_fits_the_budget_and_leaves_the_model_untouched() -> None:
-    device = torch.device("cuda")
+    device = resolve_device("cuda")  # indexed: torch.cuda.set_per_process_memory_fraction needs it
     model = create_model("cnn", "resnet18", num_classes=10, image_size=32).to(device)
     before = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     sample = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))

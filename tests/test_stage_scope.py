@@ -16,6 +16,7 @@ import torch
 import src.pipeline.train_stage as train_stage_module
 from src.config.loader import load_config
 from src.data.build import build_datasets
+from src.engine.device import resolve_device
 from src.engine.distributed import DistributedContext
 from src.pipeline.rundir import RunDirectory, prepare_run_directory
 from src.utils.training_guards import cleanup_training_state
@@ -70,7 +71,7 @@ def test_model_teacher_and_optimizer_are_gone_after_a_kd_stage(tmp_path: Path,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_memory_returns_to_the_pre_stage_level(tmp_path: Path) -> None:
     cfg, run, data = _setup(tmp_path, "cuda")
-    device, dist = torch.device("cuda"), DistributedContext()
+    device, dist = resolve_device("cuda"), DistributedContext()  # indexed, as the runner passes it
     cfg.runtime.vram_budget_gb = None  # the planner's per-process cap is not what this test measures
     train_stage_module.train_stage(cfg, "teacher", run, data, device=device, dist=dist)
     cleanup_training_state(verbose=False)

@@ -34,7 +34,7 @@ def stepper(model: torch.nn.Module, scaler: Optional[torch.amp.GradScaler], **cf
 
 def one_update(step: UpdateStep, images: torch.Tensor, labels: torch.Tensor) -> Any:
     """Two micro-batches of 8 in one window, as the trainer runs them."""
-    flags = [step.forward_backward(images[i : i + 8], labels[i : i + 8], 0.5, last_in_window=i == 8)[1]
+    flags = [step.forward_backward(images[i : i + 8], labels[i : i + 8], 0.5)[1]
              for i in (0, 8)]
     return step.apply(torch.stack(flags).all())
 

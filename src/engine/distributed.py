@@ -1,16 +1,22 @@
 """torch.distributed under torchrun: who am I, and the few collectives the engine needs.
 
-Every decision that changes control flow (stop early, stop on a signal, checkpoint now) is
-taken once and shared, so ranks never diverge and deadlock in a collective.
+Every decision that changes control flow (stop early, stop on a signal, checkpoint now, redo a
+window after an out-of-memory error) is taken once and shared, so ranks never diverge and
+deadlock in a collective. Gradients are averaged by ``average_gradients`` once per update,
+after the ranks agreed that every one of them computed its share (docs/ARCHITECTURE.md,
+"Data parallel training and out-of-memory errors").
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as torch_dist
+
+from src.engine.device import torchrun_local_rank
 
 
 @dataclass
@@ -33,17 +39,19 @@ class DistributedContext:
     @classmethod
     def from_env(cls, device: torch.device | None = None) -> DistributedContext:
         """Read torchrun's variables and join the process group (gloo on CPU, nccl on CUDA).
-        Without them (a plain ``python`` run) this is the single-process context."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
+        Without them (a plain ``python`` run) this is the single-process context. ``device``
+        is this rank's device (``resolve_device`` gives CUDA ranks the GPU of their local rank)."""
+        local_rank = torchrun_local_rank()
+        if local_rank is None:
             return cls()
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         use_cuda = (device is None or device.type == "cuda") and torch.cuda.is_available()
+        gpu = torch.device("cuda", local_rank if device is None or device.index is None else device.index)
         if use_cuda:
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(gpu)  # nccl's collectives run on the current device
         if not torch_dist.is_initialized():
             torch_dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
-        comm_device = f"cuda:{local_rank}" if use_cuda else "cpu"
+        comm_device = str(gpu) if use_cuda else "cpu"
         return cls(rank=rank, world_size=world_size, local_rank=local_rank, comm_device=comm_device)
 
     def barrier(self) -> None:
@@ -84,12 +92,35 @@ class DistributedContext:
         return shared.to(tensor.device)
 
     def broadcast_buffers(self, module: torch.nn.Module) -> None:
-        """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them
-        before each forward, but each rank then updates them with its own batch, so without
-        this the ranks would validate slightly different models."""
+        """Give every rank rank 0's buffers (BatchNorm running statistics). Each rank updates
+        them with its own batches, so without this the ranks would validate (and rank 0 would
+        save) slightly different models."""
+        self._broadcast_in_place(module.buffers())
+
+    def broadcast_weights(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's parameters and buffers, so all start from the same model."""
+        self._broadcast_in_place([*module.parameters(), *module.buffers()])
+
+    def _broadcast_in_place(self, tensors: Iterable[torch.Tensor]) -> None:
         if self.enabled:
-            for buffer in module.buffers():
-                torch_dist.broadcast(buffer, src=0)
+            with torch.no_grad():
+                for tensor in tensors:
+                    torch_dist.broadcast(tensor, src=0)
+
+    def average_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """Replace each parameter's gradient by its mean over ranks, in place (no memory is
+        allocated, so this collective cannot run out of memory on one rank alone).
+
+        Every rank passes the same parameters in the same order, and the same ones hold
+        gradients on every rank (the graph does not depend on the data: true of the timm models
+        here; DDP's ``find_unused_parameters=False`` asks the same)."""
+        if not self.enabled:
+            return
+        grads = [param.grad for param in params if param.grad is not None]
+        works = [torch_dist.all_reduce(grad, op=torch_dist.ReduceOp.SUM, async_op=True) for grad in grads]
+        for work in works:
+            work.wait()
+        torch._foreach_div_(grads, float(self.world_size))
 
     def destroy(self) -> None:
         if self.enabled and torch_dist.is_initialized():

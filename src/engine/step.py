@@ -40,11 +40,6 @@ def resolve_precision(amp: str, device: torch.device
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def is_cnn(model: nn.Module) -> bool:
-    """CNNs (several conv layers) benefit from channels-last; a ViT's single patch conv does not."""
-    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
-
-
 @dataclass
 class UpdateOutcome:
     """What the window's update did (``grad_norm`` stays on the device)."""
@@ -55,8 +50,8 @@ class UpdateOutcome:
 
 
 class UpdateStep:
-    """Runs micro-batches and applies the accumulated update. ``model`` may be a DDP wrapper
-    (its ``no_sync`` skips the gradient all-reduce on all but a window's last micro-batch)."""
+    """Runs micro-batches and applies the accumulated update. Gradients accumulate locally: under
+    DDP the trainer averages them over ranks between the last micro-batch and ``apply``."""
 
     def __init__(self, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                  cfg: EngineConfig, device: torch.device, autocast_dtype: Optional[torch.dtype],
@@ -73,27 +68,24 @@ class UpdateStep:
         self._nan = torch.tensor(float("nan"), device=device)
         self._one = torch.tensor(1.0, device=device)
 
-    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, weight: float,
-                         last_in_window: bool) -> tuple[StepOutput, torch.Tensor, torch.Tensor]:
+    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor,
+                         weight: float) -> tuple[StepOutput, torch.Tensor, torch.Tensor]:
         """One micro-batch: the step output, a 0-dim bool "loss was finite" and the labels
         on the device."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        no_sync = getattr(self.model, "no_sync", None)
-        sync_ctx = no_sync() if no_sync is not None and not last_in_window else contextlib.nullcontext()
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
-        with sync_ctx:
-            with autocast:
-                out = self.objective.training_step(self.model, images, labels)
-            finite = torch.isfinite(out.loss.detach())
-            poison = torch.where(finite, self._one, self._nan)  # NaN grads if the loss was not finite
-            scaled = out.loss.float() * (poison * weight)
-            if self.scaler is not None:
-                scaled = self.scaler.scale(scaled)
-            scaled.backward()
+        with autocast:
+            out = self.objective.training_step(self.model, images, labels)
+        finite = torch.isfinite(out.loss.detach())
+        poison = torch.where(finite, self._one, self._nan)  # NaN grads if the loss was not finite
+        scaled = out.loss.float() * (poison * weight)
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        scaled.backward()
         return out, finite, labels
 
     def apply(self, losses_finite: torch.Tensor) -> UpdateOutcome:

@@ -19,7 +19,6 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from src.engine.checkpoint import CheckpointStore, library_versions
@@ -29,19 +28,21 @@ from src.engine.curves import plot_curves
 from src.engine.distributed import DistributedContext
 from src.engine.early_stopping import EarlyStopping
 from src.engine.evaluation import EvalResult, evaluate_model, num_classes_of
+from src.engine.layout import to_training_layout
 from src.engine.objective import Objective
 from src.engine.optim import build_optimizer, build_schedule
 from src.engine.progress import Progress
 from src.engine.run_log import MetricsLog, open_tensorboard
 from src.engine.sampling import MicroBatch, make_loader, plan_micro_batches, train_keys, window_sizes
 from src.engine.signals import StopSignals
-from src.engine.step import UpdateStep, is_cnn, resolve_precision
+from src.engine.step import UpdateStep, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
 from src.errors import TrainingInterrupted, UserError
+from src.memory.accounting import DeviceMemory
 from src.utils.logger import REQUIRED_COLUMNS, EpochLogger
 from src.utils.metrics import PredictionAccumulator
 from src.utils.reproducibility import capture_rng_state, restore_rng_state
-from src.utils.training_guards import reset_peak_memory_stats, validate_loss
+from src.utils.training_guards import validate_loss
 
 # What a checkpoint must hold to be resumed (a weights-only file is not enough).
 RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "epoch", "samples_done", "global_step",
@@ -55,7 +56,9 @@ EpochCallback = Callable[[int, nn.Module], None]
 @dataclass
 class FitResult:
     """How a ``fit`` went. ``micro_batch``/``accumulation_steps`` are the final split (after any
-    out-of-memory fallback); ``train_time_sec`` adds up every session of a resumed run."""
+    out-of-memory fallback); ``train_time_sec`` adds up every session of a resumed run. The peaks
+    are the largest per-epoch CUDA peaks (MiB; None off CUDA, and on ranks other than 0 for the
+    reserved one, which comes from metrics.jsonl's epoch records)."""
 
     best_epoch: int
     best_metric: float
@@ -66,6 +69,7 @@ class FitResult:
     accumulation_steps: int
     train_time_sec: float
     peak_gpu_memory_mb: Optional[float]
+    peak_gpu_reserved_mb: Optional[float] = None
 
 
 class _Piece(NamedTuple):
@@ -78,10 +82,6 @@ class _Piece(NamedTuple):
     labels: torch.Tensor
     finite: torch.Tensor
     loss: torch.Tensor
-
-
-class _OutOfMemoryRetry(Exception):
-    """Internal: the current window ran out of memory and must be redone with smaller micro-batches."""
 
 
 class Trainer:
@@ -110,9 +110,8 @@ class Trainer:
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
 
         self.model = model.to(device)
-        self.channels_last = config.channels_last and device.type == "cuda" and is_cnn(model)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = to_training_layout(self.model, config, device)  # already so after planning
+        self.memory = DeviceMemory(device)
         self.objective = objective.to(device)
         self.autocast_dtype, self.scaler = resolve_precision(config.amp, device)
         self.optimizer = build_optimizer(self.model, config, lr=lr)
@@ -127,12 +126,8 @@ class Trainer:
         self.store = CheckpointStore(self.stage_dir, required_keys=RESUME_KEYS)
         self.num_classes = num_classes_of(val_dataset, fallback=_output_classes(model))
 
-        self.train_model: nn.Module = self.model
-        if self.dist.enabled:
-            device_ids = [device.index] if device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids,
-                                                       find_unused_parameters=False)
-        self.stepper = UpdateStep(self.train_model, self.objective, self.optimizer, config, device,
+        self.dist.broadcast_weights(self.model)  # every rank starts from rank 0's model
+        self.stepper = UpdateStep(self.model, self.objective, self.optimizer, config, device,
                                   self.autocast_dtype, self.scaler, self.channels_last)
 
         # Position and running state: everything below goes into checkpoint_latest.pt.
@@ -190,6 +185,7 @@ class Trainer:
             accumulation_steps=math.ceil(self.window / self.micro_batch),
             train_time_sec=self.train_time,
             peak_gpu_memory_mb=self.peak_memory_mb,
+            peak_gpu_reserved_mb=self._peak_reserved_mb(),
         )
 
     def evaluate(self, dataset: Dataset[Any]) -> EvalResult:
@@ -205,7 +201,7 @@ class Trainer:
 
     def _train_epoch(self, signals: StopSignals) -> None:
         self.objective.on_epoch_start(self.epoch, self.cfg.epochs)
-        reset_peak_memory_stats()
+        self.memory.reset_peaks()
         self.model.train()
         started = time.perf_counter()
         self._interval_started = started
@@ -217,42 +213,67 @@ class Trainer:
             # samples_done is always a whole number of windows: the bar resumes where it was.
             done = self.samples_done // self.window * math.ceil(self.window / self.micro_batch)
             self.progress.start_epoch(self.epoch, self.cfg.epochs, len(plan), done)
-            try:
-                self._run_plan(plan, signals, started)
+            failed = self._run_plan(plan, signals, started)
+            if failed is None:
                 break
-            except _OutOfMemoryRetry:
-                self.progress.close()
-            if self.device.type == "cuda":  # the failed window's tensors died with the exception
-                torch.cuda.empty_cache()
+            self.progress.close()
+            self._fall_back_after_oom(failed)
+            # Only now, with _run_plan's frames and the exception gone, are the failed window's
+            # tensors unreachable: emptying the cache earlier would return nothing.
+            self.memory.release_cached()
         self.epoch_elapsed += time.perf_counter() - started
         self.progress.close()
 
-    def _run_plan(self, plan: list[MicroBatch], signals: StopSignals, started: float) -> None:
+    def _run_plan(self, plan: list[MicroBatch], signals: StopSignals, started: float) -> Optional[str]:
+        """Train through ``plan``; returns None at its end, or what ran out of GPU memory (on this
+        rank or another), after which every rank redoes or continues from the same window.
+
+        Under DDP the ranks agree at the end of each window, before its gradients are averaged,
+        that every rank computed its share; an out-of-memory error before that point (forward or
+        backward of any micro-batch) makes every rank drop the window, so no rank is ever left
+        waiting in a collective the others skipped (docs/ARCHITECTURE.md)."""
         loader = make_loader(self.train_dataset, [mb.keys for mb in plan], self.cfg.num_workers, self.seed,
                              "train", self.epoch, pin_memory=self.device.type == "cuda")
         window: list[_Piece] = []
-        try:
-            for mb, (images, labels) in zip(plan, loader, strict=True):
-                n = len(mb.keys)
-                out, finite, labels = self.stepper.forward_backward(images, labels, n / mb.window_samples,
-                                                                    mb.last_in_window)
-                contribution, parts, preds = micro_batch_contribution(out, finite, labels)
-                window.append(_Piece(contribution, parts, n, preds, labels, finite, out.loss.detach()))
-                del out
+        for mb, (images, labels) in zip(plan, loader, strict=True):
+            piece = self._compute(mb, images, labels)
+            if piece is not None:
+                window.append(piece)
                 self.progress.advance()
-                if mb.last_in_window:
-                    self._finish_window(window, mb.window_samples)
-                    window = []
-                    self._at_update_boundary(signals, started)
-        except torch.OutOfMemoryError as exc:
-            self._fall_back_after_oom(exc)
-            raise _OutOfMemoryRetry() from exc
+                if not mb.last_in_window:
+                    continue
+            # The window is computed, or this rank ran out of memory in it: did every rank compute?
+            if self.dist.any_flags(piece is None)[0]:
+                return f"micro-batch {self.micro_batch}" + ("" if piece is None else " on another rank")
+            step_oom, books_oom = self._finish_window(window, mb.window_samples)
+            window = []
+            failed = self._at_update_boundary(signals, started, step_oom, books_oom)
+            if failed is not None:
+                return failed
+        return None
 
-    def _finish_window(self, window: list[_Piece], window_samples: int) -> None:
-        """Apply the window's update, then count it: the sums only take a window once its
-        update has happened, so an OOM retry of the window never counts a sample twice, and
-        an OOM after the update never applies it twice."""
-        outcome = self.stepper.apply(torch.stack([piece.finite for piece in window]).all())
+    def _compute(self, mb: MicroBatch, images: torch.Tensor, labels: torch.Tensor) -> Optional[_Piece]:
+        """Forward and backward of one micro-batch; None when it ran out of memory. Returning
+        from the except clause drops the exception, whose traceback holds the failed step's tensors."""
+        n = len(mb.keys)
+        try:
+            out, finite, labels = self.stepper.forward_backward(images, labels, n / mb.window_samples)
+            contribution, parts, preds = micro_batch_contribution(out, finite, labels)
+            return _Piece(contribution, parts, n, preds, labels, finite, out.loss.detach())
+        except torch.OutOfMemoryError:
+            return None
+
+    def _finish_window(self, window: list[_Piece], window_samples: int) -> tuple[bool, bool]:
+        """Average the gradients over ranks, apply the window's update, then count it: the sums
+        only take a window once its update has happened, so an OOM retry of the window never
+        counts a sample twice, and an OOM after the update never applies it twice. Returns
+        whether the optimizer step ran out of memory (nothing applied, gradients cleared) and
+        whether the bookkeeping after it did (the update stands)."""
+        self.dist.average_gradients(self.stepper.params)
+        try:
+            outcome = self.stepper.apply(torch.stack([piece.finite for piece in window]).all())
+        except torch.OutOfMemoryError:
+            return True, False
         # The update has happened: record the position and the schedule before anything below
         # allocates on the device, so an out-of-memory error there never redoes (re-applies) it.
         self.global_step += 1
@@ -262,30 +283,48 @@ class Trainer:
         if outcome.loss_nonfinite and self.cfg.nonfinite_policy == "raise":
             losses = torch.stack([piece.loss.float() for piece in window])
             validate_loss(losses[~torch.isfinite(losses)][0], self.global_step)  # raises NonFiniteLossError
-        for piece in window:
-            self.epoch_tally.add_micro_batch(piece.contribution, {}, piece.samples)
-            self.interval_tally.add_micro_batch(piece.contribution, piece.parts, piece.samples)
-            self.accumulator.update(piece.preds, piece.labels)
-        for tally in (self.epoch_tally, self.interval_tally):
-            tally.add_update(outcome.applied, outcome.grad_norm)
+        try:
+            for piece in window:
+                self.epoch_tally.add_micro_batch(piece.contribution, {}, piece.samples)
+                self.interval_tally.add_micro_batch(piece.contribution, piece.parts, piece.samples)
+                self.accumulator.update(piece.preds, piece.labels)
+            for tally in (self.epoch_tally, self.interval_tally):
+                tally.add_update(outcome.applied, outcome.grad_norm)
+        except torch.OutOfMemoryError:
+            return False, True
         if not outcome.applied:
             self.progress.message(f"update {self.global_step} skipped: non-finite "
                                   f"{'loss' if outcome.loss_nonfinite else 'gradients'}")
+        return False, False
 
-    def _at_update_boundary(self, signals: StopSignals, started: float) -> None:
-        """Log, checkpoint and obey signals; every rank takes the same decision."""
-        if self.global_step % self.cfg.log_interval == 0:
-            self._log_interval()
+    def _at_update_boundary(self, signals: StopSignals, started: float, step_oom: bool,
+                            books_oom: bool) -> Optional[str]:
+        """Log, checkpoint and obey signals; every rank takes the same decision. Returns what ran
+        out of memory in the update on any rank (the caller falls back from it), or None."""
         every_steps = self.cfg.checkpoint_every_steps
         every_minutes = self.cfg.checkpoint_every_minutes
         time_due = every_minutes is not None and time.monotonic() - self._last_save >= every_minutes * 60
-        stop, time_due = self.dist.any_flags(signals.received is not None, time_due)
+        update = self.global_step + 1 if step_oom else self.global_step  # ours failed: not counted
+        stop, time_due, step_oom, books_oom = self.dist.any_flags(signals.received is not None, time_due,
+                                                                   step_oom, books_oom)
+        if step_oom:
+            if self.dist.enabled:  # some ranks applied the update, others did not: they cannot agree again
+                raise UserError(
+                    f"out of GPU memory in the optimizer step of update {update} on at least one of the "
+                    f"{self.dist.world_size} ranks, so the ranks' weights would differ; "
+                    "raise --vram-budget if the GPUs have memory to spare, or free them of other "
+                    "processes, then re-run the same command to continue from the last checkpoint"
+                )
+            return f"micro-batch {self.micro_batch} (optimizer step)"
+        if self.global_step % self.cfg.log_interval == 0:
+            self._log_interval()
         steps_due = every_steps is not None and self.global_step % every_steps == 0
         if stop or time_due or steps_due:
             elapsed_now = time.perf_counter() - started
             self._save_latest(epoch_elapsed=self.epoch_elapsed + elapsed_now)
         if stop:
             raise self._interrupted(signals.received)
+        return f"micro-batch {self.micro_batch} (after the update)" if books_oom else None
 
     def _interrupted(self, signum: Optional[int]) -> TrainingInterrupted:
         """The error for a stop request, raised once checkpoint_latest.pt is saved. A rank that
@@ -296,18 +335,18 @@ class Trainer:
         return TrainingInterrupted(signum, f"interrupted by {name}; checkpoint saved to {latest}; "
                                            "re-run the same command to resume")
 
-    def _fall_back_after_oom(self, exc: BaseException) -> None:
-        """Free what the failed window held, halve the micro-batch (the window, i.e. the
-        effective batch, stays) and let the caller redo the window."""
+    def _fall_back_after_oom(self, tried: str) -> None:
+        """Drop the failed window's gradients and halve the micro-batch (the window, i.e. the
+        effective batch, stays); the caller then redoes the window, or goes on after it when its
+        update stood. Every rank calls this for the same failures, so all keep the same split."""
         self.optimizer.zero_grad(set_to_none=True)
-        tried = f"micro-batch {self.micro_batch}"
         self.oom_history.append(tried)
         if self.micro_batch <= 1 or len(self.oom_history) > self.cfg.max_oom_retries:
             raise UserError(
                 f"out of GPU memory even after {len(self.oom_history)} attempts "
                 f"({', '.join(self.oom_history)}); "
                 "use a smaller --batch-size or --image-size, a smaller model, or free the GPU"
-            ) from exc
+            )
         self.micro_batch = math.ceil(self.micro_batch / 2)
         self.progress.message(
             f"out of GPU memory with {tried}: retrying with micro-batch {self.micro_batch} x "
@@ -339,9 +378,14 @@ class Trainer:
         train = self._train_metrics()
         val = self.evaluate(self.val_dataset)
         self.epoch_elapsed += time.perf_counter() - started
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
-        if peak is not None:
-            self.peak_memory_mb = max(peak, self.peak_memory_mb or 0.0)
+        peaks = self.memory.peaks()  # this epoch's: reset at its start
+        peak = None if peaks is None else peaks.allocated_mib
+        if peaks is not None:
+            self.peak_memory_mb = max(peaks.allocated_mib, self.peak_memory_mb or 0.0)
+            if self.metrics_log is not None:  # reserved memory has no epochs.csv column: kept here
+                self.metrics_log.append({"step": self.global_step, "epoch": self.epoch,
+                                         "event": "epoch_memory", "peak_allocated_mb": peaks.allocated_mib,
+                                         "peak_reserved_mb": peaks.reserved_mib})
         row: dict[str, Any] = {
             "epoch": self.epoch,
             **{f"train_{k}": train[k] for k in ("loss", "accuracy", "precision", "recall", "f1_score")},
@@ -477,6 +521,14 @@ class Trainer:
         self.dist.barrier()
         if self.early.best_epoch not in (0, self.epoch - 1) and self.store.best_path.exists():
             self.model.load_state_dict(self.store.load_best()["model"])
+
+    def _peak_reserved_mb(self) -> Optional[float]:
+        """The largest per-epoch reserved peak of the stage, every session of a resumed run included."""
+        if self.metrics_log is None:
+            return None
+        peaks = [record["peak_reserved_mb"] for record in self.metrics_log.records
+                 if record.get("event") == "epoch_memory"]
+        return max(peaks, default=None)
 
 
 def _output_classes(model: nn.Module) -> int:

@@ -24,10 +24,12 @@ from torch import nn
 
 from src.engine.config import EngineConfig
 from src.engine.distributed import DistributedContext
+from src.engine.layout import to_training_layout
 from src.engine.objective import Objective
 from src.errors import UserError
+from src.memory.accounting import DeviceMemory
 from src.memory.allocator import configure_cuda_allocator
-from src.memory.probe import measure_peak, release_cached
+from src.memory.probe import measure_peak
 from src.memory.search import GIB, Measure, MemoryPlan, search_micro_batch
 from src.utils.training_guards import enforce_gradient_checkpointing
 
@@ -133,11 +135,13 @@ def plan_stage(
 ) -> MemoryPlan:
     """The micro-batch / accumulation split (and checkpointing) for one stage under ``budget_gb`` GiB.
 
-    ``model`` and the objective's teacher must already be on ``device`` in the form the engine
-    trains them; they are left exactly as they were, except that checkpointing is switched on
-    when the plan says so. Raises UserError when even micro-batch 1 with checkpointing does not
-    fit. Under DDP pass ``dist``: every rank probes its own GPU, then all take the smallest
-    micro-batch (a collective: every rank must call this). Apply with ``plan.apply(engine_cfg)``.
+    ``model`` and the objective's teacher must already be on ``device``. The model is first put
+    in its training layout (``to_training_layout``: channels-last for CNNs on CUDA), so the probe
+    measures what will train; otherwise both are left exactly as they were, except that
+    checkpointing is switched on when the plan says so. Raises UserError when even micro-batch 1
+    with checkpointing does not fit. Under DDP pass ``dist``: every rank probes its own GPU, then
+    all take the smallest micro-batch (a collective: every rank must call this). Apply with
+    ``plan.apply(engine_cfg)``.
     """
     effective = engine_cfg.batch_size * engine_cfg.accumulation_steps
     # Checkpointing the caller already switched on (ViT-Base, always) is kept, never undone.
@@ -145,6 +149,7 @@ def plan_stage(
     if force and not set_checkpointing(model, True, model_name):
         raise UserError(f"gradient checkpointing was required for {model_name or type(model).__name__}, "
                         "but the model does not support it")
+    to_training_layout(model, engine_cfg, device)
     if device.type != "cuda" or budget_gb is None:
         why = "no budget" if budget_gb is None else f"no CUDA (device {device.type})"
         plan = MemoryPlan(engine_cfg.batch_size, engine_cfg.accumulation_steps, gradient_checkpointing=force,
@@ -171,8 +176,9 @@ def plan_stage(
             force_checkpointing=force, min_micro_batch=min_micro_batch, what=_stage(model_name),
         )
     finally:
-        release_cached(device)
-        torch.cuda.reset_peak_memory_stats(device)  # the stage's own peak must not include the probe's
+        memory = DeviceMemory(device)
+        memory.release_cached()
+        memory.reset_peaks()  # the stage's own peak must not include the probe's
     if dist is not None and dist.enabled:
         plan = agree_across_ranks(plan, dist.all_gather_object(plan.micro_batch))
     # An agreed micro-batch smaller than this rank's own may never have been measured here.

@@ -7,25 +7,27 @@ frozen teacher is only read (the distillation objective runs it under inference 
 """
 from __future__ import annotations
 
-import gc
 from typing import Optional
 
 import torch
 from torch import nn
 
 from src.engine.config import EngineConfig
+from src.engine.layout import wants_channels_last
 from src.engine.objective import Objective
 from src.engine.optim import build_optimizer
-from src.engine.step import UpdateStep, is_cnn, resolve_precision
+from src.engine.step import UpdateStep, resolve_precision
+from src.memory.accounting import DeviceMemory
 
 PROBE_WINDOWS = 2  # the second window runs with optimizer state alive: the steady-state peak
 
 
-def micro_batch_of(images: torch.Tensor, labels: torch.Tensor, size: int,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``size`` samples cycled from the sample batch, on ``device``: memory depends on shapes only."""
+def micro_batch_of(images: torch.Tensor, labels: torch.Tensor,
+                   size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` samples cycled from the sample batch: memory depends on shapes only. They stay
+    where they are; the step moves each micro-batch to the device, as in training."""
     idx = torch.arange(size) % images.shape[0]
-    return images[idx].to(device), labels[idx].to(device)
+    return images[idx], labels[idx]
 
 
 def run_probe_steps(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
@@ -40,17 +42,16 @@ def run_probe_steps(model: nn.Module, objective: Objective, images: torch.Tensor
     was_training = model.training
     dtype, scaler = resolve_precision(cfg.amp, device)
     optimizer = build_optimizer(model, cfg)
-    channels_last = cfg.channels_last and device.type == "cuda" and is_cnn(model)
-    step = UpdateStep(model, objective, optimizer, cfg, device, dtype, scaler, channels_last)
+    step = UpdateStep(model, objective, optimizer, cfg, device, dtype, scaler,
+                      wants_channels_last(model, cfg, device))
     micro_per_window = min(accumulation_steps, 2)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             model.train()
             for _ in range(windows):
                 finite = []
-                for i in range(micro_per_window):
-                    result = step.forward_backward(images, labels, 1.0 / accumulation_steps,
-                                                   last_in_window=i == micro_per_window - 1)
+                for _ in range(micro_per_window):
+                    result = step.forward_backward(images, labels, 1.0 / accumulation_steps)
                     finite.append(result[1])  # (output, loss finite, ...): keep only the flag
                     del result
                 step.apply(torch.stack(finite).all())
@@ -66,18 +67,19 @@ def probe_peaks(model: nn.Module, objective: Objective, images: torch.Tensor, la
                 micro_batch: int, accumulation_steps: int, cfg: EngineConfig,
                 device: torch.device) -> Optional[tuple[int, int]]:
     """(peak allocated, peak reserved) CUDA bytes of the probe at ``micro_batch``; None on OOM."""
-    x, y = micro_batch_of(images, labels, micro_batch, device)
-    release_cached(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    memory = DeviceMemory(device)
+    x, y = micro_batch_of(images, labels, micro_batch)
+    memory.release_cached()  # what an earlier probe left (the planner releases after the last one)
+    memory.reset_peaks()
     oom = False
     try:
         run_probe_steps(model, objective, x, y, cfg, device, accumulation_steps)
     except torch.OutOfMemoryError:
         oom = True  # handled outside the except block, whose traceback still pins the step's tensors
-    peaks = (torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device))
-    del x, y
-    release_cached(device)
-    return None if oom else peaks
+    peaks = memory.peaks()
+    if oom or peaks is None:
+        return None
+    return peaks.allocated, peaks.reserved
 
 
 def measure_peak(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
@@ -87,10 +89,3 @@ def measure_peak(model: nn.Module, objective: Objective, images: torch.Tensor, l
     peaks = probe_peaks(model, objective, images, labels, micro_batch, effective_batch // micro_batch,
                         cfg, device)
     return None if peaks is None else peaks[0]
-
-
-def release_cached(device: torch.device) -> None:
-    """Drop unreachable tensors and return cached blocks, so the next measurement starts clean."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

@@ -19,11 +19,11 @@ from src.config.schema import RunConfig
 from src.data.build import build_datasets
 from src.deploy.onnx_runtime import onnx_model_for
 from src.engine.checkpoint import CheckpointStore
+from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError
 from src.pipeline.cli import OneLineParser
 from src.pipeline.rundir import RunDirectory
-from src.pipeline.runner import resolve_device
 from src.pipeline.seeds import run_dir_of
 from src.pipeline.stages import STAGES, build_model
 from src.pipeline.train_stage import TEST_METRICS, load_error_detail, load_weights

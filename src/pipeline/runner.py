@@ -15,6 +15,7 @@ import torch
 
 from src.config.schema import RunConfig
 from src.data.build import DataBundle, build_datasets
+from src.engine.device import resolve_device
 from src.engine.distributed import DistributedContext
 from src.errors import UserError
 from src.pipeline.rundir import RunDirectory, check_stage_plan, prepare_run_directory
@@ -27,16 +28,6 @@ from src.utils.reproducibility import setup_reproducibility
 from src.utils.training_guards import cleanup_training_state
 
 LOGGER = logging.getLogger("kd_pipeline.runner")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; asking for CUDA without it is a user error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA device is available; "
-                        "use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resume_target(resume: str) -> Path | None:
@@ -113,11 +104,9 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto",
     from src.pipeline.report import print_summary, write_report
 
     run_dir = RunDirectory(Path(output_dir))
-    device = resolve_device(cfg.runtime.device)
+    device = resolve_device(cfg.runtime.device)  # indexed: this rank's GPU under torchrun
     checkpoint = resume_target(resume)
     dist = DistributedContext.from_env(device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
     setup_reproducibility(cfg.runtime.seed, cfg.runtime.deterministic)
     chains = seed_chains(cfg, run_dir)
     data = _prepare(cfg, run_dir, resume, dist, chains, teacher_from)

@@ -193,6 +193,8 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "stopped_early": fit.stopped_early,
             "test": {k: float(getattr(test, k)) for k in TEST_METRICS},
             "peak_gpu_memory_mb": fit.peak_gpu_memory_mb,
+            "peak_gpu_reserved_mb": fit.peak_gpu_reserved_mb,  # what the allocator held: the card's view
+            "final_split": {"micro_batch": fit.micro_batch, "accumulation_steps": fit.accumulation_steps},
             "train_time_sec": fit.train_time_sec,
             "teacher": spec.teacher_stage,
             "seed": cfg.runtime.seed,

@@ -11,7 +11,6 @@ Verbose summaries go to the ``kd_pipeline`` logger when ``setup_logging`` config
 """
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import numbers
@@ -25,6 +24,12 @@ import torch
 from torch import nn
 
 from src.errors import KDPipelineError
+from src.memory.accounting import reset_peak_memory_stats
+from src.memory.cleanup import cleanup_training_state
+
+__all__ = ["FreezeReport", "NonFiniteLossError", "cleanup_training_state", "enforce_gradient_checkpointing",
+           "freeze_teacher", "get_model_specific_lr", "reset_peak_memory_stats", "saved_activation_bytes",
+           "schedule_kd_alpha", "validate_loss"]
 
 LOGGER = logging.getLogger("kd_pipeline.guards")
 _FP32_BYTES = 4
@@ -175,48 +180,8 @@ def saved_activation_bytes(model: nn.Module | None = None) -> Iterator[dict[str,
 
 
 # --------------------------------------------------------------------- memory between stages
-
-
-def _cuda_memory_mb() -> tuple[float | None, float | None]:
-    if not torch.cuda.is_available():
-        return None, None
-    return torch.cuda.memory_allocated() / _MB, torch.cuda.memory_reserved() / _MB
-
-
-def cleanup_training_state(*, verbose: bool = True) -> dict[str, float | int | None]:
-    """Collect garbage and return cached CUDA blocks to the driver, then report memory.
-
-    This takes no model, optimizer or scaler on purpose: ``del`` inside a function only drops
-    the function's own name, so it can never free what the caller still references. The
-    caller must first end the scope that owns the stage (return from the function that built
-    the model, optimizer, scheduler and scaler, or ``del`` its own names), then call this
-    between stages. Do not call it every epoch: emptying the cache only slows training.
-
-    Returns ``{"collected": objects gc found, "allocated_mb", "reserved_mb"}``; the memory
-    figures are None without CUDA.
-    """
-    collected = gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    allocated, reserved = _cuda_memory_mb()
-    if verbose:
-        if allocated is None:
-            _report(f"Cleanup: gc collected {collected} objects (no CUDA device)")
-        else:
-            _report(
-                f"Cleanup: gc collected {collected} objects, CUDA cache emptied; "
-                f"{allocated:.1f} MB allocated, {reserved:.1f} MB reserved"
-            )
-    return {"collected": collected, "allocated_mb": allocated, "reserved_mb": reserved}
-
-
-def reset_peak_memory_stats() -> None:
-    """Reset CUDA peak-memory counters (e.g. at each epoch start, so peaks are per epoch).
-
-    Without CUDA there is nothing to reset and this does nothing.
-    """
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+# cleanup_training_state and reset_peak_memory_stats live with the GPU memory code (src/memory);
+# they are imported above so the seed's import surface keeps working.
 
 
 # -------------------------------------------------------------------------- non-finite loss

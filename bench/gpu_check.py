@@ -1,0 +1,490 @@
+#!/usr/bin/env python3
+"""Verify a CUDA machine in one command: ``make gpu-check`` (the same as ``python3 bench/gpu_check.py``).
+
+It needs only a python3 with torch, torchvision, timm, scikit-learn, pandas, PyYAML, safetensors,
+tqdm and matplotlib: no virtual environment, no network. In order it
+
+1. writes synthetic CIFAR-10 (32x32 images whose colour depends on the class, so training has
+   something to learn) in torchvision's exact on-disk files, into a temporary folder;
+2. runs every stage of both families' GPU configs through the real command line
+   (``cnn_distillation/train.py`` with configs/cifar10.yaml at 32 px, ``vit_distillation/train.py``
+   with configs/cifar10.yaml at 224 px and ``models.pretrained=false``, since nothing can be
+   downloaded), 2 epochs of about 100 updates each at the configured effective batch, with
+   ``--vram-budget 6`` and the configs' AMP setting (auto);
+3. runs ``pytest -m gpu``;
+4. runs the benchmarks: bench/data.py (when it exists), bench/throughput.py (kd/ideal, both
+   families) and bench/overhead.py (engine/bare).
+
+For every stage it prints micro-batch x accumulation steps, whether gradient checkpointing is
+on, peak allocated and reserved memory against 5.5 GiB, and images/s; then every target with
+its measurement. It writes report.json and report.md (``--out``, default runs/gpu-check) and
+exits 1 on any failure, any target missed, or any stage over 5.5 GiB of allocated memory;
+0 when everything passed. Without a CUDA GPU it says so in one line and exits 2.
+
+Time: the run should take at most 8 minutes on one current GPU (H100/H200 class); each part's
+wall time is in the report, and the total is itself a target. ``--cpu-smoke`` runs the same
+orchestration on the CPU with tiny models and images (how the tests check this script).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GIB_MIB = 1024.0
+LIMIT_MIB = 5.5 * GIB_MIB  # the target: every stage's peak allocated memory under a 6 GiB cap
+TIME_LIMIT_S = 8 * 60
+
+# Each family's GPU config, run as a user would (the ViT teacher cannot be downloaded here).
+FAMILIES: dict[str, dict[str, Any]] = {
+    "cnn": {"script": "cnn_distillation/train.py", "config": "cnn_distillation/configs/cifar10.yaml",
+            "sets": []},
+    "vit": {"script": "vit_distillation/train.py", "config": "vit_distillation/configs/cifar10.yaml",
+            "sets": ["models.pretrained=false", "runtime.attention_every=2"]},
+}
+# --cpu-smoke: the same commands with tiny models and images, to test the orchestration.
+SMOKE_SETS = {
+    "cnn": ["models.teacher=resnet18", "models.assistant=resnet18", "data.image_size=8",
+            "train.batch_size=16", "train.warmup_epochs=0", "train.num_workers=0", "train.log_interval=1"],
+    "vit": ["models.teacher=vit_tiny", "models.assistant=vit_tiny", "data.image_size=16",
+            "train.batch_size=16", "train.warmup_epochs=0", "train.num_workers=0", "train.log_interval=1"],
+}
+
+SITECUSTOMIZE = '''"""Written by bench/gpu_check.py for the training commands it starts:
+torchvision checks the CIFAR-10 files against the official download's md5 on every load; point
+that check at the synthetic files (their checksums are in the JSON file KD_GPU_CHECK_CIFAR names)."""
+import json
+import os
+
+if os.environ.get("KD_GPU_CHECK_CIFAR"):
+    import torchvision.datasets
+
+    with open(os.environ["KD_GPU_CHECK_CIFAR"], encoding="utf-8") as _handle:
+        for _name, _value in json.load(_handle).items():
+            setattr(torchvision.datasets.CIFAR10, _name, _value)
+'''
+
+
+@dataclass
+class StageRow:
+    """One trained stage, from its result.json and metrics.jsonl."""
+
+    family: str
+    stage: str
+    model: Optional[str] = None
+    completed: bool = False
+    micro_batch: Optional[int] = None
+    accumulation_steps: Optional[int] = None
+    final_split: Optional[str] = None  # after out-of-memory fallbacks, when it differs
+    effective_batch: Optional[int] = None
+    configured_effective_batch: Optional[int] = None
+    checkpointing: Optional[bool] = None
+    peak_allocated_mib: Optional[float] = None
+    peak_reserved_mib: Optional[float] = None
+    images_per_s: Optional[float] = None
+    test_accuracy: Optional[float] = None
+    train_time_s: Optional[float] = None
+
+
+@dataclass
+class Check:
+    """One target: ``ok`` None when it could not be measured here (e.g. memory on the CPU)."""
+
+    name: str
+    target: str
+    measured: str
+    ok: Optional[bool]
+
+
+@dataclass
+class Part:
+    """One command the check ran."""
+
+    name: str
+    command: list[str]
+    returncode: Optional[int]
+    seconds: float
+    log: str
+    last_line: str = ""
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    parts: list[Part] = field(default_factory=list)
+    stages: list[StageRow] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok is not False for check in self.checks) and bool(self.checks)
+
+
+# ----------------------------------------------------------------------------- the data
+
+
+def synthetic_cifar10(root: Path, train_images: int, test_images: int, seed: int = 0) -> dict[str, Any]:
+    """Write learnable CIFAR-10-shaped files (class = a colour, plus noise); returns their checksums."""
+    import numpy as np
+
+    from bench.cifar_files import write_cifar10
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(40, 216, size=(10, 3, 1, 1))
+
+    def images(count: int) -> tuple[np.ndarray, list[int]]:
+        labels = [i % 10 for i in range(count)]
+        noise = rng.integers(-40, 41, size=(count, 3, 32, 32))
+        pixels = np.clip(colours[labels] + noise, 0, 255).astype(np.uint8)
+        return pixels, labels
+
+    train, train_labels = images(train_images)
+    test, test_labels = images(test_images)
+    return write_cifar10(root, train, train_labels, test, test_labels)
+
+
+# ----------------------------------------------------------------------------- reading results
+
+
+def read_stage(run_dir: Path, family: str, stage: str, configured_effective: Optional[int]) -> StageRow:
+    """The stage's figures; a stage without result.json did not complete."""
+    row = StageRow(family, stage, configured_effective_batch=configured_effective)
+    result_path = run_dir / stage / "result.json"
+    if not result_path.is_file():
+        return row
+    result = json.loads(result_path.read_text(encoding="utf-8"))
+    plan = result.get("memory_plan", {})
+    final = result.get("final_split") or {}
+    row.model = result.get("model")
+    row.completed = True
+    row.micro_batch, row.accumulation_steps = plan.get("micro_batch"), plan.get("accumulation_steps")
+    row.effective_batch = plan.get("effective_batch")
+    if final and (final.get("micro_batch"), final.get("accumulation_steps")) != (row.micro_batch,
+                                                                               row.accumulation_steps):
+        row.final_split = f"{final.get('micro_batch')} x {final.get('accumulation_steps')}"
+    row.checkpointing = plan.get("gradient_checkpointing")
+    row.peak_allocated_mib = result.get("peak_gpu_memory_mb")
+    row.peak_reserved_mib = result.get("peak_gpu_reserved_mb")
+    row.test_accuracy = result.get("test", {}).get("accuracy")
+    row.train_time_s = result.get("train_time_sec")
+    row.images_per_s = training_rate(run_dir / stage / "metrics.jsonl")
+    return row
+
+
+def training_rate(metrics_jsonl: Path) -> Optional[float]:
+    """Median images/s of the logged intervals, the first left out (warm-up, autotuning)."""
+    if not metrics_jsonl.is_file():
+        return None
+    rates = [record["images_per_sec"] for record in map(json.loads, metrics_jsonl.read_text().splitlines())
+             if "images_per_sec" in record]
+    rates = rates[1:] or rates
+    return statistics.median(rates) if rates else None
+
+
+def configured_effective_batch(config_path: Path, sets: Sequence[str]) -> Optional[int]:
+    """batch_size x accumulation_steps of the config, after ``--set`` overrides of those keys."""
+    import yaml
+
+    train = (yaml.safe_load(config_path.read_text()) or {}).get("train", {})
+    values = {"batch_size": train.get("batch_size", 64),
+              "accumulation_steps": train.get("accumulation_steps", 1)}
+    for item in sets:
+        key, _, value = item.partition("=")
+        if key.startswith("train.") and key[6:] in values:
+            values[key[6:]] = int(value)
+    return int(values["batch_size"]) * int(values["accumulation_steps"])
+
+
+def configured_stages(config_path: Path) -> list[str]:
+    import yaml
+
+    return list((yaml.safe_load(config_path.read_text()) or {}).get("stages", []))
+
+
+def stage_checks(rows: Sequence[StageRow], memory_measured: bool) -> list[Check]:
+    """Every stage completed, stayed under 5.5 GiB allocated, and kept its effective batch."""
+    checks = []
+    for row in rows:
+        label = f"{row.family} {row.stage}"
+        checks.append(Check(f"{label} completes", "result.json written",
+                            f"{row.model} done" if row.completed else "no result.json", row.completed))
+        if not row.completed:
+            continue
+        if memory_measured:
+            peak = row.peak_allocated_mib
+            checks.append(Check(f"{label} peak allocated", f"<= {LIMIT_MIB:.0f} MiB",
+                                "not recorded" if peak is None else f"{peak:.0f} MiB",
+                                peak is not None and peak <= LIMIT_MIB))
+        kept = row.effective_batch == row.configured_effective_batch  # an OOM fallback keeps it too
+        checks.append(Check(f"{label} effective batch", f"= {row.configured_effective_batch} (configured)",
+                            f"{row.micro_batch} x {row.accumulation_steps}"
+                            + (f", then {row.final_split} after OOM" if row.final_split else ""), kept))
+    return checks
+
+
+def ratio_in(text: str, label: str) -> Optional[float]:
+    """The number after ``label:`` on the last line that has it (the benchmarks' headline)."""
+    for line in reversed(text.splitlines()):
+        if line.strip().startswith(label + ":"):
+            try:
+                return float(line.split(":", 1)[1].split()[0])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# ----------------------------------------------------------------------------- running things
+
+
+def run_part(name: str, command: list[str], logs: Path, timeout: float,
+             env: Optional[dict[str, str]] = None) -> tuple[Part, str]:
+    """Run one command from the repository root, its output to logs/<name>.log; never raises."""
+    log = logs / f"{name.replace('/', '-').replace(' ', '-')}.log"
+    started = time.perf_counter()
+    print(f"[gpu-check] {name}: {' '.join(command)}", flush=True)
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        output, code = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as exc:
+        output = f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {timeout:.0f} s"
+        output, code = output if isinstance(output, str) else str(output), None
+    log.write_text(output, encoding="utf-8")
+    part = Part(name, command, code, round(time.perf_counter() - started, 1), str(log), last_line(output))
+    status = "ok" if code == 0 else f"FAILED (exit {code})"
+    print(f"[gpu-check] {name}: {status} in {part.seconds:.0f} s; {part.last_line}", flush=True)
+    return part, output
+
+
+def machine_info(python: str) -> dict[str, Any]:
+    """GPU and library versions, read in a child process so this one never holds a CUDA context
+    (on a 6 GB card that would take memory from the stages under test)."""
+    probe = ("import json, platform, torch, torchvision, timm\n"
+             "cuda = torch.cuda.is_available()\n"
+             "p = torch.cuda.get_device_properties(0) if cuda else None\n"
+             "print(json.dumps({'gpu': p.name if p else None,\n"
+             "  'gpu_memory_gib': round(p.total_memory / 2**30, 1) if p else None,\n"
+             "  'capability': f'{p.major}.{p.minor}' if p else None, 'cuda': torch.version.cuda,\n"
+             "  'torch': torch.__version__, 'torchvision': torchvision.__version__,\n"
+             "  'timm': timm.__version__,\n"
+             "  'python': platform.python_version()}))")
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        return {"error": last_line(done.stderr)}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a GPU (torch.cuda.is_available creates no CUDA context)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_families(args: argparse.Namespace, work: Path, logs: Path, report: Report) -> None:
+    checksums = synthetic_cifar10(work / "data", args.train_images, args.test_images)
+    (work / "cifar_checksums.json").write_text(json.dumps(checksums), encoding="utf-8")
+    shim = work / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    env = {**os.environ, "KD_GPU_CHECK_CIFAR": str(work / "cifar_checksums.json"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
+    for family in args.families:
+        spec = FAMILIES[family]
+        sets = [*spec["sets"], *(SMOKE_SETS[family] if args.cpu_smoke else [])]
+        run_dir = work / "runs" / family
+        stages = args.stages or configured_stages(REPO / spec["config"])
+        command = [sys.executable, spec["script"], "--config", spec["config"], "--dataset", "cifar10",
+                   "--data-dir", str(work / "data"), "--output-dir", str(run_dir),
+                   "--epochs", str(args.epochs), "--vram-budget", str(args.vram_budget),
+                   "--device", "cpu" if args.cpu_smoke else "cuda", "--resume", "never",
+                   "--stages", ",".join(stages), "--set", "train.progress=plain",
+                   *[arg for item in sets for arg in ("--set", item)]]
+        part, _ = run_part(f"{family} pipeline", command, logs, args.timeout, env)
+        report.parts.append(part)
+        effective = configured_effective_batch(REPO / spec["config"], sets)
+        report.stages += [read_stage(run_dir, family, stage, effective) for stage in stages]
+
+
+def run_pytest(args: argparse.Namespace, logs: Path, report: Report) -> None:
+    part, output = run_part("pytest -m gpu", [sys.executable, "-m", "pytest", "-m", "gpu", "-q",
+                                               "-p", "no:cacheprovider", "tests"], logs, args.timeout)
+    report.parts.append(part)
+    report.checks.append(Check("pytest -m gpu", "all pass", part.last_line, part.returncode == 0))
+
+
+def benchmark_commands(python: str) -> list[tuple[str, list[str], str, Optional[float]]]:
+    """(name, command, headline label, target) of each benchmark; bench/data.py only if it exists."""
+    commands: list[tuple[str, list[str], str, Optional[float]]] = []
+    if (REPO / "bench" / "data.py").is_file():
+        commands.append(("data", [python, "bench/data.py"], "batched/per-sample throughput ratio", None))
+    stages = "teacher,assistant,student"
+    commands += [
+        ("kd-ideal cnn", [python, "bench/throughput.py", "--device", "cuda", "--family", "cnn",
+                          "--image-size", "32", "--batch", "128", "--stages", stages, "--steps", "20",
+                          "--rounds", "5"], "kd/ideal throughput ratio", 0.95),
+        ("kd-ideal vit", [python, "bench/throughput.py", "--device", "cuda", "--family", "vit",
+                          "--image-size", "224", "--batch", "64", "--stages", stages, "--steps", "10",
+                          "--rounds", "5"], "kd/ideal throughput ratio", 0.95),
+        ("engine-bare", [python, "bench/overhead.py", "--device", "cuda", "--steps", "200",
+                         "--batch-size", "128"], "engine/bare throughput ratio", 0.97),
+    ]
+    return commands
+
+
+def run_benchmarks(args: argparse.Namespace, logs: Path, report: Report) -> None:
+    for name, command, label, target in benchmark_commands(sys.executable):
+        part, output = run_part(name, command, logs, args.timeout)
+        report.parts.append(part)
+        value = ratio_in(output, label)
+        measured = (part.last_line or "no headline") if value is None else f"{value:.2f}"
+        if part.returncode != 0:
+            measured = f"failed (exit {part.returncode})"
+        # a benchmark without a target here (another's) only has to run; one with a target must meet it
+        ok = part.returncode == 0 and (target is None or (value is not None and value >= target))
+        report.checks.append(Check(f"{name}: {label}", "recorded" if target is None else f">= {target}",
+                                   measured, ok))
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def _mib(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" + (" (over)" if value > LIMIT_MIB else "")
+
+
+def stage_table(rows: Sequence[StageRow]) -> list[str]:
+    """Markdown table lines: one row per stage."""
+    lines = ["| family | stage | model | micro x accum | checkpointing | peak allocated MiB | "
+             "peak reserved MiB | limit MiB | images/s | test acc |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        split = "-" if row.micro_batch is None else f"{row.micro_batch} x {row.accumulation_steps}"
+        if row.final_split:
+            split += f" (then {row.final_split})"
+        gc_on = "-" if row.checkpointing is None else ("on" if row.checkpointing else "off")
+        rate = "-" if row.images_per_s is None else f"{row.images_per_s:.0f}"
+        acc = "-" if row.test_accuracy is None else f"{row.test_accuracy:.3f}"
+        lines.append(f"| {row.family} | {row.stage} | {row.model or 'FAILED'} | {split} | {gc_on} | "
+                     f"{_mib(row.peak_allocated_mib)} | {_mib(row.peak_reserved_mib)} | {LIMIT_MIB:.0f} | "
+                     f"{rate} | {acc} |")
+    return lines
+
+
+def markdown(report: Report, seconds: float) -> str:
+    machine = ", ".join(f"{k} {v}" for k, v in report.machine.items())
+    lines = [f"# gpu-check: {'PASS' if report.ok else 'FAIL'}", "", f"Machine: {machine}.",
+             f"Total wall time: {seconds / 60:.1f} min.", "", "## Stages", "",
+             *stage_table(report.stages), "",
+             "## Targets", "", "| check | target | measured | result |", "|---|---|---|---|"]
+    for check in report.checks:
+        result = {True: "pass", False: "**FAIL**", None: "not measured here"}[check.ok]
+        lines.append(f"| {check.name} | {check.target} | {check.measured} | {result} |")
+    lines += ["", "## Commands", "", "| part | exit | seconds | log | last line |", "|---|---|---|---|---|"]
+    for part in report.parts:
+        lines.append(f"| {part.name} | {part.returncode} | {part.seconds:.0f} | {part.log} | "
+                     f"{part.last_line.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, report: Report, seconds: float) -> None:
+    from src.utils.atomic import atomic_write_json, atomic_write_text
+
+    data = {"ok": report.ok, "seconds": round(seconds, 1), "machine": report.machine,
+            "stages": [asdict(row) for row in report.stages], "checks": [asdict(c) for c in report.checks],
+            "parts": [asdict(p) for p in report.parts], "limit_mib": LIMIT_MIB}
+    atomic_write_json(out / "report.json", data)
+    atomic_write_text(out / "report.md", markdown(report, seconds))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu-check",
+                        help="where report.json, report.md and the logs go (default runs/gpu-check)")
+    parser.add_argument("--families", type=lambda s: [f for f in s.split(",") if f], default=["cnn", "vit"],
+                        help="comma list of cnn,vit (default both)")
+    parser.add_argument("--skip", type=lambda s: {p for p in s.split(",") if p}, default=set(),
+                        help="parts to leave out: pytest, benchmarks")
+    parser.add_argument("--stages", type=lambda s: [x for x in s.split(",") if x], default=None,
+                        help="comma list of stages (default: each config's stages, all four)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-images", type=int, default=14250,
+                        help="synthetic CIFAR train images; 90%% train (about 100 updates of 128 per "
+                             "epoch), 10%% validation (default 14250)")
+    parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument("--vram-budget", type=float, default=6.0)
+    parser.add_argument("--timeout", type=float, default=420.0, help="seconds allowed to each command")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic data and run directories")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="run the orchestration on the CPU with tiny models (tests; figures meaningless)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    unknown = [f for f in args.families if f not in FAMILIES] + [p for p in args.skip
+                                                                 if p not in ("pytest", "benchmarks")]
+    if unknown:
+        print(f"error: unknown family or part {unknown}; families: cnn,vit; parts: pytest,benchmarks",
+              file=sys.stderr)
+        return 2
+    if not args.cpu_smoke and not cuda_available():
+        print("gpu-check: no CUDA GPU is visible to this python3; run it on a machine with an NVIDIA GPU "
+              "(or --cpu-smoke to test the script itself)", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    out = args.out.resolve()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    report = Report(machine=machine_info(sys.executable))
+    print(f"[gpu-check] machine: {report.machine}", flush=True)
+    work_dir = tempfile.mkdtemp(prefix="gpu-check-", dir=out if args.keep else None)
+    work = Path(work_dir)
+    try:
+        run_families(args, work, logs, report)
+    finally:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    report.checks += stage_checks(report.stages, memory_measured=not args.cpu_smoke)
+    if "pytest" not in args.skip:
+        run_pytest(args, logs, report)
+    if "benchmarks" not in args.skip and not args.cpu_smoke:
+        run_benchmarks(args, logs, report)
+    seconds = time.perf_counter() - started
+    report.checks.append(Check("total time", f"<= {TIME_LIMIT_S // 60} min", f"{seconds / 60:.1f} min",
+                               None if args.cpu_smoke else seconds <= TIME_LIMIT_S))
+    write_reports(out, report, seconds)
+    print("\n".join(["", *stage_table(report.stages), ""]))
+    for check in report.checks:
+        mark = {True: "pass", False: "FAIL", None: "n/a "}[check.ok]
+        print(f"[{mark}] {check.name}: {check.measured} (target {check.target})")
+    print(f"\ngpu-check {'PASSED' if report.ok else 'FAILED'} in {seconds / 60:.1f} min; "
+          f"reports: {out / 'report.md'}, {out / 'report.json'}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""bench/gpu_check.py without a GPU: its refusal, its reading of run directories and its verdicts,
+and (slow) its whole orchestration through the real CLI on the CPU with tiny models."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bench import gpu_check
+from bench.gpu_check import Check, Report, StageRow, ratio_in, read_stage, stage_checks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_stage(run_dir: Path, stage: str, *, peak: float | None = 3000.0, reserved: float | None = 3500.0,
+                split: tuple[int, int] = (64, 2), final: tuple[int, int] | None = None,
+                rates: tuple[float, ...] = (900.0, 2000.0, 2100.0, 2050.0)) -> None:
+    """A stage folder as train_stage leaves it (the fields gpu_check reads)."""
+    folder = run_dir / stage
+    folder.mkdir(parents=True)
+    micro, accumulation = split
+    final_micro, final_accumulation = final or split
+    result: dict[str, Any] = {
+        "model": "resnet50", "peak_gpu_memory_mb": peak, "peak_gpu_reserved_mb": reserved,
+        "train_time_sec": 12.5, "test": {"accuracy": 0.91},
+        "memory_plan": {"micro_batch": micro, "accumulation_steps": accumulation,
+                        "effective_batch": micro * accumulation, "gradient_checkpointing": False},
+        "final_split": {"micro_batch": final_micro, "accumulation_steps": final_accumulation},
+    }
+    (folder / "result.json").write_text(json.dumps(result))
+    records = [{"step": 20 * (i + 1), "epoch": 1, "images_per_sec": rate} for i, rate in enumerate(rates)]
+    records.append({"step": 80, "epoch": 1, "event": "epoch_memory", "peak_reserved_mb": reserved})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_it_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("gpu-check: no CUDA GPU")
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_stage_figures_come_from_result_json_and_the_logged_rates(tmp_path: Path) -> None:
+    write_stage(tmp_path, "teacher")
+    row = read_stage(tmp_path, "cnn", "teacher", configured_effective=128)
+    assert row.completed and row.model == "resnet50"
+    assert (row.micro_batch, row.accumulation_steps, row.effective_batch) == (64, 2, 128)
+    assert row.final_split is None
+    assert (row.peak_allocated_mib, row.peak_reserved_mib, row.test_accuracy) == (3000.0, 3500.0, 0.91)
+    assert row.images_per_s == 2050.0  # median of the intervals after the first (warm-up)
+
+
+def test_verdicts_fail_a_missing_stage_one_over_the_limit_and_a_changed_effective_batch(
+        tmp_path: Path) -> None:
+    write_stage(tmp_path, "teacher")
+    write_stage(tmp_path, "assistant", peak=5700.0)  # over 5.5 GiB = 5632 MiB
+    write_stage(tmp_path, "student", split=(32, 2))  # effective 64, configured 128
+    write_stage(tmp_path, "baseline", final=(32, 4))  # an OOM fallback keeps the effective batch
+    rows = [read_stage(tmp_path, "cnn", stage, 128)
+            for stage in ("teacher", "assistant", "student", "baseline", "direct")]
+    verdicts = {check.name: check.ok for check in stage_checks(rows, memory_measured=True)}
+    assert verdicts["cnn teacher completes"] and verdicts["cnn teacher peak allocated"]
+    assert verdicts["cnn teacher effective batch"]
+    assert verdicts["cnn assistant peak allocated"] is False
+    assert verdicts["cnn student effective batch"] is False
+    assert verdicts["cnn baseline effective batch"] is True and rows[3].final_split == "32 x 4"
+    assert verdicts["cnn direct completes"] is False and "cnn direct peak allocated" not in verdicts
+    on_cpu = {check.name for check in stage_checks(rows, memory_measured=False)}
+    assert not any(name.endswith("peak allocated") for name in on_cpu)
+    report = Report(machine={}, stages=rows, checks=stage_checks(rows, memory_measured=True))
+    assert not report.ok
+    assert Report(machine={}, checks=[Check("a", "t", "m", True), Check("b", "t", "m", None)]).ok
+    markdown = gpu_check.markdown(report, 61.0)
+    assert markdown.startswith("# gpu-check: FAIL") and "5700 (over)" in markdown
+
+
+def test_benchmark_headlines_are_read_from_the_last_line_that_has_them() -> None:
+    text = "round 1\nkd/ideal throughput ratio: 0.91\nnoise\nkd/ideal throughput ratio: 0.97\n"
+    assert ratio_in(text, "kd/ideal throughput ratio") == 0.97
+    assert ratio_in("engine/bare throughput ratio: n/a", "engine/bare throughput ratio") is None
+    assert ratio_in("nothing here", "engine/bare throughput ratio") is None
+
+
+@pytest.mark.slow
+def test_cpu_smoke_runs_the_real_cli_on_synthetic_cifar_files(tmp_path: Path) -> None:
+    """The whole orchestration: synthetic CIFAR-10 in torchvision's files (accepted through the
+    checksum shim), the real training CLI for a labels stage and a KD stage, the reports."""
+    code = gpu_check.main(["--cpu-smoke", "--families", "cnn", "--stages", "teacher,direct",
+                           "--skip", "pytest", "--train-images", "80", "--test-images", "20", "--epochs", "1",
+                           "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert code == 0 and report["ok"], (tmp_path / "logs" / "cnn-pipeline.log").read_text()[-3000:]
+    stages = {row["stage"]: StageRow(**row) for row in report["stages"]}
+    assert list(stages) == ["teacher", "direct"]
+    for row in stages.values():
+        assert row.completed and row.effective_batch == row.configured_effective_batch == 16
+        assert row.images_per_s and row.images_per_s > 0 and row.test_accuracy is not None
+        assert row.peak_allocated_mib is None  # the CPU: no made-up memory figure
+    assert "| cnn | direct | resnet18 |" in (tmp_path / "report.md").read_text()
