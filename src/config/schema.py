@@ -25,6 +25,7 @@ class DataConfig:
     test_fraction: float = 0.15  # digits, and imagefolder without test/: carved from train
     subset: Optional[int] = None  # at most N samples per split, stratified
     augment: bool = True  # random crop with padding (+ horizontal flip where it makes sense)
+    device_cache_gb: float = 1.0  # uint8 images up to this size live on the training device; larger: workers
 
 
 @dataclass
@@ -56,7 +57,7 @@ class RuntimeConfig:
     """Where and how the run executes."""
 
     seed: int = 42
-    deterministic: bool = True
+    deterministic: bool = False  # True: bit-reproducible CUDA kernels (slower); the CPU is exact either way
     device: Literal["auto", "cpu", "cuda"] = "auto"
     vram_budget_gb: Optional[float] = 6.0  # CUDA only; None disables the planner
     attention_every: int = 10  # ViT attention maps every N epochs (0 disables)

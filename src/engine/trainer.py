@@ -33,7 +33,7 @@ from src.engine.objective import Objective
 from src.engine.optim import build_optimizer, build_schedule
 from src.engine.progress import Progress
 from src.engine.run_log import MetricsLog, open_tensorboard
-from src.engine.sampling import MicroBatch, make_loader, plan_micro_batches, train_keys, window_sizes
+from src.engine.sampling import MicroBatch, load_batches, plan_micro_batches, train_keys, window_sizes
 from src.engine.signals import StopSignals
 from src.engine.step import UpdateStep, is_cnn, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
@@ -228,8 +228,8 @@ class Trainer:
         self.progress.close()
 
     def _run_plan(self, plan: list[MicroBatch], signals: StopSignals, started: float) -> None:
-        loader = make_loader(self.train_dataset, [mb.keys for mb in plan], self.cfg.num_workers, self.seed,
-                             "train", self.epoch, pin_memory=self.device.type == "cuda")
+        loader = load_batches(self.train_dataset, [mb.keys for mb in plan], self.device, self.cfg.num_workers,
+                              self.seed, "train", self.epoch)
         window: list[_Piece] = []
         try:
             for mb, (images, labels) in zip(plan, loader, strict=True):

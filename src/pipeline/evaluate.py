@@ -92,7 +92,7 @@ def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage
     if not (run.root / "split.json").is_file():
         raise UserError(f"{run_dir} has no split.json; the run never got as far as splitting its data")
     stage = _stage_of(checkpoint, stage)
-    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False)
+    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False, models=cfg.models)
     model = build_model(cfg, stage, data.num_classes, initial=False)
     _load_into(model, checkpoint)
     target = resolve_device(device)

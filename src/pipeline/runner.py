@@ -57,7 +57,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         # Check everything (resume rules, then the data itself) before the first file is written,
         # so a mistake leaves no half-made run directory behind to trip the corrected command.
         prepare_run_directory(run_dir, cfg, resume, write=False)
-        data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True)
+        data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True, models=cfg.models)
         notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
         setup_logging(log_file=run_dir.log_path)
         LOGGER.info("run directory %s, stages %s", run_dir.root, ",".join(cfg.stages))
@@ -67,7 +67,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         return data
     dist.barrier()
     prepare_run_directory(run_dir, cfg, resume="auto", write=False)
-    return build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=False)
+    return build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=False, models=cfg.models)
 
 
 def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -> dict[str, dict[str, Any]]:
