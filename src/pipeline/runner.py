@@ -21,7 +21,7 @@ from src.pipeline.rundir import RunDirectory, prepare_run_directory
 from src.pipeline.stages import STAGES, model_name
 from src.pipeline.train_stage import train_stage
 from src.utils.logger import setup_logging
-from src.utils.reproducibility import setup_reproducibility
+from src.utils.reproducibility import determinism_note, setup_reproducibility
 from src.utils.training_guards import cleanup_training_state
 
 LOGGER = logging.getLogger("kd_pipeline.runner")
@@ -85,6 +85,7 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -
         device = torch.device("cuda", dist.local_rank)
     setup_reproducibility(cfg.runtime.seed, cfg.runtime.deterministic)
     data = _prepare(cfg, run_dir, resume, dist)
+    LOGGER.info(determinism_note(cfg.runtime.deterministic, device))
     finished = set(run_dir.finished_stages())
     for stage in cfg.stages:
         if stage in finished:
