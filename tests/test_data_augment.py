@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.config.schema import DataConfig
-from src.data import build_datasets
+from src.data.build import build_datasets
 from src.data.transforms import Augment, Normalize
 
 

@@ -15,7 +15,7 @@ import torchvision
 from PIL import Image
 
 from src.config.schema import DataConfig
-from src.data import build_datasets
+from src.data.build import build_datasets
 from src.data.imagefolder import ScannedImageFolder, load_image
 from src.errors import UserError
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "fox": (30, 30, 200)}
 
 
-def _write(root: Path, part: str, per_class: int, classes=tuple(COLOURS)) -> None:
+def write_class_folders(root: Path, part: str, per_class: int, classes=tuple(COLOURS)) -> None:
     for name in classes:
         folder = root / part / name
         folder.mkdir(parents=True)
@@ -37,7 +37,7 @@ def _denormalise(image: torch.Tensor, bundle) -> torch.Tensor:
 
 
 def test_train_only_carves_stratified_val_and_test(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 10)
+    write_class_folders(tmp_path, "train", 10)
     cfg = DataConfig(
         name="imagefolder", data_dir=str(tmp_path), image_size=8, val_fraction=0.2, test_fraction=0.2
     )
@@ -54,9 +54,9 @@ def test_train_only_carves_stratified_val_and_test(tmp_path: Path) -> None:
 
 
 def test_given_val_and_test_folders_are_used_whole(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 4)
-    _write(tmp_path, "val", 2)
-    _write(tmp_path, "test", 3)
+    write_class_folders(tmp_path, "train", 4)
+    write_class_folders(tmp_path, "val", 2)
+    write_class_folders(tmp_path, "test", 3)
     cfg = DataConfig(name="imagefolder", data_dir=str(tmp_path), image_size=12, augment=True)
     cached = build_datasets(cfg, None, seed=0)
     assert (len(cached.train), len(cached.val), len(cached.test)) == (12, 6, 9)
@@ -68,16 +68,16 @@ def test_given_val_and_test_folders_are_used_whole(tmp_path: Path) -> None:
 
 
 def test_only_test_folder_given_carves_val_from_train(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 10)
-    _write(tmp_path, "test", 1)
+    write_class_folders(tmp_path, "train", 10)
+    write_class_folders(tmp_path, "test", 1)
     cfg = DataConfig(name="imagefolder", data_dir=str(tmp_path), image_size=8, val_fraction=0.2)
     bundle = build_datasets(cfg, None, seed=0)
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (24, 6, 3)
 
 
 def test_class_mismatch_between_folders_is_a_user_error(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 2)
-    _write(tmp_path, "val", 2, classes=("cat", "dog"))
+    write_class_folders(tmp_path, "train", 2)
+    write_class_folders(tmp_path, "val", 2, classes=("cat", "dog"))
     with pytest.raises(UserError, match=r"classes of .*val \(cat, dog\) differ"):
         build_datasets(DataConfig(name="imagefolder", data_dir=str(tmp_path)), None, seed=0)
 
@@ -101,7 +101,7 @@ def _train_colours(bundle) -> list[tuple[int, tuple[float, ...]]]:
 
 
 def test_a_symlink_loop_is_refused_instead_of_multiplying_the_images(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 4, classes=("cat", "dog"))
+    write_class_folders(tmp_path, "train", 4, classes=("cat", "dog"))
     (tmp_path / "train" / "cat" / "loop").symlink_to("..")  # what `ln -s .. train/cat/loop` makes
     cfg = DataConfig(name="imagefolder", data_dir=str(tmp_path), image_size=8, val_fraction=0.25,
                      test_fraction=0.25)
@@ -114,7 +114,7 @@ def test_a_symlink_loop_is_refused_instead_of_multiplying_the_images(tmp_path: P
 
 
 def test_a_link_into_another_class_folder_is_refused(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 4, classes=("cat", "dog"))
+    write_class_folders(tmp_path, "train", 4, classes=("cat", "dog"))
     (tmp_path / "train" / "dog" / "sub").mkdir()
     (tmp_path / "train" / "cat" / "dogs").symlink_to(tmp_path / "train" / "dog" / "sub")
     with pytest.raises(UserError, match="another class"):
@@ -122,7 +122,7 @@ def test_a_link_into_another_class_folder_is_refused(tmp_path: Path) -> None:
 
 
 def test_linked_folders_and_files_outside_the_class_are_used_once(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 4, classes=("cat", "dog"))
+    write_class_folders(tmp_path, "train", 4, classes=("cat", "dog"))
     extra = tmp_path / "elsewhere"
     extra.mkdir()
     Image.new("RGB", (9, 9), COLOURS["cat"]).save(extra / "more.png")
@@ -136,12 +136,12 @@ def test_linked_folders_and_files_outside_the_class_are_used_once(tmp_path: Path
 
 
 def test_one_file_under_two_labels_or_in_two_parts_is_refused(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 4, classes=("cat", "dog"))
+    write_class_folders(tmp_path, "train", 4, classes=("cat", "dog"))
     (tmp_path / "train" / "dog" / "odd.png").symlink_to(tmp_path / "train" / "cat" / "1.png")
     with pytest.raises(UserError, match=r"dog/odd.png and .*cat/1.png are the same file in two class"):
         build_datasets(DataConfig(name="imagefolder", data_dir=str(tmp_path)), None, seed=0)
     (tmp_path / "train" / "dog" / "odd.png").unlink()
-    _write(tmp_path, "test", 1, classes=("cat", "dog"))
+    write_class_folders(tmp_path, "test", 1, classes=("cat", "dog"))
     (tmp_path / "test" / "cat" / "0.png").unlink()
     (tmp_path / "test" / "cat" / "0.png").symlink_to(tmp_path / "train" / "cat" / "3.png")
     with pytest.raises(UserError, match="same file in two of train/, val/ and test/"):
@@ -164,13 +164,13 @@ def test_sixteen_bit_grey_pngs_keep_their_values(tmp_path: Path) -> None:
 
 
 def test_a_single_class_folder_is_a_user_error(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 6, classes=("cat",))
+    write_class_folders(tmp_path, "train", 6, classes=("cat",))
     with pytest.raises(UserError, match=r"one class folder \(cat\); a classifier needs at least two"):
         build_datasets(DataConfig(name="imagefolder", data_dir=str(tmp_path)), None, seed=0)
 
 
 def test_single_class_folder_exits_2_with_one_error_line(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 6, classes=("cat",))
+    write_class_folders(tmp_path, "train", 6, classes=("cat",))
     result = subprocess.run(
         [sys.executable, "cnn_distillation/train.py", "--dataset", "imagefolder", "--data-dir", str(tmp_path),
          "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--set", "train.warmup_epochs=0"],
@@ -233,7 +233,7 @@ def test_float_pixels_and_out_of_range_integers_are_refused(tmp_path: Path) -> N
 
 
 def test_hidden_entries_and_non_images_are_not_data(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 4, classes=("cat", "dog"))
+    write_class_folders(tmp_path, "train", 4, classes=("cat", "dog"))
     (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # not a class
     (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")  # macOS copy
     (tmp_path / "train" / "cat" / ".cache").mkdir()
@@ -246,7 +246,7 @@ def test_hidden_entries_and_non_images_are_not_data(tmp_path: Path) -> None:
 
 
 def test_an_empty_class_folder_says_which_and_what_to_do(tmp_path: Path) -> None:
-    _write(tmp_path, "train", 4, classes=("cat", "dog"))
+    write_class_folders(tmp_path, "train", 4, classes=("cat", "dog"))
     (tmp_path / "train" / "eel").mkdir()
     (tmp_path / "train" / "eel" / "readme.txt").write_text("todo")
     with pytest.raises(UserError, match=r"class folder .*train/eel holds no images .*add images or remove"):
@@ -255,7 +255,7 @@ def test_an_empty_class_folder_says_which_and_what_to_do(tmp_path: Path) -> None
 
 def test_an_ordinary_folder_gives_torchvisions_samples_in_its_order(tmp_path: Path) -> None:
     """Existing runs' split.json files index into this list: it must not move."""
-    _write(tmp_path, "train", 3)
+    write_class_folders(tmp_path, "train", 3)
     for name in ("b_nested", "a_nested"):
         (tmp_path / "train" / "dog" / name).mkdir()
         Image.new("RGB", (5, 5)).save(tmp_path / "train" / "dog" / name / "z.png")

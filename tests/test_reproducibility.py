@@ -144,7 +144,7 @@ def test_strict_determinism_accepts_every_operation_of_the_models(restore_global
     """Under use_deterministic_algorithms(True) an op without a deterministic kernel raises; the
     models' training step (forward, backward, the data path's gather and resize) must not."""
     from src.config.schema import DataConfig
-    from src.data import build_datasets
+    from src.data.build import build_datasets
     from src.models.factory import create_model
 
     setup_reproducibility(0, deterministic=True)
@@ -156,7 +156,7 @@ def test_strict_determinism_accepts_every_operation_of_the_models(restore_global
 
 def _train_twice_on_cuda(family: str, name: str) -> list[dict[str, torch.Tensor]]:
     from src.config.schema import DataConfig
-    from src.data import build_datasets
+    from src.data.build import build_datasets
     from src.models.factory import create_model
 
     device = torch.device("cuda", 0)
