@@ -58,15 +58,16 @@ class Augment:
 
     def __call__(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
         """Crop each image of ``images`` (uint8 ``[B, C, S, S]``) at its own offset from the
-        zero-padded batch and mirror it where its flip says so: two gathers, no per-sample loop."""
-        batch, channels, size = images.shape[0], images.shape[1], images.shape[-1]
+        zero-padded batch, mirrored where its flip says so: one gather from a view that holds
+        every possible crop of the batch and of its mirror image, no per-sample loop."""
+        batch, size = images.shape[0], images.shape[-1]
         padded = torch.nn.functional.pad(images, [self.padding] * 4)
-        steps = torch.arange(size, device=images.device)
-        rows = draws.offsets[:, 0, None] + steps  # [B, S]
-        cols = draws.offsets[:, 1, None] + torch.where(draws.flips[:, None], size - 1 - steps, steps)
-        wide = padded.shape[-1]
-        picked_rows = padded.gather(2, rows[:, None, :, None].expand(batch, channels, size, wide))
-        return picked_rows.gather(3, cols[:, None, None, :].expand(batch, channels, size, size))
+        mirrored = torch.stack([padded, padded.flip(-1)])  # [2, B, C, S + 2p, S + 2p]
+        crops = mirrored.unfold(3, size, 1).unfold(4, size, 1)  # [2, B, C, 2p + 1, 2p + 1, S, S], a view
+        top, left = draws.offsets[:, 0], draws.offsets[:, 1]
+        left_in_mirror = torch.where(draws.flips, 2 * self.padding - left, left)
+        rows = torch.arange(batch, device=images.device)
+        return crops[draws.flips.long(), rows, :, top, left_in_mirror]  # [B, C, S, S]
 
 
 @dataclass(frozen=True)
