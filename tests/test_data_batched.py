@@ -198,3 +198,18 @@ def test_device_batches_match_the_cpu_ones() -> None:
         on_gpu, labels = next(dataset.batches(keys, cuda))
         assert on_gpu.device.type == labels.device.type == "cuda"
         assert (on_gpu.cpu() - on_cpu).abs().max() <= tolerance
+
+
+def test_resident_images_may_take_at_most_half_the_vram_budget() -> None:
+    bundle = build_datasets(DataConfig(image_size=32, subset=200), None, seed=0)  # digits stored at 8 px
+    size = sum(getattr(bundle, s).store.nbytes for s in ("train", "val", "test")) / 2**30
+    with pytest.raises(UserError, match=r"more than half of the .* GiB VRAM budget; set data.device_cache_gb "
+                                        r"below .* to decode them per batch instead"):
+        bundle.to(torch.device("cuda", 0), budget_gb=size)  # refused before anything touches CUDA
+    assert bundle.to(CPU, budget_gb=size) is bundle  # the budget is a GPU's
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf"), float("nan")])
+def test_device_cache_must_be_a_finite_size(value: float) -> None:
+    with pytest.raises(UserError, match="data.device_cache_gb must be a number of GiB, 0 or more"):
+        build_datasets(DataConfig(subset=10, device_cache_gb=value), None, seed=0)

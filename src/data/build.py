@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +36,18 @@ class DataBundle:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def to(self, device: torch.device) -> DataBundle:
+    def to(self, device: torch.device, budget_gb: float | None = None) -> DataBundle:
         """Copy the resident datasets' uint8 images to ``device`` now (they stay there), so the
-        memory planner measures a stage with them in place."""
-        for dataset in (self.train, self.val, self.test):
-            if dataset.store.resident:
-                dataset.store.on(device)
+        memory planner measures a stage with them in place. On CUDA they may take at most half of
+        the VRAM budget: the rest is the model's."""
+        resident = [d for d in (self.train, self.val, self.test) if d.store.resident]
+        size = sum(d.store.nbytes for d in resident) / GIB
+        if device.type == "cuda" and budget_gb is not None and size > budget_gb / 2:
+            raise UserError(f"the images take {size:.2f} GiB, more than half of the {budget_gb:g} GiB VRAM "
+                            f"budget; set data.device_cache_gb below {size:.2f} to decode them per batch "
+                            "instead (--num-workers processes), or raise --vram-budget")
+        for dataset in resident:
+            dataset.store.on(device)
         return self
 
 
@@ -68,8 +75,9 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
     """
     if cfg.image_size < 8:
         raise UserError(f"data.image_size must be at least 8 pixels, got {cfg.image_size}")
-    if cfg.device_cache_gb < 0:
-        raise UserError(f"data.device_cache_gb must be 0 or more, got {cfg.device_cache_gb}")
+    if not 0 <= cfg.device_cache_gb < math.inf:
+        raise UserError(f"data.device_cache_gb must be a number of GiB, 0 or more (0 decodes every batch "
+                        f"in --num-workers processes), got {cfg.device_cache_gb}")
     source = load_source(cfg)
     # a new split is saved only once its images have been read: a broken image file must not
     # leave a split.json behind that the corrected data no longer matches

@@ -41,6 +41,10 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def nbytes(self) -> int:
+        return len(self.indices) * 3 * self.size * self.size
+
     def read(self, positions: Sequence[int]) -> torch.Tensor:
         """uint8 ``[n, 3, S, S]`` on the CPU for these positions (0 .. len-1) in the store."""
         if self._images is not None:
