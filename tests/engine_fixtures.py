@@ -103,10 +103,10 @@ class OutOfMemoryAt(Objective):
         return StepOutput(logits, loss, {"ce": loss.detach()})
 
 
-def tiny_cnn(seed: int = 0) -> nn.Module:
+def tiny_cnn(seed: int = 0, in_chans: int = 1) -> nn.Module:
     """timm's smallest ResNet, with dropout and drop-path so RNG restore matters."""
     torch.manual_seed(seed)
-    return timm.create_model("test_resnet", num_classes=NUM_CLASSES, in_chans=1, drop_rate=0.2,
+    return timm.create_model("test_resnet", num_classes=NUM_CLASSES, in_chans=in_chans, drop_rate=0.2,
                              drop_path_rate=0.1)
 
 
@@ -162,15 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oom", default="", help="RANK:CALL,...: out-of-memory errors to inject")
     parser.add_argument("--dump-ranks", action="store_true",
                         help="every rank writes rank<R>.pt (weights) and rank<R>.json (split, updates)")
+    parser.add_argument("--data", choices=("keyed", "digits"), default="keyed",
+                        help="keyed: KeyedTrain/PlainEval; digits: the product's datasets (batched path, "
+                        "augmentation on, at most --train samples per split)")
     args = parser.parse_args(argv)
 
+    from src.config.schema import DataConfig, RuntimeConfig
+    from src.data.build import build_datasets
     from src.engine.distributed import DistributedContext
     from src.engine.trainer import Trainer
     from src.errors import KDPipelineError
     from src.utils.reproducibility import setup_reproducibility
 
     torch.set_num_threads(1)
-    setup_reproducibility(0, deterministic=True)
+    setup_reproducibility(0, deterministic=RuntimeConfig().deterministic)  # the product's default
     dist = DistributedContext.from_env(torch.device("cpu")) if args.ddp else None
     writes = record_writes_under(args.stage_dir) if dist is not None and not dist.is_main else None
     cfg = engine_config(**json.loads(args.config))
@@ -178,9 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     bad_calls = {int(call) for where in args.oom.split(",") if where
                  for r, call in [where.split(":")] if int(r) == rank}
     objective = OutOfMemoryAt(bad_calls) if args.oom else CrossEntropyObjective()
-    trainer = Trainer(tiny_cnn(), objective, KeyedTrain(args.train), PlainEval(args.val), cfg,
-                      args.stage_dir, device=torch.device("cpu"), seed=0, run_fingerprint=fingerprint(),
-                      dist=dist)
+    if args.data == "digits":
+        data = build_datasets(DataConfig(image_size=8, subset=args.train), None, seed=0)
+        model, train, val = tiny_cnn(in_chans=3), data.train, data.val
+    else:
+        model, train, val = tiny_cnn(), KeyedTrain(args.train), PlainEval(args.val)
+    trainer = Trainer(model, objective, train, val, cfg, args.stage_dir,
+                      device=torch.device("cpu"), seed=0, run_fingerprint=fingerprint(), dist=dist)
     try:
         result = trainer.fit()
     except KDPipelineError as exc:

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.config.schema import DataConfig
-from src.data import build_datasets
+from src.data.build import build_datasets
 from src.data.transforms import Augment, Normalize
 
 
@@ -69,13 +69,15 @@ def _shifts(image: torch.Tensor, pad: int) -> list[torch.Tensor]:
 
 def test_flip_only_where_allowed() -> None:
     image = torch.arange(3 * 8 * 8, dtype=torch.uint8).reshape(3, 8, 8)  # no symmetry
+    batch = image.expand(40, -1, -1, -1)
     shifts = _shifts(image, 1)
     flipped = _shifts(image.flip(-1), 1)
-    no_flip = [Augment(1, hflip=False)(image, 0, e, 0) for e in range(40)]
-    assert all(any(torch.equal(out, s) for s in shifts) for out in no_flip)
-    with_flip = [Augment(1, hflip=True)(image, 0, e, 0) for e in range(40)]
-    assert any(any(torch.equal(out, s) for s in flipped) for out in with_flip)
-    assert any(any(torch.equal(out, s) for s in shifts) for out in with_flip)
+    no_flip = Augment(1, hflip=False)
+    assert all(any(torch.equal(out, s) for s in shifts) for out in no_flip(batch, no_flip.draws(0, 1, 40)))
+    with_flip = Augment(1, hflip=True)
+    out = with_flip(batch, with_flip.draws(0, 1, 40))
+    assert any(any(torch.equal(o, s) for s in flipped) for o in out)
+    assert any(any(torch.equal(o, s) for s in shifts) for o in out)
 
 
 def test_normalize_uses_the_given_statistics() -> None:

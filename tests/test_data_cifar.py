@@ -17,7 +17,7 @@ import torchvision
 
 from bench.cifar_files import write_cifar10, write_cifar100
 from src.config.schema import DataConfig
-from src.data import build_datasets
+from src.data.build import build_datasets
 from src.errors import UserError
 
 
@@ -30,7 +30,8 @@ def _point_torchvision_at(cls: type, checksums: dict, monkeypatch: pytest.Monkey
         monkeypatch.setattr(cls, name, value)
 
 
-def _write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 20) -> dict[str, np.ndarray]:
+def cifar10_files(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 20) -> dict[str, np.ndarray]:
+    """Small CIFAR-10 files under ``root`` that torchvision accepts (also used by test_data_workers)."""
     rng = np.random.default_rng(0)
     train, test = _images(rng, 5 * per_batch), _images(rng, 30)
     labels = [i % 10 for i in range(per_batch)] * 5
@@ -47,7 +48,7 @@ def _write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cifar10_loads_with_official_test_and_stratified_val(tmp_path: Path, monkeypatch) -> None:
-    arrays = _write_cifar10(tmp_path / "data", monkeypatch)
+    arrays = cifar10_files(tmp_path / "data", monkeypatch)
     cfg = DataConfig(
         name="cifar10", data_dir=str(tmp_path / "data"), image_size=32, val_fraction=0.2, augment=False
     )
@@ -68,7 +69,7 @@ def test_cifar10_loads_with_official_test_and_stratified_val(tmp_path: Path, mon
 
 
 def test_cifar_resized_and_augmented_with_flips(tmp_path: Path, monkeypatch) -> None:
-    _write_cifar10(tmp_path, monkeypatch, per_batch=4)
+    cifar10_files(tmp_path, monkeypatch, per_batch=4)
     cfg = DataConfig(name="cifar10", data_dir=str(tmp_path), image_size=16, val_fraction=0.1)
     train = build_datasets(cfg, None, seed=0).train
     assert train[(1, 0)][0].shape == (3, 16, 16) and train.augment.hflip and train.augment.padding == 2
@@ -95,7 +96,7 @@ def test_missing_cifar_says_where_it_looked_and_what_to_do(tmp_path: Path) -> No
 
 
 def test_damaged_cifar_file_is_a_user_error(tmp_path: Path, monkeypatch) -> None:
-    _write_cifar10(tmp_path, monkeypatch, per_batch=4)
+    cifar10_files(tmp_path, monkeypatch, per_batch=4)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"truncated")
     with pytest.raises(UserError, match="corrupted.*--download"):
         build_datasets(DataConfig(name="cifar10", data_dir=str(tmp_path)), None, seed=0)

@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from src.utils.reproducibility import (
+# cuBLAS reads its workspace setting when CUDA first runs a matmul in this process: set it before any
+# test does, so the deterministic GPU test below gets deterministic cuBLAS whatever ran first
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+from src.utils.reproducibility import (  # noqa: E402
     capture_rng_state,
     derive_seed,
+    determinism_note,
     restore_rng_state,
     seed_worker,
     setup_reproducibility,
@@ -55,7 +60,7 @@ def test_setup_reproducibility_deterministic_switches(restore_global_torch_flags
     info = setup_reproducibility(1, deterministic=True)
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert torch.are_deterministic_algorithms_enabled()
-    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()  # asked for: guaranteed or an error
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert info["seed"] == 1 and info["deterministic"] and info["cublas_workspace_config"] == ":4096:8"
 
@@ -67,7 +72,7 @@ def test_setup_reproducibility_deterministic_switches(restore_global_torch_flags
 
 def test_user_cublas_setting_is_kept(restore_global_torch_flags, monkeypatch):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
-    assert setup_reproducibility(3)["cublas_workspace_config"] == ":16:8"
+    assert setup_reproducibility(3, deterministic=True)["cublas_workspace_config"] == ":16:8"
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
@@ -124,3 +129,60 @@ def test_seed_worker_gives_dataloader_workers_distinct_reproducible_streams():
     values = run()
     assert values == run()
     assert values[0] != values[1]  # first sample of worker 0 vs worker 1
+
+
+def test_speed_is_the_default_and_the_log_says_what_each_choice_costs(restore_global_torch_flags):
+    from src.config.schema import RuntimeConfig
+
+    assert RuntimeConfig().deterministic is False
+    info = setup_reproducibility(1)
+    assert info["cudnn_benchmark"] and not info["deterministic_algorithms"]
+    cuda = torch.device("cuda", 0)
+    assert "set it to true for bit-exact runs" in determinism_note(False, cuda)
+    assert "costs speed" in determinism_note(True, cuda) and "set it to false" in determinism_note(True, cuda)
+    assert "no effect on cpu" in determinism_note(True, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("family,name", [("cnn", "resnet18"), ("vit", "vit_tiny")])
+def test_strict_determinism_accepts_every_operation_of_the_models(restore_global_torch_flags, family, name):
+    """Under use_deterministic_algorithms(True) an op without a deterministic kernel raises; the
+    models' training step (forward, backward, the data path's gather and resize) must not."""
+    from src.config.schema import DataConfig
+    from src.data.build import build_datasets
+    from src.models.factory import create_model
+
+    setup_reproducibility(0, deterministic=True)
+    data = build_datasets(DataConfig(image_size=16, subset=20), None, seed=0)
+    images, labels = next(data.train.batches([[(1, i) for i in range(8)]], torch.device("cpu")))
+    model = create_model(family, name, 10, 16)
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+
+
+def _train_twice_on_cuda(family: str, name: str) -> list[dict[str, torch.Tensor]]:
+    from src.config.schema import DataConfig
+    from src.data.build import build_datasets
+    from src.models.factory import create_model
+
+    device = torch.device("cuda", 0)
+    data = build_datasets(DataConfig(image_size=32, subset=64), None, seed=0)
+    results = []
+    for _ in range(2):
+        setup_reproducibility(0, deterministic=True)
+        model = create_model(family, name, 10, 32).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        keys = [[(1, i) for i in range(j, j + 16)] for j in range(0, 64, 16)]
+        for images, labels in data.train.batches(keys, device):
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = torch.nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        results.append({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return results
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family,name", [("cnn", "resnet18"), ("vit", "vit_tiny")])
+def test_deterministic_true_repeats_bit_for_bit_on_cuda(restore_global_torch_flags, family, name):
+    first, second = _train_twice_on_cuda(family, name)
+    assert [k for k in first if not torch.equal(first[k], second[k])] == []

@@ -27,6 +27,7 @@ class DataConfig:
     test_fraction: float = 0.15  # digits, and imagefolder without test/: carved from train
     subset: Optional[int] = None  # at most N samples per split, stratified
     augment: bool = True  # random crop with padding (+ horizontal flip where it makes sense)
+    device_cache_gb: float = 1.0  # uint8 images up to this size live on the training device; larger: workers
 
 
 @dataclass
@@ -50,7 +51,7 @@ class RuntimeConfig:
 
     seed: int = 42  # the split, and the training seed of a one-seed run
     seeds: Optional[list[int]] = None  # one chain per seed under <run>/seed-<n>/ (same split)
-    deterministic: bool = True
+    deterministic: bool = False  # True: bit-reproducible CUDA kernels (slower); the CPU is exact either way
     device: Literal["auto", "cpu", "cuda"] = "auto"
     vram_budget_gb: Optional[float] = 6.0  # CUDA only; None disables the planner
     attention_every: int = 10  # ViT attention maps every N epochs (0 disables)

@@ -1,8 +1,5 @@
-"""Datasets, persisted splits and transforms."""
+"""Datasets, persisted splits and transforms (``src.data.build.build_datasets`` is the entry point).
 
-from __future__ import annotations
-
-from src.data.build import DataBundle, build_datasets
-from src.data.split import SplitInfo
-
-__all__ = ["DataBundle", "SplitInfo", "build_datasets"]
+Nothing is imported here on purpose: a DataLoader worker started with ``spawn`` imports only the
+modules of the objects it unpickles (datasets, feed, readers), not the split or model code.
+"""

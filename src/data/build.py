@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.config.schema import DataConfig
+import torch
+
+from src.config.schema import DataConfig, ModelsConfig
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
-from src.data.sources import HFLIP, STATS, Source, load_source
+from src.data.imagefolder import load_imagefolder_source
+from src.data.normalization import run_normalization
+from src.data.sources import HFLIP, Source, load_cifar_source, load_digits_source
 from src.data.split import SplitInfo, load_or_create_split, save_split
-from src.data.transforms import Augment, Normalize, crop_padding
+from src.data.transforms import Augment, ModelInput, crop_padding
 from src.errors import UserError
+
+GIB = 1 << 30
 
 
 @dataclass
@@ -29,45 +36,69 @@ class DataBundle:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def to(self, device: torch.device, budget_gb: float | None = None) -> DataBundle:
+        """Copy the resident datasets' uint8 images to ``device`` now (they stay there), so the
+        memory planner measures a stage with them in place. On CUDA they may take at most half of
+        the VRAM budget: the rest is the model's."""
+        resident = [d for d in (self.train, self.val, self.test) if d.store.resident]
+        size = sum(d.store.nbytes for d in resident) / GIB
+        if device.type == "cuda" and budget_gb is not None and size > budget_gb / 2:
+            raise UserError(f"the images take {size:.2f} GiB, more than half of the {budget_gb:g} GiB VRAM "
+                            f"budget; set data.device_cache_gb below {size:.2f} to decode them per batch "
+                            "instead (--num-workers processes), or raise --vram-budget")
+        for dataset in resident:
+            dataset.store.on(device)
+        return self
 
-def build_datasets(
-    cfg: DataConfig,
-    run_dir: Path | None,
-    seed: int,
-    *,
-    write: bool = True,
-    small_input_family: str | None = None,
-) -> DataBundle:
+
+def load_source(cfg: DataConfig) -> Source:
+    if cfg.name == "digits":
+        return load_digits_source()
+    if cfg.name in ("cifar10", "cifar100"):
+        return load_cifar_source(cfg)
+    if cfg.name == "imagefolder":
+        return load_imagefolder_source(cfg)
+    raise UserError(f"unknown dataset {cfg.name!r}; choose digits, cifar10, cifar100 or imagefolder")
+
+
+def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: bool = True,
+                   models: ModelsConfig | None = None) -> DataBundle:
     """Load ``cfg.name``, reuse or make ``run_dir/split.json`` and return the three datasets.
 
     With ``run_dir=None`` or ``write=False`` nothing is written (evaluation, benchmarks); an
     existing split.json in ``run_dir`` is still reused so evaluation sees the run's test split.
-    ``small_input_family`` is accepted for the pipeline's call signature; the data does not depend
-    on the model family (the image size in ``cfg`` already does).
+    ``models`` decides the input normalisation (src/data/normalization.py); without it, the
+    dataset's own statistics. Images are stored at their native size when they share one and it
+    is not above ``cfg.image_size`` (CIFAR at 224 px: stored at 32, resized per batch), else at
+    ``cfg.image_size``; all three splits are decoded into memory (and later kept on the training
+    device) when together they take at most ``cfg.device_cache_gb``, else read per batch.
     """
-    del small_input_family
     if cfg.image_size < 8:
         raise UserError(f"data.image_size must be at least 8 pixels, got {cfg.image_size}")
-    source: Source = load_source(cfg)
+    if not 0 <= cfg.device_cache_gb < math.inf:
+        raise UserError(f"data.device_cache_gb must be a number of GiB, 0 or more (0 decodes every batch "
+                        f"in --num-workers processes), got {cfg.device_cache_gb}")
+    source = load_source(cfg)
     # a new split is saved only once its images have been read: a broken image file must not
     # leave a split.json behind that the corrected data no longer matches
     record, info = load_or_create_split(source, cfg, seed, run_dir, write=False)
-    mean, std = STATS[source.name]
-    normalize = Normalize(mean, std)
+    normalize = run_normalization(source.name, models)
+    size = min(source.native_size or cfg.image_size, cfg.image_size)
+    total = sum(len(entry["indices"]) for entry in record["splits"].values()) * 3 * size * size
+    resident = total <= cfg.device_cache_gb * GIB
 
     def part_of(name: str) -> tuple[ImageStore, list[int]]:
         entry = record["splits"][name]
         part = source.parts[entry["part"]]
-        store = ImageStore(part, entry["indices"], cfg.image_size)
+        store = ImageStore(part, entry["indices"], size, resident=resident)
         return store, [part.targets[i] for i in entry["indices"]]
 
-    augment = Augment(crop_padding(cfg.image_size), HFLIP[source.name]) if cfg.augment else None
-    train_store, train_targets = part_of("train")
-    train = TrainDataset(
-        train_store, train_targets, source.class_names, normalize, seed=seed, augment=augment
-    )
-    val = ImageDataset(*part_of("val"), source.class_names, normalize)
-    test = ImageDataset(*part_of("test"), source.class_names, normalize)
+    augment = Augment(crop_padding(size), HFLIP[source.name]) if cfg.augment else None
+    plain = ModelInput(cfg.image_size, normalize)
+    train = TrainDataset(*part_of("train"), source.class_names, dataclasses.replace(plain, augment=augment),
+                         seed=seed)
+    val = ImageDataset(*part_of("val"), source.class_names, plain)
+    test = ImageDataset(*part_of("test"), source.class_names, plain)
     if write and run_dir is not None and not info.reused:
         info = dataclasses.replace(info, path=save_split(record, run_dir))
     return DataBundle(
@@ -79,6 +110,6 @@ def build_datasets(
         split=info,
         in_channels=3,
         image_size=cfg.image_size,
-        mean=mean,
-        std=std,
+        mean=normalize.mean,
+        std=normalize.std,
     )

@@ -1,65 +1,117 @@
-"""Map-style datasets over a fixed list of source images, with an in-memory uint8 cache.
+"""Datasets over a fixed list of source images, held as uint8 at their stored size.
 
-The chosen images are decoded and resized once to the configured size and kept as one uint8
-tensor when that fits ``CACHE_LIMIT_BYTES`` (digits and CIFAR at small sizes always do), so
-``__getitem__`` costs a crop, a flip and a normalisation. Larger sets (CIFAR at 224 px, big image
-folders) are decoded and resized per item instead, which bounds memory at the cost of speed.
+A dataset makes whole batches itself (:meth:`ImageDataset.batches`): the keys of a micro-batch go
+in, model-ready ``(float images, labels)`` on the training device come out. Where they come from
+is the dataset's :class:`~src.data.feed.Feed` (the whole store on the device, or DataLoader workers
+for data too big for it); the transforms then run batched on the device (src/data/transforms.py).
+Item access (``dataset[key]``) runs the very same code on a batch of one, on the CPU, for the
+memory planner's sample batch, attention maps and anyone using the dataset with a plain DataLoader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from src.data.feed import Feed, ResidentFeed, StreamFeed
 from src.data.sources import SourcePart
-from src.data.transforms import Augment, Normalize
+from src.data.transforms import Augment, Draws, ModelInput
 
-CACHE_LIMIT_BYTES = 1 << 30  # per dataset: 1 GiB of uint8 pixels
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class ImageStore:
-    """uint8 ``[3, S, S]`` images for ``indices`` of a source part, cached when small enough."""
+    """uint8 ``[3, S, S]`` images for ``indices`` of a source part: all decoded up front into
+    memory (``resident``, copied to a training device on request) or decoded on each read."""
 
-    def __init__(self, part: SourcePart, indices: Sequence[int], image_size: int) -> None:
+    def __init__(self, part: SourcePart, indices: Sequence[int], size: int, *, resident: bool) -> None:
         self._part = part
         self.indices = list(indices)
-        self.image_size = image_size
-        fits = len(self.indices) * 3 * image_size * image_size <= CACHE_LIMIT_BYTES
-        self._cache = part.read(self.indices, image_size) if fits else None
+        self.size = size
+        self._images = part.read(self.indices, size).contiguous() if resident else None
+        self._placed: dict[torch.device, torch.Tensor] = {}
 
     @property
-    def cached(self) -> bool:
-        return self._cache is not None
+    def resident(self) -> bool:
+        return self._images is not None
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if self._cache is not None:
-            return self._cache[i]
-        return self._part.read([self.indices[i]], self.image_size)[0]
+    @property
+    def nbytes(self) -> int:
+        return len(self.indices) * 3 * self.size * self.size
+
+    def read(self, positions: Sequence[int]) -> torch.Tensor:
+        """uint8 ``[n, 3, S, S]`` on the CPU for these positions (0 .. len-1) in the store."""
+        if self._images is not None:
+            return self._images[torch.as_tensor(list(positions), dtype=torch.long)]
+        return self._part.read([self.indices[i] for i in positions], self.size)
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """The whole resident store on ``device`` (copied once, then kept)."""
+        if self._images is None:
+            raise ValueError("only a resident store can be placed on a device")
+        if device not in self._placed:
+            self._placed[device] = self._images.to(device)
+        return self._placed[device]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_placed": {}}  # device copies stay in the process that made them
 
 
 class ImageDataset(Dataset):
-    """Validation/test items: ``(normalised FloatTensor[3, S, S], label)`` with no randomness."""
+    """Validation/test items keyed by ``int``: ``(normalised FloatTensor[3, S, S], label)``, no randomness."""
 
-    def __init__(
-        self, store: ImageStore, targets: list[int], class_names: list[str], normalize: Normalize
-    ) -> None:
+    def __init__(self, store: ImageStore, targets: list[int], class_names: list[str],
+                 model_input: ModelInput) -> None:
         self.store = store
         self.targets = list(targets)
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
-        self.normalize = normalize
+        self.model_input = model_input
+        self._feeds: dict[tuple[torch.device, int], Feed] = {}
 
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        index = int(index)
-        return self.normalize(self.store[index]), self.targets[index]
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, int]:
+        position = self._position(key)
+        raw = self.store.read([position])
+        draws = self._draws([key], torch.tensor([position]), raw.device)
+        return self.model_input(raw, draws)[0], self.targets[position]
+
+    def batches(self, batches: Sequence[Sequence[Any]], device: torch.device,
+                num_workers: int = 0) -> Iterator[Batch]:
+        """Model-ready ``(images, labels)`` on ``device`` for each list of keys in ``batches``."""
+        keys = [list(batch) for batch in batches]
+        positions = [[self._position(key) for key in batch] for batch in keys]
+        raw_batches = self.feed(device, num_workers).batches(positions, device)
+        for batch, (raw, labels, index) in zip(keys, raw_batches, strict=True):
+            yield self.model_input(raw, self._draws(batch, index, device)), labels
+
+    def feed(self, device: torch.device, num_workers: int) -> Feed:
+        """Where raw batches come from on ``device``; made once and kept, so stream workers persist."""
+        slot = (device, num_workers)
+        if slot not in self._feeds:
+            if self.store.resident:
+                labels = torch.tensor(self.targets, device=device)
+                self._feeds[slot] = ResidentFeed(self.store.on(device), labels)
+            else:
+                self._feeds[slot] = StreamFeed(self.store, self.targets, num_workers, device)
+        return self._feeds[slot]
+
+    def _position(self, key: Any) -> int:
+        return int(key)
+
+    def _draws(self, keys: list[Any], index: torch.Tensor, device: torch.device) -> Draws | None:
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_feeds": {}}  # a feed holds worker processes: never sent to one
 
 
 class TrainDataset(ImageDataset):
@@ -68,25 +120,36 @@ class TrainDataset(ImageDataset):
     A plain ``int`` key returns the un-augmented image (for inspection and evaluation on train).
     """
 
-    def __init__(
-        self,
-        store: ImageStore,
-        targets: list[int],
-        class_names: list[str],
-        normalize: Normalize,
-        *,
-        seed: int,
-        augment: Augment | None,
-    ) -> None:
-        super().__init__(store, targets, class_names, normalize)
+    def __init__(self, store: ImageStore, targets: list[int], class_names: list[str],
+                 model_input: ModelInput, *, seed: int) -> None:
+        super().__init__(store, targets, class_names, model_input)
         self.seed = seed
-        self.augment = augment
+        self._table: tuple[int, torch.device, Draws] | None = None
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:  # type: ignore[override]
-        if isinstance(key, (tuple, list)):
-            epoch, index = int(key[0]), int(key[1])
-            image = self.store[index]
-            if self.augment is not None:
-                image = self.augment(image, self.seed, epoch, index)
-            return self.normalize(image), self.targets[index]
-        return super().__getitem__(key)
+    @property
+    def augment(self) -> Augment | None:
+        return self.model_input.augment
+
+    def _position(self, key: Any) -> int:
+        return int(key[1]) if isinstance(key, (tuple, list)) else int(key)
+
+    def _draws(self, keys: list[Any], index: torch.Tensor, device: torch.device) -> Draws | None:
+        augment = self.augment
+        if augment is None or not keys or not isinstance(keys[0], (tuple, list)):
+            return None
+        epochs = {int(key[0]) for key in keys}
+        if len(epochs) == 1:
+            return self._epoch_table(epochs.pop(), device).take(index)
+        tables = {epoch: augment.draws(self.seed, epoch, len(self)) for epoch in epochs}
+        picked = [tables[int(epoch)].take(torch.tensor([int(i)])) for epoch, i in keys]
+        return Draws(torch.cat([d.offsets for d in picked]), torch.cat([d.flips for d in picked])).to(device)
+
+    def _epoch_table(self, epoch: int, device: torch.device) -> Draws:
+        """The epoch's draws on ``device``, kept while that epoch lasts."""
+        if self._table is None or self._table[:2] != (epoch, device):
+            assert self.augment is not None
+            self._table = (epoch, device, self.augment.draws(self.seed, epoch, len(self)).to(device))
+        return self._table[2]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_table": None}

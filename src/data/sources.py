@@ -1,36 +1,27 @@
-"""The raw image sources: scikit-learn digits, torchvision CIFAR-10/100, torchvision ImageFolder.
+"""The raw image sources: scikit-learn digits and torchvision CIFAR-10/100 (image folders: imagefolder.py).
 
 A source is a set of named parts (``all`` for digits; ``train``/``test`` for CIFAR; ``train`` and
 optional ``val``/``test`` for an image folder). Each part knows its labels without decoding any
 image, so the split can be made first and only the chosen images are ever decoded and resized.
+A part's reader is a plain picklable object (no closures), so datasets built on it can be sent to
+DataLoader workers under every start method (``spawn`` on Windows/macOS, ``forkserver`` from
+Python 3.14 on Linux).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torchvision
-import torchvision.transforms.v2.functional as F
 
 from src.config.schema import DataConfig
 from src.data.transforms import resize_square
 from src.errors import UserError
-
-# Channel statistics. CIFAR: the published per-channel values of the official train sets.
-# Digits: mean/std of all 1797 scikit-learn digits scaled to [0, 1] (grey, so equal per channel);
-# fixed constants rather than per-split values, so the numbers never depend on the seed.
-# Image folders: ImageNet's statistics, the convention of the pretrained timm weights.
-STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "digits": ((0.3053, 0.3053, 0.3053), (0.3760, 0.3760, 0.3760)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 
 # Flipping a digit changes what it means; natural photos survive it.
 HFLIP = {"digits": False, "cifar10": True, "cifar100": True, "imagefolder": True}
@@ -38,12 +29,17 @@ HFLIP = {"digits": False, "cifar10": True, "cifar100": True, "imagefolder": True
 _CHUNK = 4096  # images resized per call when filling a cache: bounds the float temporaries
 
 
+class Reader(Protocol):
+    def __call__(self, indices: Sequence[int], size: int) -> torch.Tensor:
+        """uint8 ``[len(indices), 3, size, size]`` images."""
+
+
 @dataclass
 class SourcePart:
     """One part of a source: labels up front, images decoded (and resized) on request."""
 
     targets: list[int]
-    read: Callable[[Sequence[int], int], torch.Tensor]  # (indices, size) -> uint8 [n, 3, size, size]
+    read: Reader
 
 
 @dataclass
@@ -51,6 +47,7 @@ class Source:
     name: str
     class_names: list[str]
     parts: dict[str, SourcePart]
+    native_size: int | None = None  # every image's size when they all share one (None: they vary)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -62,15 +59,17 @@ class Source:
         }
 
 
-def _array_reader(images: torch.Tensor) -> Callable[[Sequence[int], int], torch.Tensor]:
+@dataclass
+class ArrayReader:
     """Reader over an in-memory uint8 ``[N, 3, h, w]`` array, resizing in bounded chunks."""
 
-    def read(indices: Sequence[int], size: int) -> torch.Tensor:
-        index = torch.as_tensor(list(indices), dtype=torch.long)
-        chunks = [resize_square(images[index[i : i + _CHUNK]], size) for i in range(0, len(index), _CHUNK)]
-        return torch.cat(chunks) if chunks else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    images: torch.Tensor
 
-    return read
+    def __call__(self, indices: Sequence[int], size: int) -> torch.Tensor:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        starts = range(0, len(index), _CHUNK)
+        chunks = [resize_square(self.images[index[i : i + _CHUNK]], size) for i in starts]
+        return torch.cat(chunks) if chunks else torch.empty(0, 3, size, size, dtype=torch.uint8)
 
 
 def load_digits_source() -> Source:
@@ -79,9 +78,9 @@ def load_digits_source() -> Source:
 
     digits = load_digits()
     grey = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8))
-    images = grey.unsqueeze(1).expand(-1, 3, -1, -1)
-    part = SourcePart(targets=[int(t) for t in digits.target], read=_array_reader(images))
-    return Source("digits", [str(c) for c in range(10)], {"all": part})
+    images = grey.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    part = SourcePart(targets=[int(t) for t in digits.target], read=ArrayReader(images))
+    return Source("digits", [str(c) for c in range(10)], {"all": part}, native_size=8)
 
 
 def load_cifar_source(cfg: DataConfig) -> Source:
@@ -105,59 +104,5 @@ def load_cifar_source(cfg: DataConfig) -> Source:
         except OSError as exc:  # the download itself failed (offline, disk full)
             raise UserError(f"could not download {cfg.name} into {cfg.data_dir}/: {exc}") from exc
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2)  # HWC -> CHW, a view
-        parts[part_name] = SourcePart(targets=[int(t) for t in data.targets], read=_array_reader(images))
-    return Source(cfg.name, list(data.classes), parts)
-
-
-def _folder_reader(folder: torchvision.datasets.ImageFolder) -> Callable[[Sequence[int], int], torch.Tensor]:
-    def load(path: str) -> torch.Tensor:
-        try:
-            return F.pil_to_tensor(folder.loader(path))
-        except OSError as exc:  # PIL's UnidentifiedImageError, a truncated or unreadable file
-            raise UserError(f"imagefolder: cannot read image {path} ({type(exc).__name__}); "
-                            "remove or replace that file") from None
-
-    def read(indices: Sequence[int], size: int) -> torch.Tensor:
-        images = [resize_square(load(folder.samples[i][0]), size) for i in indices]
-        return torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
-
-    return read
-
-
-def load_imagefolder_source(cfg: DataConfig) -> Source:
-    """``train/`` (required) and optional ``val/``, ``test/`` class folders under ``cfg.data_dir``."""
-    root = Path(cfg.data_dir)
-    if not (root / "train").is_dir():
-        raise UserError(
-            f"imagefolder: no train/ folder under {root} (looked for {root / 'train'}); "
-            "expected <data-dir>/train/<class>/<image> (val/ and test/ optional)"
-        )
-    folders: dict[str, torchvision.datasets.ImageFolder] = {}
-    for part_name in ("train", "val", "test"):
-        if (root / part_name).is_dir():
-            try:
-                folders[part_name] = torchvision.datasets.ImageFolder(str(root / part_name))
-            except (FileNotFoundError, OSError) as exc:
-                raise UserError(f"imagefolder: cannot read {root / part_name}: {exc}") from exc
-    classes = folders["train"].classes
-    for part_name, folder in folders.items():
-        if folder.classes != classes:
-            raise UserError(
-                f"imagefolder: the classes of {root / part_name} ({', '.join(folder.classes)}) "
-                f"differ from those of {root / 'train'} ({', '.join(classes)})"
-            )
-    parts = {
-        name: SourcePart(targets=list(folder.targets), read=_folder_reader(folder))
-        for name, folder in folders.items()
-    }
-    return Source("imagefolder", list(classes), parts)
-
-
-def load_source(cfg: DataConfig) -> Source:
-    if cfg.name == "digits":
-        return load_digits_source()
-    if cfg.name in ("cifar10", "cifar100"):
-        return load_cifar_source(cfg)
-    if cfg.name == "imagefolder":
-        return load_imagefolder_source(cfg)
-    raise UserError(f"unknown dataset {cfg.name!r}; choose digits, cifar10, cifar100 or imagefolder")
+        parts[part_name] = SourcePart(targets=[int(t) for t in data.targets], read=ArrayReader(images))
+    return Source(cfg.name, list(data.classes), parts, native_size=32)

@@ -1,11 +1,16 @@
-"""Per-sample augmentation and normalisation with torchvision's functional transforms.
+"""Batched image transforms: random crop with padding, flip, resize to the model's size, normalise.
 
-Augmentation draws come from a private ``torch.Generator`` seeded with
-``derive_seed(seed, "augment", epoch, index)``: what a training sample looks like is a pure
-function of (seed, epoch, index), whatever the worker, the rank or a resume, and the global RNG
-(which the trainer checkpoints for the model's dropout) is never touched. The random parameters
-are drawn explicitly and applied with ``torchvision.transforms.v2.functional``, which is cheaper
-than forking the global RNG around the class-based transforms for every sample.
+Every operation takes a whole uint8 batch ``[B, C, s, s]`` on whatever device it lives on, so the
+same code augments on the GPU and on the CPU (the tests use the CPU). Per-sample randomness comes
+from :class:`Draws`: one table per epoch, drawn with a private ``torch.Generator`` seeded with
+``derive_seed(seed, "augment", epoch)`` and indexed by sample index. What a training sample looks
+like is therefore a pure function of (seed, epoch, index), whatever the batch it lands in (an
+out-of-memory re-batching, a resumed run, another worker count), and the global RNG (which the
+trainer checkpoints for dropout) is never touched.
+
+Order: crop and flip at the stored size, then resize to the model's size, then normalise. A
+dataset stored at its native size (CIFAR's 32 px) and trained at 224 px is therefore shifted in
+steps of 224/32 = 7 px, and its zero padding is blended into the image by the bilinear upsampling.
 """
 
 from __future__ import annotations
@@ -24,31 +29,73 @@ def crop_padding(image_size: int) -> int:
 
 
 @dataclass(frozen=True)
+class Draws:
+    """Per-sample augmentation parameters: crop offsets ``[N, 2]`` (top, left) and flips ``[N]``."""
+
+    offsets: torch.Tensor
+    flips: torch.Tensor
+
+    def take(self, indices: torch.Tensor) -> Draws:
+        return Draws(self.offsets[indices], self.flips[indices])
+
+    def to(self, device: torch.device) -> Draws:
+        return Draws(self.offsets.to(device), self.flips.to(device))
+
+
+@dataclass(frozen=True)
 class Augment:
     """Random crop with zero padding, plus a horizontal flip where it keeps the label's meaning."""
 
     padding: int
     hflip: bool
 
-    def __call__(self, image: torch.Tensor, seed: int, epoch: int, index: int) -> torch.Tensor:
-        """Augment a uint8 ``[C, S, S]`` image with draws fixed by (seed, epoch, index)."""
-        gen = torch.Generator().manual_seed(derive_seed(seed, "augment", epoch, index))
-        top, left = torch.randint(0, 2 * self.padding + 1, (2,), generator=gen).tolist()
-        flip = self.hflip and bool(torch.rand((), generator=gen) < 0.5)
-        size = image.shape[-2:]
-        image = F.crop(F.pad(image, [self.padding]), top, left, size[0], size[1])
-        return F.horizontal_flip(image) if flip else image
+    def draws(self, seed: int, epoch: int, num_samples: int) -> Draws:
+        """The whole epoch's parameters at once (on the CPU, so every device sees the same draws)."""
+        generator = torch.Generator().manual_seed(derive_seed(seed, "augment", epoch))
+        offsets = torch.randint(0, 2 * self.padding + 1, (num_samples, 2), generator=generator)
+        flips = torch.rand(num_samples, generator=generator) < 0.5
+        return Draws(offsets, flips & self.hflip)
+
+    def __call__(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """Crop each image of ``images`` (uint8 ``[B, C, S, S]``) at its own offset from the
+        zero-padded batch, mirrored where its flip says so: one gather from a view that holds
+        every possible crop of the batch and of its mirror image, no per-sample loop."""
+        batch, size = images.shape[0], images.shape[-1]
+        padded = torch.nn.functional.pad(images, [self.padding] * 4)
+        mirrored = torch.stack([padded, padded.flip(-1)])  # [2, B, C, S + 2p, S + 2p]
+        crops = mirrored.unfold(3, size, 1).unfold(4, size, 1)  # [2, B, C, 2p + 1, 2p + 1, S, S], a view
+        top, left = draws.offsets[:, 0], draws.offsets[:, 1]
+        left_in_mirror = torch.where(draws.flips, 2 * self.padding - left, left)
+        rows = torch.arange(batch, device=images.device)
+        return crops[draws.flips.long(), rows, :, top, left_in_mirror]  # [B, C, S, S]
 
 
 @dataclass(frozen=True)
 class Normalize:
-    """uint8 image -> float in [0, 1] -> standardised with the dataset's channel statistics."""
+    """uint8 image(s) -> float in [0, 1] -> standardised with the given channel statistics."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return F.normalize(F.to_dtype(image, torch.float32, scale=True), list(self.mean), list(self.std))
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        scaled = F.to_dtype(images, torch.float32, scale=True)
+        return F.normalize(scaled, list(self.mean), list(self.std), inplace=True)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Stored uint8 batches -> the model's input: (augment), resize to ``image_size``, normalise."""
+
+    image_size: int
+    normalize: Normalize
+    augment: Augment | None = None
+
+    def __call__(self, images: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
+        if draws is not None and self.augment is not None:
+            images = self.augment(images, draws)
+        if images.shape[-1] != self.image_size:  # stored below the model's size: upsample per batch
+            images = F.resize(images, [self.image_size, self.image_size], antialias=True)
+        return self.normalize(images)
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -180,7 +180,7 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
         require(*EXPORT_PACKAGES, purpose="ONNX export")
     run, cfg = open_run(run_dir)
     result = finished_stage(run, stage)
-    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False)
+    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False, models=cfg.models)
     model = build_model(cfg, stage, data.num_classes, initial=False).eval()
     load_weights(model, run.weights_path(stage))
     target = run.stage_dir(stage) / FORMATS[fmt]

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from src.engine.distributed import DistributedContext
-from src.engine.sampling import make_loader, rank_shard
+from src.engine.sampling import load_batches, rank_shard
 from src.utils.metrics import classification_metrics
 
 
@@ -52,7 +52,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset[Any], *, device: torch.dev
     dist = dist or DistributedContext()
     indices = rank_shard(range(len(dataset)), dist.rank, dist.world_size, pad=False)  # type: ignore[arg-type]
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    loader = make_loader(dataset, batches, num_workers, seed, "eval", pin_memory=device.type == "cuda")
+    loader = load_batches(dataset, batches, device, num_workers, seed, "eval")
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)

@@ -7,9 +7,9 @@ see exactly the samples an uninterrupted one would have seen.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -17,6 +17,14 @@ from torch.utils.data import DataLoader, Dataset
 from src.utils.reproducibility import derive_seed, seed_worker
 
 Key = tuple[int, int]
+
+
+@runtime_checkable
+class BatchedDataset(Protocol):
+    """A dataset that makes whole batches on the device itself (src.data's datasets do)."""
+
+    def batches(self, batches: Sequence[Sequence[Any]], device: torch.device,
+                num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> list[int]:
@@ -100,3 +108,12 @@ def make_loader(dataset: Dataset[Any], batches: Sequence[Sequence[Any]], num_wor
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+def load_batches(dataset: Dataset[Any], batches: Sequence[Sequence[Any]], device: torch.device,
+                 num_workers: int, seed: int, *tag: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, labels)`` for each list of keys in ``batches``: made on ``device`` by a
+    :class:`BatchedDataset`, else item by item through :func:`make_loader` (any map-style dataset)."""
+    if isinstance(dataset, BatchedDataset):
+        return dataset.batches(batches, device, num_workers)
+    return make_loader(dataset, batches, num_workers, seed, *tag, pin_memory=device.type == "cuda")

@@ -33,7 +33,7 @@ from src.engine.objective import Objective
 from src.engine.optim import build_optimizer, build_schedule
 from src.engine.progress import Progress
 from src.engine.run_log import MetricsLog, open_tensorboard
-from src.engine.sampling import MicroBatch, make_loader, plan_micro_batches, train_keys, window_sizes
+from src.engine.sampling import MicroBatch, load_batches, plan_micro_batches, train_keys, window_sizes
 from src.engine.signals import StopSignals
 from src.engine.step import UpdateStep, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
@@ -232,8 +232,8 @@ class Trainer:
         that every rank computed its share; an out-of-memory error before that point (forward or
         backward of any micro-batch) makes every rank drop the window, so no rank is ever left
         waiting in a collective the others skipped (docs/ARCHITECTURE.md)."""
-        loader = make_loader(self.train_dataset, [mb.keys for mb in plan], self.cfg.num_workers, self.seed,
-                             "train", self.epoch, pin_memory=self.device.type == "cuda")
+        loader = load_batches(self.train_dataset, [mb.keys for mb in plan], self.device, self.cfg.num_workers,
+                              self.seed, "train", self.epoch)
         window: list[_Piece] = []
         for mb, (images, labels) in zip(plan, loader, strict=True):
             piece = self._compute(mb, images, labels)

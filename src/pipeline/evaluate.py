@@ -104,7 +104,7 @@ def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run, cfg = open_run(run_dir)
     stage = _stage_of(checkpoint, stage)
-    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False)
+    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False, models=cfg.models)
     if checkpoint.suffix == ".onnx":  # the deployed artifact, through ONNX Runtime (src/deploy)
         model, target = onnx_model_for(checkpoint, cfg.data.image_size, data.num_classes, run_dir, device)
     else:

@@ -24,7 +24,7 @@ from src.pipeline.stages import STAGES, model_name
 from src.pipeline.teacher_from import apply_reuse, plan_reuse, reuse_data
 from src.pipeline.train_stage import train_stage
 from src.utils.logger import setup_logging
-from src.utils.reproducibility import setup_reproducibility
+from src.utils.reproducibility import determinism_note, setup_reproducibility
 from src.utils.training_guards import cleanup_training_state
 
 LOGGER = logging.getLogger("kd_pipeline.runner")
@@ -56,7 +56,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
             reused = reuse.stages_for(chain) if reuse is not None else []
             check_stage_plan(cfg.stages, chain.run_dir.finished_stages() + reused)
         if reuse is None:
-            data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True)
+            data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True, models=cfg.models)
         else:
             data = reuse_data(reuse, cfg, run_dir)
         notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
@@ -70,7 +70,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         return data
     dist.barrier()
     prepare_run_directory(run_dir, cfg, resume="auto", write=False)
-    return build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=False)
+    return build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=False, models=cfg.models)
 
 
 def _run_chain(chain: Chain, data: DataBundle, device: torch.device, dist: DistributedContext,
@@ -110,12 +110,14 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto",
     setup_reproducibility(cfg.runtime.seed, cfg.runtime.deterministic)
     chains = seed_chains(cfg, run_dir)
     data = _prepare(cfg, run_dir, resume, dist, chains, teacher_from)
+    LOGGER.info(determinism_note(cfg.runtime.deterministic, device))
     results: dict[int, dict[str, dict[str, Any]]] = {}
     for chain in chains:
         if len(chains) > 1:
             LOGGER.info("seed %d: chain in %s", chain.seed, chain.run_dir.root)
+        # the run's split, this seed's augmentation and order
         chain_data = data if chain.seed == cfg.runtime.seed else build_datasets(
-            cfg.data, run_dir.root, chain.seed, write=False)  # the run's split; this seed's augmentation
+            cfg.data, run_dir.root, chain.seed, write=False, models=cfg.models)
         checkpoint = _run_chain(chain, chain_data, device, dist, checkpoint)
         results[chain.seed] = {s: chain.run_dir.read_result(s) for s in chain.run_dir.finished_stages()}
     if dist.is_main:

@@ -132,7 +132,7 @@ def check_fingerprints(plan: ReusePlan, cfg: RunConfig, data: DataBundle) -> Non
 def reuse_data(plan: ReusePlan, cfg: RunConfig, top: RunDirectory) -> DataBundle:
     """The datasets on the source run's split, checked against the reused stages; then the
     split is adopted (copied to ``top`` when this run has none yet). The first write."""
-    data = build_datasets(cfg.data, plan.source.root, cfg.runtime.seed, write=False)
+    data = build_datasets(cfg.data, plan.source.root, cfg.runtime.seed, write=False, models=cfg.models)
     check_fingerprints(plan, cfg, data)
     ours, theirs = top.root / SPLIT_FILE, plan.source.root / SPLIT_FILE
     if not ours.is_file():

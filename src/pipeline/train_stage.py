@@ -164,6 +164,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     model.to(device)
     objective = make_objective(cfg, stage, run_dir, data.num_classes, device, teacher_result)
     lr = stage_lr(name, cfg.train.lr)
+    data.to(device, cfg.runtime.vram_budget_gb)  # resident images first: the memory plan counts them
     count = min(cfg.train.batch_size, len(data.val))
     sample = (torch.stack([data.val[i][0] for i in range(count)]),
               torch.tensor([data.val[i][1] for i in range(count)]))

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Data path speed: 7cccdd2's per-sample path against the batched device path, and against the
+student's training rate, side by side in one process on the run's device.
+
+Two input paths make the same kind of training batch (random crop with padding, flip, resize to
+the model's size, normalise) from CIFAR-shaped uint8 images (synthetic: nothing downloads):
+
+  * per-sample: 7cccdd2's ``TrainDataset.__getitem__`` (a generator per sample, pad/crop/flip on
+    one image, normalise; at 224 px CIFAR overflowed that version's 1 GiB cache, so every item was
+    also resized from 32 px), collated by a DataLoader with ``num_workers=0`` (the engine default)
+    and copied to the device, as the engine did;
+  * batched: the product's ``TrainDataset.batches`` on a resident store (src/data).
+
+Both consume the same (epoch, index) plan. The student rates are one optimizer update on batches
+already on the device, through the engine's own UpdateStep (bench/throughput.py's runner): the
+CNN configs' ResNet-18 at 32 px and the ViT configs' ViT-Tiny at 224 px. Modes alternate within
+each round and the median round counts. On the CPU a rate is images per CPU second of this process
+(a neighbour's load stretches wall time, not the work); on CUDA it is wall time.
+
+The last line is ``batched/per-sample throughput ratio: X.XX`` at 32 px (target on the CPU: 5 or
+more). On a GPU, the batched path should deliver at least 3x the student's training rate.
+
+    python bench/data.py                       # CPU: a few minutes on one core
+    python bench/data.py --images 512 --rounds 1 --student-batch 8   # smoke run
+    python bench/data.py --device cuda         # GPU (make gpu-check)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision.transforms.v2.functional as F
+from _common import add_threads_flag, build_stage, family_config, machine_line, resolve_device_and_threads
+from throughput import training_runner
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.datasets import ImageStore, TrainDataset
+from src.data.normalization import DATASET_STATS
+from src.data.sources import ArrayReader, SourcePart
+from src.data.transforms import Augment, ModelInput, crop_padding, resize_square
+from src.engine.sampling import epoch_order
+from src.utils.reproducibility import derive_seed, setup_reproducibility
+
+CIFAR = DATASET_STATS["cifar10"]
+STUDENTS = {32: ("cnn", "resnet18"), 224: ("vit", "vit_tiny")}  # each family's student at its size
+
+
+class PerSample7cccdd2(Dataset):
+    """The per-sample training path of 7cccdd2 (src/data/datasets.py + transforms.py there),
+    kept verbatim in behaviour as this benchmark's baseline."""
+
+    def __init__(self, images: torch.Tensor, targets: list[int], image_size: int, seed: int) -> None:
+        self.images, self.targets, self.size, self.seed = images, targets, image_size, seed
+        self.cached = image_size == images.shape[-1]  # 32 px fitted that version's cache; 224 px did not
+        self.padding = crop_padding(image_size)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = key
+        image = self.images[index]
+        if not self.cached:
+            image = resize_square(image, self.size)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "augment", epoch, index))
+        top, left = torch.randint(0, 2 * self.padding + 1, (2,), generator=gen).tolist()
+        flip = bool(torch.rand((), generator=gen) < 0.5)
+        image = F.crop(F.pad(image, [self.padding]), top, left, self.size, self.size)
+        image = F.horizontal_flip(image) if flip else image
+        scaled = F.to_dtype(image, torch.float32, scale=True)
+        return F.normalize(scaled, list(CIFAR.mean), list(CIFAR.std)), self.targets[index]
+
+
+def batched_dataset(images: torch.Tensor, targets: list[int], image_size: int, seed: int) -> TrainDataset:
+    store = ImageStore(SourcePart(targets, ArrayReader(images)), range(len(targets)), 32, resident=True)
+    model_input = ModelInput(image_size, CIFAR, Augment(crop_padding(32), hflip=True))
+    return TrainDataset(store, targets, [str(c) for c in range(10)], model_input, seed=seed)
+
+
+def timed(run: Callable[[], int], device: torch.device) -> float:
+    """Images per second of ``run`` (which returns how many images it made); see the module doc."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = clock()
+    count = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count / (clock() - start)
+
+
+def data_runners(images: torch.Tensor, targets: list[int], size: int, batch: int, device: torch.device
+                 ) -> dict[str, Callable[[], int]]:
+    order = epoch_order(0, 1, len(targets))
+    plan = [[(1, i) for i in order[j : j + batch]] for j in range(0, len(order), batch)]
+    old, new = PerSample7cccdd2(images, targets, size, seed=0), batched_dataset(images, targets, size, seed=0)
+    new.store.on(device)
+
+    def per_sample() -> int:
+        loader = DataLoader(old, batch_sampler=plan, num_workers=0,
+                            generator=torch.Generator().manual_seed(0))
+        count = 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            count += len(y)
+        return count
+
+    def batched() -> int:
+        return sum(len(y) for _, y in new.batches(plan, device))
+
+    return {"per-sample": per_sample, "batched": batched}
+
+
+def student_runner(size: int, batch: int, device: torch.device) -> tuple[str, Callable[[], int]]:
+    family, name = STUDENTS[size]
+    cfg = family_config(family, image_size=size, batch=batch)
+    stage = build_stage(cfg, "baseline", device)  # the student architecture, labels only
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    step = training_runner(stage.model, stage.objective, images, labels, cfg.train, device)
+
+    def run() -> int:
+        step()
+        return batch
+
+    return name, run
+
+
+def under_determinism(deterministic: bool, run: Callable[[], int]) -> Callable[[], int]:
+    """``run`` under ``runtime.deterministic`` = ``deterministic`` (switched per call, so the two
+    settings can alternate within a round)."""
+    def switched() -> int:
+        setup_reproducibility(0, deterministic=deterministic)
+        return run()
+
+    return switched
+
+
+def median_rates(runners: dict[str, Callable[[], int]], rounds: int,
+                 device: torch.device) -> dict[str, float]:
+    for run in runners.values():
+        run()  # warm-up: allocator, cuDNN autotuning, first-call overheads
+    rates: dict[str, list[float]] = {mode: [] for mode in runners}
+    for _ in range(rounds):
+        for mode, run in runners.items():
+            rates[mode].append(timed(run, device))
+    return {mode: statistics.median(values) for mode, values in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--images", type=int, default=4096, help="synthetic CIFAR images per pass")
+    parser.add_argument("--batch", type=int, default=128, help="images per batch (the GPU configs' 128)")
+    parser.add_argument("--student-batch", type=int, default=None,
+                        help="batch of the student's timed updates (default: --batch on CUDA, 32 on the CPU)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median counts")
+    add_threads_flag(parser)
+    args = parser.parse_args()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read once, at CUDA's first matmul
+    device = resolve_device_and_threads(args.device, args.threads)
+    student_batch = args.student_batch or (args.batch if device.type == "cuda" else 32)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    targets = torch.randint(0, 10, (args.images,), generator=gen).tolist()
+    print(machine_line(device))
+    clock = "wall" if device.type == "cuda" else "CPU"
+    print(f"{args.images} CIFAR-shaped images per pass, batch {args.batch}, median of {args.rounds} rounds; "
+          f"student updates at batch {student_batch}; images/s of {clock} time")
+    print(f"{'size':>5} {'per-sample':>11} {'batched':>9} {'ratio':>6}  {'student':<9} {'trains':>7} "
+          f"{'batched/student':>15}")
+    ratios = {}
+    for size in (32, 224):
+        setup_reproducibility(0, deterministic=False)  # the default: speed
+        name, student = student_runner(size, student_batch, device)
+        rates = median_rates({**data_runners(images, targets, size, args.batch, device), name: student},
+                             args.rounds, device)
+        ratios[size] = rates["batched"] / rates["per-sample"]
+        print(f"{size:>5} {rates['per-sample']:>11,.0f} {rates['batched']:>9,.0f} {ratios[size]:>6.2f}  "
+              f"{name:<9} {rates[name]:>7,.1f} {rates['batched'] / rates[name]:>15.1f}")
+    modes = {f"{flag}": under_determinism(flag, student_runner(32, student_batch, device)[1])
+             for flag in (False, True)}
+    cost = median_rates(modes, args.rounds, device)
+    setup_reproducibility(0, deterministic=False)
+    print(f"student deterministic/fast training ratio ({STUDENTS[32][1]}, 32 px): "
+          f"{cost['True'] / cost['False']:.2f}")
+    print(f"batched/per-sample throughput ratio: {ratios[32]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Where a dataset's raw uint8 batches come from, on the training device.
+
+``ResidentFeed``: the whole store already lives on the device (CIFAR at 32 px is 150 MB), and a
+batch is one index into it; no worker, no host copy, no per-sample Python. ``StreamFeed``: data
+too big for the device is decoded and resized by DataLoader worker processes into pinned memory,
+with the workers kept alive across epochs and batches prefetched, and copied to the device
+without blocking. Both yield ``(uint8 images, labels, positions)`` on the device, in plan order;
+the transforms after that are the same. The stream uses the platform's default start method
+(``spawn`` on Windows and macOS, ``forkserver`` on Linux from Python 3.14): everything it sends to
+a worker pickles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.utils.reproducibility import seed_worker
+
+RawBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+PREFETCH_BATCHES = 4  # per worker
+
+
+class Feed(Protocol):
+    def batches(self, positions: Sequence[Sequence[int]], device: torch.device) -> Iterator[RawBatch]:
+        """uint8 images, labels and the positions as a tensor, all on ``device``, per batch."""
+
+
+def _positions(batch: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(batch, dtype=torch.long).to(device, non_blocking=True)
+
+
+class ResidentFeed:
+    """Batches gathered from images and labels that already live on the device."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def batches(self, positions: Sequence[Sequence[int]], device: torch.device) -> Iterator[RawBatch]:
+        for batch in positions:
+            index = _positions(batch, device)
+            yield self.images.index_select(0, index), self.labels.index_select(0, index), index
+
+
+class _StoreItems(Dataset):
+    """What a worker holds: the store (file paths or an array, no decoded cache) and the labels."""
+
+    def __init__(self, store: Any, targets: list[int]) -> None:
+        self.store = store
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        return self.store.read([position])[0], self.targets[position]
+
+
+class _PlannedBatches:
+    """A batch sampler whose batches are set before each pass, so one DataLoader (and its
+    persistent workers) serves every epoch, and an out-of-memory re-plan, of a stage."""
+
+    def __init__(self) -> None:
+        self.batches: Sequence[Sequence[int]] = []
+
+    def __iter__(self) -> Iterator[Sequence[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class StreamFeed:
+    """Batches decoded by ``num_workers`` persistent worker processes (0: in this process)."""
+
+    def __init__(self, store: Any, targets: list[int], num_workers: int, device: torch.device) -> None:
+        self._plan = _PlannedBatches()
+        self.loader = DataLoader(
+            _StoreItems(store, targets),
+            batch_sampler=self._plan,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
+            prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
+            worker_init_fn=seed_worker if num_workers > 0 else None,
+            # its own generator: DataLoader otherwise draws worker seeds from the global RNG,
+            # which would make the model's dropout depend on how the data is loaded
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def batches(self, positions: Sequence[Sequence[int]], device: torch.device) -> Iterator[RawBatch]:
+        self._plan.batches = [list(batch) for batch in positions]
+        for batch, (images, labels) in zip(self._plan.batches, self.loader, strict=True):
+            yield (images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+                   _positions(batch, device))
