@@ -24,7 +24,9 @@ import torch.distributed as torch_dist
 from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_cnn, tiny_vit
 from fake_cuda import GIB, MIB, FakeCuda, SimulatedStep, StepMemory
 
+import src.deploy.benchmark as benchmark_module
 import src.memory.probe as probe_module
+from src.deploy.cost import describe_device
 from src.engine.config import EngineConfig
 from src.engine.device import resolve_device
 from src.engine.distributed import DistributedContext
@@ -211,6 +213,41 @@ def rng_scenario(fake_cuda: FakeCuda) -> dict[str, Any]:
     return {"state": state, "first": first, "again": torch.randn(4, generator=generator)}
 
 
+class BookedForward(torch.nn.Module):
+    """A classifier that computes on the CPU and books ``per_image`` bytes of activations on the
+    fake card, half for its hidden layer and half for its output, each for as long as that tensor
+    lives. Past the memory fraction the fake allocator raises torch's real OutOfMemoryError at the
+    second booking, as a card would, while the hidden layer is still held by the failing frame."""
+
+    def __init__(self, fake: FakeCuda, per_image: int) -> None:
+        super().__init__()
+        self.fake, self.per_image = fake, per_image
+        self.head = torch.nn.Linear(3, 2)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        hidden = images.mean(dim=(2, 3))
+        self.fake.allocator().hold(self.per_image * images.shape[0] // 2, hidden)
+        out = self.head(hidden)
+        self.fake.allocator().hold(self.per_image * images.shape[0] // 2, out)
+        return out
+
+
+def deploy_scenario(fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The report's cost measurement on a card with 1 GiB left: the throughput batch is halved
+    until both models fit, then both are timed (device synchronised around every call)."""
+    monkeypatch.setattr(benchmark_module, "_images",  # pixels stay on the CPU; the models book memory
+                        lambda count, size, device: torch.randn(count, 3, size, size))
+    cuda = resolve_device("cuda")
+    torch.cuda.set_per_process_memory_fraction(GIB / fake_cuda.properties.total_memory, cuda)
+    models = {"teacher": BookedForward(fake_cuda, 40 * MIB), "student": BookedForward(fake_cuda, 10 * MIB)}
+    at_empty_cache: list[int] = []
+    fake_cuda.on_empty_cache.append(lambda: at_empty_cache.append(fake_cuda.allocator().allocated.current))
+    batch = benchmark_module.fitting_batch(models, 8, cuda, 64)
+    speeds = benchmark_module.time_models(models, 8, cuda, batch=batch, budget_s=0.01)
+    return {"batch": batch, "speeds": speeds, "device": describe_device(cuda),
+            "at_empty_cache": at_empty_cache, "synchronized": fake_cuda.calls.count("_cuda_synchronize")}
+
+
 # ------------------------------------------------------------------------------- behaviour
 
 
@@ -376,6 +413,8 @@ def test_auto_precision_follows_the_card(make_fake_cuda: MakeFake,
 
 # Which scenario reaches the torch.cuda calls of each product function (file, function).
 COVERED_BY = {
+    ("src/deploy/benchmark.py", "_synchronize"): "deploy",
+    ("src/deploy/cost.py", "describe_device"): "deploy",
     ("src/engine/device.py", "resolve_device"): "devices",
     ("src/engine/distributed.py", "from_env"): "devices",
     ("src/engine/step.py", "resolve_precision"): "precision",
@@ -453,3 +492,15 @@ def test_every_torch_cuda_call_in_the_product_has_a_scenario() -> None:
     source = Path(__file__).read_text()
     unchecked = [name for name in set(COVERED_BY.values()) if f'covering("{name}"' not in source]
     assert not unchecked, f"scenarios no test runs through covering(): {unchecked}"
+
+
+def test_cost_measurement_halves_the_batch_to_fit_and_times_synchronised(
+        fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch) -> None:
+    found = covering("deploy", lambda: deploy_scenario(fake_cuda, monkeypatch))
+    assert found["batch"] == 16  # 64 x 40 MiB and 32 x 40 MiB do not fit 1 GiB; 16 x 40 MiB does
+    # the cache was emptied only once the failed forwards' tensors were gone
+    assert found["at_empty_cache"] and set(found["at_empty_cache"]) == {0}
+    assert set(found["speeds"]) == {"teacher", "student"}
+    assert all(speed.batch == 16 for speed in found["speeds"].values())
+    assert found["synchronized"] >= 2 * (benchmark_module.MIN_ROUNDS * (benchmark_module.LATENCY_REPEATS + 1))
+    assert found["device"] == f"CUDA, {fake_cuda.properties.name}"

@@ -25,6 +25,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from src.errors import UserError
+from src.memory.accounting import DeviceMemory
+
 FLOP_CONVENTION = "FLOPs as torch.utils.flop_counter counts them: a multiply-add is 2 FLOPs"
 
 
@@ -105,18 +108,26 @@ def _images(count: int, image_size: int, device: torch.device) -> torch.Tensor:
 
 def fitting_batch(models: Mapping[str, nn.Module], image_size: int, device: torch.device, batch: int) -> int:
     """The largest of ``batch``, ``batch/2``, ... that every model runs at on ``device``."""
-    with torch.inference_mode():
-        while True:
-            try:
-                for model in models.values():
-                    model(_images(batch, image_size, device))
-                return batch
-            except torch.cuda.OutOfMemoryError:
-                if batch == 1:
-                    raise
-                batch //= 2
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+    memory = DeviceMemory(device)
+    while not _runs_at(models, image_size, device, batch):
+        if batch == 1:
+            raise UserError(f"the models do not run at batch 1 on {device} within its memory "
+                            "(--vram-budget); set report.benchmark=false to report without costs")
+        batch //= 2
+        memory.release_cached()  # the failed forward's tensors died with _runs_at's frame
+    return batch
+
+
+def _runs_at(models: Mapping[str, nn.Module], image_size: int, device: torch.device, batch: int) -> bool:
+    """Whether every model's forward at ``batch`` fits; the except clause only records the
+    answer, so its traceback (holding the failed forward's tensors) is gone when this returns."""
+    try:
+        with torch.inference_mode():
+            for model in models.values():
+                model(_images(batch, image_size, device))
+    except torch.OutOfMemoryError:
+        return False
+    return True
 
 
 def time_models(models: Mapping[str, nn.Module], image_size: int, device: torch.device, *, batch: int,

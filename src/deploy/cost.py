@@ -29,6 +29,7 @@ from src.deploy.benchmark import (
     time_models,
 )
 from src.errors import UserError
+from src.memory.accounting import DeviceMemory
 from src.models.factory import count_parameters
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.stages import build_model
@@ -106,7 +107,7 @@ def measure_costs(models: Mapping[str, tuple[str, nn.Module, int]], image_size: 
         batch = fitting_batch(on_device, image_size, device, DEVICE_BATCH)
         device_speed = time_models(on_device, image_size, device, batch=batch)
         modules = {stage: module.cpu() for stage, module in modules.items()}
-        torch.cuda.empty_cache()
+        DeviceMemory(device).release_cached()
         cpu_speed = time_models(modules, image_size, torch.device("cpu"), batch=batch_cpu)
     else:
         device_speed = cpu_speed = time_models(modules, image_size, device, batch=batch_cpu)
