@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from src.deploy.export import main as export_main
 from src.pipeline.cli import main
 from src.pipeline.evaluate import main as evaluate_main
 
@@ -58,6 +59,9 @@ def test_seeds_run_one_chain_per_seed_on_one_split_and_report_the_verdict(source
     assert [c["stage"] for c in evidence] == ["direct"] and set(evidence[0]["mcnemar"]) == {"42", "43"}
     assert (out / "comparison.png").stat().st_size > 0
     assert (out / "seed-42" / "summary.md").is_file()  # each chain keeps its own one-seed report
+    # what the student buys, measured once for the run and read at the mean accuracies
+    assert "The direct keeps " in summary and "of the teacher's accuracy" in summary
+    assert (out / "seed-42" / "cost.json").is_file() and not (out / "seed-43" / "cost.json").exists()
 
 
 def test_evaluate_finds_the_run_of_a_seed_chains_file(source: tuple[Path, str],
@@ -68,6 +72,19 @@ def test_evaluate_finds_the_run_of_a_seed_chains_file(source: tuple[Path, str],
     scored = json.loads(capsys.readouterr().out)
     expected = json.loads((out / "seed-43" / "direct" / "result.json").read_text())["test"]
     assert scored["accuracy"] == pytest.approx(expected["accuracy"])
+
+
+def test_export_takes_a_seed_chains_stage(source: tuple[Path, str],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = source
+    args = ["--run-dir", str(out), "--stage", "direct", "--format", "torchscript", "--images", "8"]
+    assert export_main([*args, "--seed", "43"]) == 0
+    assert (out / "seed-43" / "direct" / "model.torchscript.pt").is_file()
+    assert not (out / "seed-42" / "direct" / "model.torchscript.pt").exists()
+    capsys.readouterr()
+    assert export_main([*args, "--seed", "7"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: seed 7 is not a seed of the run in {out} (42, 43); "
+                                               "pass one of those with --seed")
 
 
 def test_teacher_from_reuses_teacher_and_baseline_and_trains_the_new_loss(

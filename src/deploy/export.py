@@ -36,6 +36,7 @@ from src.errors import KDPipelineError, UserError
 from src.pipeline.cli import OneLineParser
 from src.pipeline.evaluate import open_run
 from src.pipeline.rundir import RunDirectory
+from src.pipeline.seeds import chain_for
 from src.pipeline.stages import STAGES, build_model
 from src.pipeline.train_stage import file_sha256, load_weights
 from src.utils.atomic import atomic_write_json, atomic_write_with
@@ -166,8 +167,9 @@ def input_contract(fmt: str, path: Path, stage: str, result: dict[str, Any], dat
 
 
 def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = DEFAULT_IMAGES,
-                 tolerance: float = DEFAULT_TOLERANCE) -> tuple[Path, Parity]:
+                 tolerance: float = DEFAULT_TOLERANCE, seed: int | None = None) -> tuple[Path, Parity]:
     """Write ``<stage>/model.onnx`` (or the TorchScript file) and its contract; returns (file, parity).
+    In a run with several seeds the stage of ``seed``'s chain (default: the first seed) is exported.
 
     Raises UserError for bad input and ExportCheckFailed when the export does not match PyTorch
     (nothing is written then).
@@ -178,9 +180,10 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
         raise UserError(f"--images must be at least 1 and --tolerance positive (got {images}, {tolerance})")
     if fmt == "onnx":
         require(*EXPORT_PACKAGES, purpose="ONNX export")
-    run, cfg = open_run(run_dir)
+    top, cfg = open_run(run_dir)
+    run = chain_for(cfg, top, seed).run_dir  # the run itself, or seed-<n>/ of a run with several seeds
     result = finished_stage(run, stage)
-    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False, models=cfg.models)
+    data = build_datasets(cfg.data, top.root, cfg.runtime.seed, write=False, models=cfg.models)
     model = build_model(cfg, stage, data.num_classes, initial=False).eval()
     load_weights(model, run.weights_path(stage))
     target = run.stage_dir(stage) / FORMATS[fmt]
@@ -220,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", type=Path, required=True, help="the training run's --output-dir")
     parser.add_argument("--stage", choices=tuple(STAGES), default="student")
     parser.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default="onnx")
+    parser.add_argument("--seed", type=int,
+                        help="in a run with several seeds (--seeds): whose chain (default: the first seed)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
                         help=f"test images to check the export on (default {DEFAULT_IMAGES})")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
@@ -231,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         path, parity = export_stage(args.run_dir, args.stage, args.fmt, images=args.images,
-                                    tolerance=args.tolerance)
+                                    tolerance=args.tolerance, seed=args.seed)
     except KDPipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

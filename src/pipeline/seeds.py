@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.config.schema import RunConfig
+from src.errors import UserError
 from src.pipeline.rundir import RunDirectory
 
 
@@ -38,6 +39,18 @@ def seed_chains(cfg: RunConfig, top: RunDirectory) -> list[Chain]:
         return [Chain(cfg.runtime.seed, cfg, top)]
     return [Chain(seed, chain_config(cfg, seed), RunDirectory(top.root / f"seed-{seed}"))
             for seed in cfg.runtime.seeds]
+
+
+def chain_for(cfg: RunConfig, top: RunDirectory, seed: int | None = None) -> Chain:
+    """The chain of ``seed`` in the run ``cfg`` describes; None picks the run's first chain."""
+    chains = seed_chains(cfg, top)
+    if seed is None:
+        return chains[0]
+    for chain in chains:
+        if chain.seed == seed:
+            return chain
+    raise UserError(f"seed {seed} is not a seed of the run in {top.root} "
+                    f"({', '.join(str(chain.seed) for chain in chains)}); pass one of those with --seed")
 
 
 def run_dir_of(stage_file: Path) -> Path:
