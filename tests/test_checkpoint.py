@@ -85,7 +85,7 @@ def test_damaged_latest_falls_back_to_previous_with_warning(tmp_path, caplog, da
     store.save_latest(_state(1))
     store.save_latest(_state(2))
     damage(tmp_path / "checkpoint_latest.pt")
-    with caplog.at_level(logging.WARNING, logger="src.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="kd_pipeline.checkpoint"):
         state, path = CheckpointStore(tmp_path).load_latest()
     assert _tag(state) == 1 and path.name == "checkpoint_previous.pt"
     assert "checkpoint_latest.pt" in caplog.text and reason in caplog.text

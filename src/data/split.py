@@ -28,7 +28,7 @@ SPLIT_FILE = "split.json"
 SPLITS = ("train", "val", "test")
 FORMAT = 1
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kd_pipeline.data")  # under the pipeline logger: lands in pipeline.log
 
 
 @dataclass(frozen=True)

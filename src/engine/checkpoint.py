@@ -40,7 +40,7 @@ LATEST = "checkpoint_latest.pt"
 PREVIOUS = "checkpoint_previous.pt"
 BEST = "checkpoint_best.pt"
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kd_pipeline.checkpoint")  # under the pipeline logger: lands in pipeline.log
 
 
 def library_versions() -> dict[str, str]:

@@ -27,6 +27,7 @@ from src.engine.compat import check_resume
 from src.engine.config import EngineConfig
 from src.engine.curves import plot_curves
 from src.engine.distributed import DistributedContext
+from src.engine.divergence import validate_loss
 from src.engine.early_stopping import EarlyStopping
 from src.engine.evaluation import EvalResult, evaluate_model, num_classes_of
 from src.engine.objective import Objective
@@ -41,7 +42,7 @@ from src.errors import TrainingInterrupted, UserError
 from src.utils.logger import REQUIRED_COLUMNS, EpochLogger
 from src.utils.metrics import PredictionAccumulator
 from src.utils.reproducibility import capture_rng_state, restore_rng_state
-from src.utils.training_guards import reset_peak_memory_stats, validate_loss
+from src.utils.training_guards import reset_peak_memory_stats
 
 # What a checkpoint must hold to be resumed (a weights-only file is not enough).
 RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "epoch", "samples_done", "global_step",

@@ -29,11 +29,12 @@ from src.engine.objective import CrossEntropyObjective, Objective
 from src.engine.trainer import Trainer
 from src.errors import UserError
 from src.memory.planner import plan_stage
+from src.models.checkpointing import enforce_gradient_checkpointing
 from src.models.factory import count_parameters
+from src.models.lr_scale import stage_lr
 from src.pipeline.rundir import HARMLESS_KEYS, RunDirectory
 from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name
 from src.utils.atomic import atomic_write_json, atomic_write_with
-from src.utils.training_guards import enforce_gradient_checkpointing, get_model_specific_lr
 from src.visualization.attention import save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
@@ -52,15 +53,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def stage_lr(name: str, base_lr: float) -> float:
-    """The size-scaled learning rate; architectures outside the known sizes keep ``base_lr``."""
-    try:
-        return get_model_specific_lr(name, base_lr)
-    except ValueError:
-        LOGGER.info("no learning-rate scale known for %s; using the base rate %g", name, base_lr)
-        return base_lr
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> str:

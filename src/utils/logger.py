@@ -174,6 +174,7 @@ class EpochLogger:
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+PIPELINE_LOGGER = "kd_pipeline"  # every module logs under this name, so pipeline.log gets it all
 _HANDLER_TAG = "_kd_pipeline_handler"
 
 
@@ -188,7 +189,7 @@ def setup_logging(
     ``pipeline.log`` is appended line by line, the one file not written atomically: it is a
     stream, and its value is what reached the disk before a crash.
     """
-    logger = logging.getLogger("kd_pipeline")
+    logger = logging.getLogger(PIPELINE_LOGGER)
     for handler in [h for h in logger.handlers if getattr(h, _HANDLER_TAG, False)]:
         logger.removeHandler(handler)
         handler.close()
@@ -204,3 +205,13 @@ def setup_logging(
     logger.setLevel(level)
     logger.propagate = False
     return logger
+
+
+def announce(message: str) -> None:
+    """A verbose summary of the seed's guards (``freeze_teacher(verbose=True)``, ...): logged to
+    ``kd_pipeline`` (so it lands in pipeline.log) once ``setup_logging`` configured it,
+    printed otherwise, so a user calling the guards from their own script still sees it."""
+    if logging.getLogger(PIPELINE_LOGGER).handlers:
+        logging.getLogger(f"{PIPELINE_LOGGER}.guards").info(message)
+    else:
+        print(message)
