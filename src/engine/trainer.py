@@ -39,7 +39,7 @@ from src.engine.signals import StopSignals
 from src.engine.step import UpdateStep, is_cnn, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
 from src.errors import TrainingInterrupted, UserError
-from src.utils.logger import REQUIRED_COLUMNS, EpochLogger
+from src.utils.logger import MONITORABLE, SPLIT_METRICS, EpochLogger
 from src.utils.metrics import PredictionAccumulator
 from src.utils.reproducibility import capture_rng_state, restore_rng_state
 from src.utils.training_guards import reset_peak_memory_stats
@@ -94,9 +94,8 @@ class Trainer:
                  seed: int, run_fingerprint: dict[str, Any], dist: Optional[DistributedContext] = None,
                  epoch_callbacks: Sequence[EpochCallback] = (), resume: ResumeMode = "auto",
                  lr: Optional[float] = None, logger: Optional[logging.Logger] = None) -> None:
-        if config.monitor not in REQUIRED_COLUMNS or not config.monitor.startswith("val_"):
-            choices = ", ".join(c for c in REQUIRED_COLUMNS if c.startswith("val_"))
-            raise UserError(f"cannot monitor {config.monitor!r}: choose one of {choices}")
+        if config.monitor not in MONITORABLE:
+            raise UserError(f"cannot monitor {config.monitor!r}: choose one of {', '.join(MONITORABLE)}")
         if len(train_dataset) == 0 or len(val_dataset) == 0:  # type: ignore[arg-type]
             raise UserError("the training and validation sets must not be empty")
         self.cfg = config
@@ -345,7 +344,7 @@ class Trainer:
             self.peak_memory_mb = max(peak, self.peak_memory_mb or 0.0)
         row: dict[str, Any] = {
             "epoch": self.epoch,
-            **{f"train_{k}": train[k] for k in ("loss", "accuracy", "precision", "recall", "f1_score")},
+            **{f"train_{k}": train[k] for k in SPLIT_METRICS},
             **val.as_row("val"),
             "learning_rate": self.schedule.current_lr(),
             "epoch_time_sec": self.epoch_elapsed,

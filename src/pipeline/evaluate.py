@@ -23,7 +23,8 @@ from src.pipeline.cli import OneLineParser
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.runner import resolve_device
 from src.pipeline.stages import STAGES, build_model
-from src.pipeline.train_stage import TEST_METRICS, load_error_detail, load_weights
+from src.pipeline.train_stage import load_error_detail, load_weights
+from src.utils.logger import SPLIT_METRICS
 
 SPLITS = ("test", "val", "train")
 
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    metrics = {name: getattr(result, name) for name in TEST_METRICS}
+    metrics = {name: getattr(result, name) for name in SPLIT_METRICS}
     print(json.dumps({"checkpoint": str(args.checkpoint), "stage": stage, "split": args.split,
                       "samples": len(result.y_true), **metrics}, indent=2))
     return 0

@@ -35,10 +35,10 @@ from src.models.lr_scale import stage_lr
 from src.pipeline.rundir import HARMLESS_KEYS, RunDirectory
 from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name
 from src.utils.atomic import atomic_write_json, atomic_write_with
+from src.utils.logger import SPLIT_METRICS
 from src.visualization.attention import save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
-TEST_METRICS = ("loss", "accuracy", "precision", "recall", "f1_score")
 
 
 def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run,
             "stopped_early": fit.stopped_early,
-            "test": {k: float(getattr(test, k)) for k in TEST_METRICS},
+            "test": {k: float(getattr(test, k)) for k in SPLIT_METRICS},
             "peak_gpu_memory_mb": fit.peak_gpu_memory_mb,
             "train_time_sec": fit.train_time_sec,
             "teacher": spec.teacher_stage,

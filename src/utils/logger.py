@@ -36,6 +36,17 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "epoch_time_sec",
     "gpu_memory_mb",
 )
+# The per-split numbers of epochs.csv, result.json's "test" and evaluate.py, in that order.
+SPLIT_METRICS: tuple[str, ...] = ("loss", "accuracy", "precision", "recall", "f1_score")
+MONITORABLE: tuple[str, ...] = tuple(f"val_{name}" for name in SPLIT_METRICS)  # early stopping's choices
+assert REQUIRED_COLUMNS[1:11] == (*(f"train_{m}" for m in SPLIT_METRICS), *MONITORABLE)
+
+
+def better_mode(column: str) -> str:
+    """``min`` for a loss column, ``max`` for accuracy, precision, recall and F1."""
+    return "min" if column.endswith("loss") else "max"
+
+
 _OPTIONAL = frozenset({"gpu_memory_mb"})  # empty without a GPU: never a made-up number
 # A loss can really be NaN/inf (an fp16 overflow in evaluation); the log records what happened
 # and the divergence guard decides whether training stops. Any other non-finite value is a bug.
