@@ -13,8 +13,8 @@ custom classes, ``torch.__version__`` objects) must be converted first, e.g. a n
 to a tensor or list. Loading never unpickles arbitrary objects, so a checkpoint file cannot run
 code.
 
-Saving order (``save_latest``): the new state is written to a temporary file; only after that
-succeeded is the old latest renamed to previous, then the new file is fsynced and renamed to
+Saving order (``save_latest``): the new state is written to a temporary file and fsynced; only
+after that succeeded is the old latest renamed to previous, then the new file is renamed to
 latest (``src.utils.atomic``). At every moment a complete checkpoint exists under one of the two
 names. If a resume had to fall back to previous because latest was damaged, the damaged latest
 is never rotated over it: the file resumed from survives until a newer one is on disk.
@@ -75,7 +75,13 @@ class CheckpointStore:
             stale.unlink(missing_ok=True)
 
         def write(tmp: Path) -> None:
-            torch.save(state, tmp)
+            # Through a Python file object: a full disk then keeps its OSError in the chain
+            # (torch.save on a path reports only "file write failed"), see src.utils.atomic.
+            with open(tmp, "wb") as handle:
+                torch.save(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # Rotate only once the new state is complete and on disk.
             if self.latest_path.exists() and not self._latest_damaged:
                 os.replace(self.latest_path, self.previous_path)
 

@@ -9,7 +9,6 @@ checkpoint on the next run).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from src.config.loader import flatten
@@ -36,6 +35,7 @@ from src.pipeline.rundir import HARMLESS_KEYS, RunDirectory
 from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.logger import SPLIT_METRICS
+from src.utils.weights import file_sha256, save_weights, weights_sha256
 from src.visualization.attention import save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
@@ -45,21 +45,6 @@ def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """What a stage's checkpoint must agree with to be continued: every setting that changes training."""
     settings = {k: v for k, v in flatten(cfg).items() if k not in HARMLESS_KEYS}
     return {"stage": stage, "model": model_name(cfg, stage), "config": settings}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> str:
-    """Write the deployable weights atomically; returns the file's sha256 (recorded in result.json)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    return file_sha256(path)
 
 
 def load_error_detail(exc: BaseException, limit: int = 200) -> str:
@@ -86,15 +71,16 @@ def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_
     if not path.is_file():
         raise UserError(f"teacher weights {path} are missing; delete {run_dir.stage_dir(teacher_stage)} "
                         "to train that stage again")
-    sha = file_sha256(path)
-    if sha != result.get("weights_sha256"):
+    recorded = result.get("weights_sha256")
+    # the tensor identity; runs made before it recorded the file's bytes, which still match
+    if recorded not in (weights_sha256(path), file_sha256(path)):
         raise UserError(f"teacher weights {path} do not match the hash in its result.json (changed after "
                         f"training?); delete {run_dir.stage_dir(teacher_stage)} to train that stage again")
     teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
     load_weights(teacher, path)
     # relative to the run directory: a moved run directory still resumes; the hash is the identity
     fingerprint = {"teacher_stage": teacher_stage, "teacher_file": str(path.relative_to(run_dir.root)),
-                   "teacher_sha256": sha}
+                   "teacher_sha256": recorded}
     return teacher, fingerprint
 
 

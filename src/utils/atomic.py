@@ -3,15 +3,27 @@
 Every file the product writes goes through here: the data goes to a temporary file in the
 same folder, is flushed and fsynced, then renamed over the target (an atomic operation on
 POSIX file systems), and the folder itself is fsynced so the rename survives power loss.
+
+A full disk (or a quota, or a file-size limit) surfaces here as :class:`DiskFullError`, one
+line for the user; the temporary file is removed and the old target is untouched, so nothing
+already saved is lost and the same command continues once there is room. Libraries that
+write through a Python file object keep the operating system's error in their exception chain
+(torch.save reports a write failure as a RuntimeError caused by it), which is where it is found.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from src.errors import DiskFullError
+
+TEMP_SUFFIX = ".tmp"
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room, quota, file-size limit
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -46,22 +58,43 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None
     (``torch.save``, ``safetensors.torch.save_file``, ``matplotlib``'s ``savefig``) work too.
     On any failure the temporary file is removed and the old ``path`` is left untouched.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Absolute, so a library that expands "~" itself (pandas, matplotlib) writes the file we mean.
+    target = Path(path).absolute()
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        no_space = _no_space_error(exc)
+        if no_space is not None:
+            raise DiskFullError(
+                f"cannot write {target}: {os.strerror(no_space.errno)}. Free space on that disk (or raise "
+                "the file-size limit) and re-run the same command: everything saved before is intact"
+            ) from exc
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def _no_space_error(exc: BaseException) -> OSError | None:
+    """The out-of-space OSError behind ``exc`` (itself, or in its cause/context chain), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in NO_SPACE:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -189,6 +189,19 @@ PIPELINE_LOGGER = "kd_pipeline"  # every module logs under this name, so pipelin
 _HANDLER_TAG = "_kd_pipeline_handler"
 
 
+class _LogFileHandler(logging.FileHandler):
+    """pipeline.log. A line that cannot be written (a full disk) must not print logging's
+    traceback block: the file is closed with one warning on stderr and the run goes on; the
+    error that matters surfaces at the next file the run writes (src.utils.atomic)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        reason = sys.exc_info()[1]
+        self.close()
+        logging.getLogger(PIPELINE_LOGGER).removeHandler(self)
+        print(f"warning: cannot write {self.baseFilename} ({reason}); log lines go to stderr only",
+              file=sys.stderr)
+
+
 def setup_logging(
     log_file: str | os.PathLike[str] | None = None, level: int = logging.INFO
 ) -> logging.Logger:
@@ -208,7 +221,7 @@ def setup_logging(
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(_LogFileHandler(log_file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
         setattr(handler, _HANDLER_TAG, True)
