@@ -49,7 +49,9 @@ def make_trainer(stage_dir: Path, model: torch.nn.Module | None = None, objectiv
 
 
 def records(stage_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    """metrics.jsonl's interval and resume records (the per-epoch loss parts left out)."""
+    lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record.get("event") != "epoch"]
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from src.data.build import build_datasets
 from src.engine.checkpoint import CheckpointStore
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError
-from src.pipeline.cli import OneLineParser
+from src.pipeline.cli import OneLineParser, user_path
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.runner import resolve_device
 from src.pipeline.stages import STAGES, build_model
@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
         "on a split of the run it belongs to.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True,
+    parser.add_argument("--checkpoint", type=user_path, required=True,
                         help="a .pt checkpoint or model.safetensors")
-    parser.add_argument("--run-dir", type=Path, help="the run directory (default: two levels above the file)")
+    parser.add_argument("--run-dir", type=user_path,
+                        help="the run directory (default: two levels above the file)")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--stage", choices=tuple(STAGES),
                         help="whose architecture (default: the file's metadata or folder)")

@@ -7,6 +7,7 @@ seed's cleanup function, which could not free objects its caller still reference
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import torch
 
 from src.config.schema import RunConfig
 from src.data.build import DataBundle, build_datasets
+from src.engine.checkpoint import CheckpointStore
 from src.engine.distributed import DistributedContext
 from src.errors import UserError
-from src.pipeline.rundir import RunDirectory, prepare_run_directory
+from src.pipeline.lock import RunLock
+from src.pipeline.rundir import RunDirectory, check_output_dir, prepare_run_directory
 from src.pipeline.stages import STAGES, model_name
 from src.pipeline.train_stage import train_stage
 from src.utils.logger import setup_logging
@@ -57,6 +60,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         # Check everything (resume rules, then the data itself) before the first file is written,
         # so a mistake leaves no half-made run directory behind to trip the corrected command.
         prepare_run_directory(run_dir, cfg, resume, write=False)
+        run_dir.remove_temp_files()
         data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True)
         notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
         setup_logging(log_file=run_dir.log_path)
@@ -75,14 +79,21 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -
 
     Returns every finished stage's result.json content, in pipeline order.
     """
-    from src.pipeline.report import print_summary, write_report
-
     run_dir = RunDirectory(Path(output_dir))
     device = resolve_device(cfg.runtime.device)
     checkpoint = resume_target(resume)
     dist = DistributedContext.from_env(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
+    check_output_dir(run_dir.root)
+    with RunLock(run_dir.root) if dist.is_main else contextlib.nullcontext():  # rank 0 alone writes
+        return _run_stages(cfg, run_dir, resume, checkpoint, device, dist)
+
+
+def _run_stages(cfg: RunConfig, run_dir: RunDirectory, resume: str, checkpoint: Path | None,
+                device: torch.device, dist: DistributedContext) -> dict[str, dict[str, Any]]:
+    from src.pipeline.report import print_summary, write_report
+
     setup_reproducibility(cfg.runtime.seed, cfg.runtime.deterministic)
     data = _prepare(cfg, run_dir, resume, dist)
     finished = set(run_dir.finished_stages())
@@ -90,6 +101,8 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto") -
         if stage in finished:
             LOGGER.info("stage %s: finished earlier (%s), reusing its results",
                         stage, run_dir.result_path(stage))
+            if dist.is_main:  # a finished stage's spare checkpoints (also of runs made before pruning)
+                CheckpointStore(run_dir.stage_dir(stage)).prune(cfg.train.keep_checkpoints)
             continue
         stage_resume: str | Path = checkpoint if checkpoint is not None else "auto"
         checkpoint = None  # --resume PATH applies to the first stage still to run

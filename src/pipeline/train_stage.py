@@ -31,7 +31,8 @@ from src.memory.planner import plan_stage
 from src.models.checkpointing import enforce_gradient_checkpointing
 from src.models.factory import count_parameters
 from src.models.lr_scale import stage_lr
-from src.pipeline.rundir import HARMLESS_KEYS, RunDirectory
+from src.pipeline.resume_rules import stage_identity
+from src.pipeline.rundir import RunDirectory
 from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.logger import SPLIT_METRICS
@@ -42,9 +43,9 @@ LOGGER = logging.getLogger("kd_pipeline.stage")
 
 
 def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """What a stage's checkpoint must agree with to be continued: every setting that changes training."""
-    settings = {k: v for k, v in flatten(cfg).items() if k not in HARMLESS_KEYS}
-    return {"stage": stage, "model": model_name(cfg, stage), "config": settings}
+    """What a stage's checkpoint must agree with to be continued, besides the engine settings the
+    engine compares itself: the settings that change this stage's results (src/pipeline/resume_rules.py)."""
+    return {"stage": stage, "model": model_name(cfg, stage), "config": stage_identity(flatten(cfg), stage)}
 
 
 def load_error_detail(exc: BaseException, limit: int = 200) -> str:
@@ -175,6 +176,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "num_classes": data.num_classes,
         }
         atomic_write_json(run_dir.result_path(stage), result)
+        trainer.store.prune(cfg.train.keep_checkpoints)  # finished: only what train.keep_checkpoints asks for
         LOGGER.info("stage %s done: test accuracy %.4f, macro F1 %.4f (best epoch %s of %s)",
                     stage, test.accuracy, test.f1_score, fit.best_epoch, fit.epochs_run)
     dist.barrier()

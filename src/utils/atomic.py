@@ -110,3 +110,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented, key-sorted JSON atomically (stable diffs between runs)."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def is_temp_file(path: Path) -> bool:
+    """A temporary file of :func:`atomic_write_with` (left behind only by a killed process)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``. Only safe while no other
+    process writes there: the run directory lock (src.pipeline.lock) guarantees that."""
+    if not Path(folder).is_dir():
+        return []
+    stale = [path for path in Path(folder).iterdir() if is_temp_file(path)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Union
 
@@ -53,6 +53,7 @@ _OPTIONAL = frozenset({"gpu_memory_mb"})  # empty without a GPU: never a made-up
 _MAY_BE_NONFINITE = frozenset({"train_loss", "val_loss"})
 
 Value = Union[int, float, None]
+_LOG = logging.getLogger("kd_pipeline.engine")
 
 
 class SchemaError(UserError, ValueError):
@@ -87,6 +88,18 @@ def _check_value(column: str, value: object) -> Value:
     return value if isinstance(value, int) else float(value)
 
 
+def _rows_up_to(rows: Sequence[Mapping[str, Value]] | None, epoch: int) -> list[dict[str, Value]] | None:
+    """``rows`` for epochs 1..``epoch`` exactly (checked like logged rows), or None if they are not."""
+    if rows is None:
+        return None
+    try:
+        kept = [{c: _check_value(c, row[c]) for c in REQUIRED_COLUMNS}
+                for row in rows if row["epoch"] <= epoch]
+    except (KeyError, SchemaError, TypeError):
+        return None
+    return kept if [row["epoch"] for row in kept] == list(range(1, epoch + 1)) else None
+
+
 def _parse_cell(column: str, text: str) -> Value:
     if column in _OPTIONAL and text == "":
         return None
@@ -103,21 +116,37 @@ class EpochLogger:
     ``epoch <= resume_from_epoch``, so a crash between writing a row and saving the checkpoint
     never leaves a duplicated epoch after the resume. Every ``log`` rewrites the whole (small)
     file atomically: each state on disk is a complete CSV.
+
+    ``saved_rows``: the rows the checkpoint being resumed carries. When the file is missing,
+    damaged or short of them, it is rebuilt from them (a damaged file is kept beside it as
+    ``epochs.csv.damaged``), so a bad CSV never blocks a stage whose checkpoint is sound.
     """
 
-    def __init__(self, path: str | os.PathLike[str], resume_from_epoch: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike[str], resume_from_epoch: int = 0,
+                 saved_rows: Sequence[Mapping[str, Value]] | None = None) -> None:
         valid = isinstance(resume_from_epoch, int) and not isinstance(resume_from_epoch, bool)
         if not valid or resume_from_epoch < 0:
             raise ValueError(f"resume_from_epoch must be an integer >= 0, got {resume_from_epoch!r}")
         self.path = Path(path)
         self._rows: list[dict[str, Value]] = []
+        fallback = _rows_up_to(saved_rows, resume_from_epoch)
+        problem: UserError | None = None
         if self.path.exists():
-            self._rows = self._read_existing(resume_from_epoch)
+            try:
+                self._rows = self._read_existing(resume_from_epoch)
+            except UserError as exc:
+                problem = exc
+                if fallback is not None:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".damaged"))
         elif resume_from_epoch > 0:
-            raise UserError(
-                f"cannot resume {self.path}: the file is missing but the checkpoint is at epoch "
-                f"{resume_from_epoch}; restore it or start the stage again"
-            )
+            problem = UserError(f"cannot resume {self.path}: the file is missing but the checkpoint is at "
+                                f"epoch {resume_from_epoch}")
+        if problem is not None:
+            if fallback is None:
+                advice = f"; restore it, or delete {self.path.parent} to train the stage again"
+                raise type(problem)(f"{problem}{advice}") from None
+            _LOG.warning("%s; rebuilt it from the checkpoint's %d rows", problem, len(fallback))
+            self._rows = fallback
         self._write()
 
     def _read_existing(self, resume_from_epoch: int) -> list[dict[str, Value]]:
