@@ -68,8 +68,7 @@ def _load_into(model: nn.Module, checkpoint: Path) -> None:
     if checkpoint.suffix == ".safetensors":
         load_weights(model, checkpoint)
         return
-    state = CheckpointStore(checkpoint.parent).load(checkpoint)["model"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP wrapper
+    state = CheckpointStore(checkpoint.parent).load(checkpoint)["model"]  # the engine saves the bare model
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
