@@ -193,3 +193,23 @@ def test_evaluate_reads_a_finished_stage_best_checkpoint_reduced_to_its_weights(
         scores.append(json.loads(capsys.readouterr().out)["accuracy"])
     result = json.loads((copy / "baseline" / "result.json").read_text())
     assert scores[0] == scores[1] == result["test"]["accuracy"]
+
+
+def test_an_output_dir_that_cannot_be_created_is_one_error_line(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / ("x" * 300)  # longer than any file system allows for one name
+    assert main("cnn", [*QUICK, "--output-dir", str(out)]) == 2
+    assert _error(capsys) == f"error: cannot create --output-dir {out}: File name too long"
+
+
+def test_one_training_sample_per_process_with_batch_norm_is_refused() -> None:
+    import torch
+    from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_cnn
+
+    from src.engine.objective import CrossEntropyObjective
+    from src.engine.trainer import Trainer
+    from src.errors import UserError
+
+    with pytest.raises(UserError, match="each process gets 1 training sample"):
+        Trainer(tiny_cnn(), CrossEntropyObjective(), KeyedTrain(1), PlainEval(4), engine_config(),
+                Path("unused"), device=torch.device("cpu"), seed=0, run_fingerprint=fingerprint())

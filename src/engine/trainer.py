@@ -91,12 +91,6 @@ class Trainer:
             raise UserError(f"cannot monitor {config.monitor!r}: choose one of {', '.join(MONITORABLE)}")
         if len(train_dataset) == 0 or len(val_dataset) == 0:  # type: ignore[arg-type]
             raise UserError("the training and validation sets must not be empty")
-        if config.batch_size < 2 and _has_batch_norm(model):
-            raise UserError(
-                f"--batch-size {config.batch_size}: {type(model).__name__} has BatchNorm layers, which "
-                "cannot train on one sample per step; use --batch-size 2 or more (with --set "
-                "train.accumulation_steps=N to keep the memory of a small batch)"
-            )
         self.cfg = config
         self.stage_dir = Path(stage_dir)
         self.device = device
@@ -120,6 +114,7 @@ class Trainer:
         self.micro_batch = config.batch_size
         self.window = config.batch_size * config.accumulation_steps  # samples per update, per rank
         self.samples_per_rank = math.ceil(len(train_dataset) / self.dist.world_size)  # type: ignore[arg-type]
+        _check_batch_norm_batches(model, config.batch_size, self.samples_per_rank)
         updates_per_epoch = len(window_sizes(self.samples_per_rank, self.window))
         self.schedule = build_schedule(self.optimizer, config, updates_per_epoch)
         self.early = EarlyStopping(config.monitor, config.mode, config.patience, config.min_delta)
@@ -432,8 +427,24 @@ class Trainer:
             self.model.load_state_dict(self.store.load_best()["model"])
 
 
-def _has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+def _check_batch_norm_batches(model: nn.Module, batch_size: int, samples_per_rank: int) -> None:
+    """BatchNorm in training mode cannot take a batch of one sample. The sampler merges a lone last
+    sample into the batch before it; a batch size of 1, or one training sample per process, is
+    refused here instead of crashing in the first forward."""
+    if not any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        return
+    if batch_size < 2:
+        raise UserError(
+            f"--batch-size {batch_size}: {type(model).__name__} has BatchNorm layers, which cannot train "
+            "on one sample per step; use --batch-size 2 or more (with --set train.accumulation_steps=N "
+            "to keep the memory of a small batch)"
+        )
+    if samples_per_rank < 2:
+        raise UserError(
+            f"{type(model).__name__} has BatchNorm layers, which cannot train on one sample per step, and "
+            f"each process gets {samples_per_rank} training sample; use more data (a larger --subset) "
+            "or fewer processes"
+        )
 
 
 def _output_classes(model: nn.Module) -> int:

@@ -36,7 +36,10 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self._created_root = not self.root.exists()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a name too long, a read-only file system, no permission
+            raise UserError(f"cannot create --output-dir {self.root}: {exc.strerror}") from None
         fd = os.open(self.root, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

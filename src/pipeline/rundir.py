@@ -106,8 +106,8 @@ class RunDirectory:
         try:
             return config_from_dict(read_yaml(self.config_path))
         except UserError as exc:
-            raise UserError(f"the saved {self.config_path} cannot be read ({exc}); "
-                            "choose a new --output-dir") from None
+            raise UserError(f"the saved {self.config_path} cannot be read ({exc}); fix or restore it, "
+                            "or choose a new --output-dir") from None
 
 
 def check_stage_plan(stages: list[str], finished: list[str]) -> None:
@@ -144,6 +144,13 @@ def _check_not_foreign(run_dir: RunDirectory, trained: list[str]) -> None:
 
 def check_output_dir(root: Path) -> None:
     """Refuse a run directory that could never be made, before anything is written for it."""
+    try:
+        _check_output_dir(root)
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be read
+        raise UserError(f"cannot create --output-dir {root}: {exc.strerror}") from None
+
+
+def _check_output_dir(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise UserError(f"--output-dir {root} exists and is not a directory")
     parent = root.absolute()

@@ -4,11 +4,12 @@ Every file the product writes goes through here: the data goes to a temporary fi
 same folder, is flushed and fsynced, then renamed over the target (an atomic operation on
 POSIX file systems), and the folder itself is fsynced so the rename survives power loss.
 
-A full disk (or a quota, or a file-size limit) surfaces here as :class:`DiskFullError`, one
-line for the user; the temporary file is removed and the old target is untouched, so nothing
-already saved is lost and the same command continues once there is room. Libraries that
-write through a Python file object keep the operating system's error in their exception chain
-(torch.save reports a write failure as a RuntimeError caused by it), which is where it is found.
+A full disk (or a quota, or a file-size limit) surfaces here as :class:`DiskFullError`, and a
+folder that cannot be written as a UserError: one line for the user. The temporary file is
+removed and the old target is untouched, so nothing already saved is lost and the same command
+continues once the cause is gone. Libraries that write through a Python file object keep the
+operating system's error in their exception chain (torch.save reports a write failure as a
+RuntimeError caused by it), which is where it is found.
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from src.errors import DiskFullError
+from src.errors import DiskFullError, UserError
 
 TEMP_SUFFIX = ".tmp"
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room, quota, file-size limit
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})  # permissions, read-only file system
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -74,23 +76,26 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None
     except BaseException as exc:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-        no_space = _no_space_error(exc)
-        if no_space is not None:
+        cause = _os_error(exc, NO_SPACE | NOT_WRITABLE)
+        if cause is not None and cause.errno in NO_SPACE:
             raise DiskFullError(
-                f"cannot write {target}: {os.strerror(no_space.errno)}. Free space on that disk (or raise "
+                f"cannot write {target}: {os.strerror(cause.errno)}. Free space on that disk (or raise "
                 "the file-size limit) and re-run the same command: everything saved before is intact"
             ) from exc
+        if cause is not None:
+            raise UserError(f"cannot write {target}: {os.strerror(cause.errno)}. Make its folder writable "
+                            "and re-run the same command: everything saved before is intact") from exc
         raise
     _fsync_dir(target.parent)
     return target
 
 
-def _no_space_error(exc: BaseException) -> OSError | None:
-    """The out-of-space OSError behind ``exc`` (itself, or in its cause/context chain), if any."""
+def _os_error(exc: BaseException, codes: frozenset[int]) -> OSError | None:
+    """The OSError with one of ``codes`` behind ``exc`` (itself, or in its cause/context chain)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno in NO_SPACE:
+        if isinstance(current, OSError) and current.errno in codes:
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
