@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_vit
+from engine_fixtures import CrossEntropyAt, KeyedTrain, PlainEval, engine_config, fingerprint, tiny_vit
 
 from src.config.loader import load_config, schema_keys
 from src.engine.compat import ENGINE_RULES, check_resume
@@ -107,21 +107,14 @@ def test_after_a_divergence_the_recovery_settings_may_change_even_with_finished_
     assert compare_configs(old, new, {"teacher": "finished"}, split_exists=True)[0]
 
 
-class DivergesAt(CrossEntropyObjective):
+class DivergesAt(CrossEntropyAt):
     """Cross-entropy whose ``call``-th training step is NaN (what a too high learning rate does
-    sooner or later); the same objective as cross-entropy for a resume."""
-
-    def __init__(self, call: int) -> None:
-        super().__init__()
-        self.call, self.calls = call, 0
-
-    def fingerprint(self) -> dict[str, Any]:
-        return CrossEntropyObjective().fingerprint()
+    sooner or later)."""
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        self.calls += 1
+        diverged = self.due()
         out = super().training_step(model, images, labels)
-        return StepOutput(out.logits, out.loss * float("nan"), out.parts) if self.calls == self.call else out
+        return StepOutput(out.logits, out.loss * float("nan"), out.parts) if diverged else out
 
 
 def _trainer(stage_dir: Path, objective: Any = None, **cfg: Any) -> Trainer:

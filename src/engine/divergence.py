@@ -37,7 +37,8 @@ class NonFiniteLossError(KDPipelineError, RuntimeError):
         self.value = value
         super().__init__(
             f"non-finite loss at step {step}: {value}. Likely causes: learning rate too high, "
-            "exploding gradients, fp16 overflow under AMP, bad data or labels outside "
+            "exploding gradients, fp16 overflow under AMP, an extreme distillation.temperature, bad data "
+            "or labels outside "
             f"[0, num_classes). Actions: {RECOVERY_ADVICE}."
         )
 
