@@ -41,8 +41,18 @@ def test_a_folder_that_is_not_a_run_is_refused_and_left_as_it_was(tmp_path: Path
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import logging
+
     out = tmp_path_factory.mktemp("finished") / "run"
-    assert main("cnn", [*QUICK, "--output-dir", str(out), "--epochs", "2"]) == 0
+    logger = logging.getLogger("kd_pipeline")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    try:  # set up before conftest's per-test restore: undo setup_logging here, or it leaks to later tests
+        assert main("cnn", [*QUICK, "--output-dir", str(out), "--epochs", "2"]) == 0
+    finally:
+        for handler in logger.handlers:
+            if handler not in saved[0]:
+                handler.close()
+        logger.handlers[:], logger.level, logger.propagate = saved
     return out
 
 
