@@ -9,7 +9,6 @@ recovery settings (``src.engine.compat.RECOVERY``) and continues from the last c
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
@@ -81,12 +80,3 @@ def has_diverged(stage_dir: Path) -> bool:
 def clear_divergence(stage_dir: Path) -> None:
     """The stage saved a sound checkpoint after a divergence: its settings are fixed again."""
     (Path(stage_dir) / DIVERGED_FILE).unlink(missing_ok=True)
-
-
-def read_divergence(stage_dir: Path) -> dict[str, object]:
-    """The divergence record (empty when none or unreadable: it only loosens the resume rules)."""
-    try:
-        record = json.loads((Path(stage_dir) / DIVERGED_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}

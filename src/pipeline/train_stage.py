@@ -5,7 +5,7 @@ optimizer and loaders); none of it escapes, so when it returns the runner can fr
 Files a stage leaves: the engine's epochs.csv, metrics.jsonl, checkpoints and curves.png,
 then model.safetensors, test_predictions.csv (the report's confusion matrix) and, last,
 result.json, which marks the stage finished (a stage without it is continued from its latest
-checkpoint on the next run).
+checkpoint on the next run); then the checkpoints beyond ``train.keep_checkpoints`` go.
 """
 from __future__ import annotations
 
