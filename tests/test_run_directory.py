@@ -251,3 +251,14 @@ def test_a_deleted_teacher_retrained_to_the_same_weights_keeps_the_assistant_res
     assert main("cnn", argv) == 0
     assert json.loads((out / "teacher" / "result.json").read_text())["weights_sha256"] == recorded
     assert "resuming assistant at epoch 2" in (out / "pipeline.log").read_text()
+
+
+def test_a_refusal_offers_only_fixes_that_work(finished_run: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main("cnn", [*QUICK, "--output-dir", str(finished_run), "--subset", "50"]) == 2
+    line = _error(capsys)
+    assert "data.subset: 30 -> 50 (split.json was made with the old value)" in line
+    assert "delete the folders" not in line and line.endswith("or choose another --output-dir for a new run")
+    assert main("cnn", [*QUICK, "--output-dir", str(finished_run), "--lr", "0.5"]) == 2
+    assert "(stage baseline already trained with the old value). Use the old values, delete the folders of " \
+           "the stages named to train them again" in _error(capsys)

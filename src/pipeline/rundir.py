@@ -188,11 +188,13 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
     if saved is not None:
         breaking, allowed = compare_configs(saved, cfg, statuses, split_exists=run_dir.split_path.is_file())
         if breaking:
+            stages_named = any("already trained with the old value" in line for line in breaking)
             raise IncompatibleResumeError(
                 f"cannot continue the run in {run_dir.root}: its config.yaml differs in "
                 + "; ".join(breaking)
-                + ". Use the old values, delete the folders of the stages named to train them again, "
-                "or choose another --output-dir for a new run"
+                + ". Use the old values, "
+                + ("delete the folders of the stages named to train them again, " if stages_named else "")
+                + "or choose another --output-dir for a new run"
             )
         notes = allowed
     check_stage_plan(cfg.stages, run_dir.finished_stages())
