@@ -22,6 +22,11 @@ class IncompatibleResumeError(UserError):
     """A resume whose saved run cannot be continued with the requested settings (exit code 2)."""
 
 
+class DiskFullError(UserError):
+    """A write failed for lack of space (or a file-size limit); the file it would have replaced is
+    intact, so the same command continues once there is room (exit code 2)."""
+
+
 class TrainingInterrupted(KDPipelineError):
     """SIGINT/SIGTERM arrived; a checkpoint was saved first. Exit code is 128 + signal number."""
 

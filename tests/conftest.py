@@ -19,10 +19,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(autouse=True)
-def restore_pipeline_logger() -> Iterator[None]:
-    """An in-process ``main()`` points the product's logger at that test's captured stderr
-    (``setup_logging``); later tests must neither write there nor see its handlers."""
+def _pipeline_logger_kept() -> Iterator[None]:
+    """An in-process ``main()`` points the product's logger at the caller's captured stderr
+    (``setup_logging``); what runs later must neither write there nor see its handlers."""
     logger = logging.getLogger("kd_pipeline")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
@@ -30,3 +29,16 @@ def restore_pipeline_logger() -> Iterator[None]:
         if handler not in saved[0]:
             handler.close()
     logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.fixture(autouse=True)
+def restore_pipeline_logger() -> Iterator[None]:
+    """Around every test."""
+    yield from _pipeline_logger_kept()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def restore_pipeline_logger_per_module() -> Iterator[None]:
+    """Around every module too: a module-scoped fixture that runs ``main()`` (a finished run
+    shared by the module's tests) is set up outside any one test's restore."""
+    yield from _pipeline_logger_kept()

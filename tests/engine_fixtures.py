@@ -103,6 +103,23 @@ class OutOfMemoryAt(Objective):
         return StepOutput(logits, loss, {"ce": loss.detach()})
 
 
+class CrossEntropyAt(CrossEntropyObjective):
+    """Cross-entropy that does something at its ``call``-th training step (subclasses say what);
+    it has cross-entropy's fingerprint, so a resume with plain cross-entropy accepts it."""
+
+    def __init__(self, call: int) -> None:
+        super().__init__()
+        self.call, self.calls = call, 0
+
+    def fingerprint(self) -> dict[str, Any]:
+        return CrossEntropyObjective().fingerprint()
+
+    def due(self) -> bool:
+        """Count one step; True on the chosen one."""
+        self.calls += 1
+        return self.calls == self.call
+
+
 def tiny_cnn(seed: int = 0, in_chans: int = 1) -> nn.Module:
     """timm's smallest ResNet, with dropout and drop-path so RNG restore matters."""
     torch.manual_seed(seed)

@@ -1,6 +1,7 @@
 """Atomic writes: a failed write leaves the old file and no debris; files get normal permissions."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from src.errors import DiskFullError, UserError
 from src.utils.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 
 
@@ -39,3 +41,38 @@ def test_files_get_the_permissions_a_plain_open_would_give(tmp_path: Path) -> No
     plain.write_text("x")
     atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
     assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "fragment"),
+    [
+        (errno.ENOSPC, DiskFullError, "No space left on device. Free space on that disk"),
+        (errno.EDQUOT, DiskFullError, "Free space on that disk"),
+        (errno.EROFS, UserError, "Read-only file system. Make its folder writable"),
+        (errno.EACCES, UserError, "Permission denied. Make its folder writable"),
+    ],
+)
+def test_a_full_or_unwritable_disk_is_one_user_error_behind_any_library(
+        tmp_path: Path, code: int, error: type[Exception], fragment: str) -> None:
+    """torch.save reports a failed write as a RuntimeError raised while handling the OSError."""
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"old")
+
+    def library_write(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos 576 vs 534")  # noqa: B904
+
+    with pytest.raises(error, match=fragment):
+        atomic_write_with(target, library_write)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_other_write_failures_stay_what_they_were(tmp_path: Path) -> None:
+    def broken(tmp: Path) -> None:
+        raise RuntimeError("a bug, not the disk")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        atomic_write_with(tmp_path / "x", broken)

@@ -85,7 +85,7 @@ def test_damaged_latest_falls_back_to_previous_with_warning(tmp_path, caplog, da
     store.save_latest(_state(1))
     store.save_latest(_state(2))
     damage(tmp_path / "checkpoint_latest.pt")
-    with caplog.at_level(logging.WARNING, logger="src.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="kd_pipeline.checkpoint"):
         state, path = CheckpointStore(tmp_path).load_latest()
     assert _tag(state) == 1 and path.name == "checkpoint_previous.pt"
     assert "checkpoint_latest.pt" in caplog.text and reason in caplog.text
@@ -130,10 +130,9 @@ def test_crash_inside_write_leaves_old_files_and_no_temp(tmp_path, monkeypatch):
     store.save_latest(_state(2))
     real_save = torch.save
 
-    def crash_midway(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        with open(f, "r+b") as handle:  # half-written file, then the process "dies"
-            handle.truncate(100)
+    def crash_midway(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)
+        handle.truncate(100)  # half-written file, then the process "dies"
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash_midway)

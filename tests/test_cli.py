@@ -82,6 +82,7 @@ def _started_run(tmp_path: Path, *overrides: str) -> tuple[RunDirectory, object]
     run = RunDirectory(tmp_path / "run")
     cfg = load_config(None, list(overrides))
     prepare_run_directory(run, cfg, "auto", write=True)
+    (run.root / "split.json").write_text("{}")
     (run.stage_dir("teacher")).mkdir()
     (run.stage_dir("teacher") / "checkpoint_latest.pt").write_bytes(b"state")
     return run, cfg
@@ -91,7 +92,7 @@ def test_resume_refuses_changes_that_break_the_run(tmp_path: Path) -> None:
     run, _ = _started_run(tmp_path)
     before = run.config_path.read_text()
     for change, key in (("data.image_size=24", "data.image_size"),
-                        ("models.student=resnet34", "models.student"),
+                        ("models.teacher=resnet34", "models.teacher"),
                         ("runtime.seed=7", "runtime.seed"), ("train.lr=0.5", "train.lr")):
         with pytest.raises(IncompatibleResumeError, match=rf"differs in {key}"):
             prepare_run_directory(run, load_config(None, [change]), "auto", write=True)
@@ -112,7 +113,7 @@ def test_resume_accepts_harmless_changes_and_records_them(tmp_path: Path) -> Non
 def test_distillation_change_breaks_a_started_kd_stage(tmp_path: Path) -> None:
     run, _ = _started_run(tmp_path)
     run.stage_dir("assistant").mkdir()
-    (run.stage_dir("assistant") / "epochs.csv").write_text("epoch\n")
+    (run.stage_dir("assistant") / "checkpoint_latest.pt").write_bytes(b"state")
     with pytest.raises(IncompatibleResumeError,
                        match="distillation.temperature.*stage assistant already trained"):
         prepare_run_directory(run, load_config(None, ["distillation.temperature=2"]), "auto", write=True)

@@ -37,12 +37,12 @@ def test_a_model_typo_can_be_corrected_in_the_same_output_dir(tmp_path: Path,
 
 def test_architecture_change_breaks_only_once_a_stage_has_started() -> None:
     old, new = load_config(None, []), load_config(None, ["models.teacher=resnet34"])
-    breaking, harmless = compare_configs(old, new, started=[])
+    breaking, harmless = compare_configs(old, new, {}, split_exists=True)
     assert not breaking and harmless == ["models.teacher: 'resnet50' -> 'resnet34'"]
-    breaking, _ = compare_configs(old, new, started=["teacher"])
+    breaking, _ = compare_configs(old, new, {"teacher": "trained"}, split_exists=True)
     assert breaking and breaking[0].startswith("models.teacher")
-    # the data still always breaks: split.json was made with it before any stage started
-    breaking, _ = compare_configs(old, load_config(None, ["data.subset=50"]), started=[])
+    # the split's settings break once split.json exists, before any stage started
+    breaking, _ = compare_configs(old, load_config(None, ["data.subset=50"]), {}, split_exists=True)
     assert breaking
 
 

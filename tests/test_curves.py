@@ -64,3 +64,54 @@ def test_no_grad_norm_falls_back(tmp_path):
     assert grad_norm_per_epoch(tmp_path / "metrics.jsonl") is None
     assert grad_norm_per_epoch(tmp_path / "missing.jsonl") is None
     assert grad_norm_per_epoch(None) is None
+
+
+def test_a_distillation_stage_plots_cross_entropy_against_validation_and_its_kd_term_apart(tmp_path):
+    """epochs.csv's train_loss of a KD stage is alpha*T^2*KL + (1-alpha)*CE: plotted against the
+    validation cross-entropy it compared unlike losses. The engine records each epoch's mean loss
+    parts; the loss panel shows the train cross-entropy, a panel of its own the KD term."""
+    import torch
+    from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_vit
+
+    from src.distillation.objective import DistillationObjective
+    from src.engine.curves import curves_figure
+    from src.engine.run_log import read_records
+    from src.engine.trainer import Trainer
+
+    objective = DistillationObjective(tiny_vit(seed=5))  # kd, T = 4
+    trainer = Trainer(tiny_vit(), objective, KeyedTrain(48), PlainEval(16), engine_config(log_interval=50),
+                      tmp_path, device=torch.device("cpu"), seed=0, run_fingerprint=fingerprint())
+    trainer.fit()
+    records = read_records(tmp_path / "metrics.jsonl")
+    per_epoch = [r for r in records if r.get("event") == "epoch"]
+    assert [r["epoch"] for r in per_epoch] == [1, 2]
+    assert {"train_ce", "train_kd", "train_alpha"} <= set(per_epoch[0])
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    # the objective really is another number than the cross-entropy it is plotted against
+    for record, objective_value in zip(per_epoch, epochs["train_loss"], strict=True):
+        mixed = record["train_alpha"] * record["train_kd"] + (1 - record["train_alpha"]) * record["train_ce"]
+        assert objective_value == pytest.approx(mixed, rel=1e-6)
+        assert abs(objective_value - record["train_ce"]) > 1e-3
+
+    fig = curves_figure(epochs, pd.DataFrame(records))
+    loss, kd = fig.axes[0], fig.axes[1]
+    assert loss.get_title() == "cross-entropy on the labels"
+    train_line, val_line = loss.get_lines()
+    assert list(train_line.get_ydata()) == pytest.approx([r["train_ce"] for r in per_epoch])
+    assert list(val_line.get_ydata()) == pytest.approx(epochs["val_loss"].tolist())
+    assert kd.get_title() == "distillation objective (train)"
+    assert list(kd.get_lines()[0].get_ydata()) == pytest.approx([r["train_kd"] for r in per_epoch])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_labels_only_stage_keeps_two_by_two_panels_and_plots_cross_entropy(tmp_path):
+    csv = _epochs_csv(tmp_path / "epochs.csv", 2)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for epoch in (1, 2):
+        log.append({"event": "epoch", "step": epoch, "epoch": epoch, "train_ce": 1.5 / epoch})
+    log.flush()
+    from src.engine.curves import curves_figure
+    from src.engine.run_log import read_records
+
+    fig = curves_figure(pd.read_csv(csv), pd.DataFrame(read_records(tmp_path / "metrics.jsonl")))
+    assert len(fig.axes) == 4 and list(fig.axes[0].get_lines()[0].get_ydata()) == [1.5, 0.75]

@@ -94,6 +94,7 @@ def test_subset_is_stratified_and_persisted(tmp_path: Path) -> None:
         DataConfig(val_fraction=0.0),
         DataConfig(val_fraction=0.5, test_fraction=0.5),
         DataConfig(subset=0),
+        DataConfig(subset=1),  # the config loader's minimum (MIN_SUBSET), once drifted from the split's
         DataConfig(image_size=4),
     ],
 )

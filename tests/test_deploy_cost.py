@@ -32,7 +32,8 @@ from src.deploy.cost_report import COST_COLUMNS, PLOT_NAME, cost_sentences
 from src.errors import UserError
 from src.models.factory import create_model
 from src.pipeline.report import print_summary, write_report
-from src.pipeline.rundir import RunDirectory, compare_configs
+from src.pipeline.resume_rules import compare_configs
+from src.pipeline.rundir import RunDirectory
 from src.pipeline.train_stage import run_fingerprint, save_weights
 
 # Published figures, as MACs (one per multiply-add); torch counts 2 FLOPs per multiply-add.
@@ -244,7 +245,8 @@ def test_missing_weights_of_a_finished_stage_is_a_user_error(
 def test_turning_the_benchmark_off_never_blocks_a_resume() -> None:
     saved = load_config(None)
     changed = dataclasses.replace(saved, report=dataclasses.replace(saved.report, benchmark=False))
-    breaking, harmless = compare_configs(saved, changed, started=["teacher", "student"])
+    breaking, harmless = compare_configs(saved, changed, {"teacher": "finished", "student": "trained"},
+                                         split_exists=True)
     assert breaking == [] and harmless == ["report.benchmark: True -> False"]
     assert run_fingerprint(saved, "student") == run_fingerprint(changed, "student")  # checkpoints agree
 

@@ -81,6 +81,9 @@ def test_dkd_is_zero_for_identical_logits_and_warmup_scales_only_the_kd_term() -
     assert parts["tckd"].abs().item() < 1e-7 and parts["nckd"].abs().item() < 1e-7
     smoothed_ce = F.cross_entropy(s, y, label_smoothing=0.1)
     torch.testing.assert_close(loss.double(), smoothed_ce, rtol=1e-6, atol=1e-7)
+    # the loss smooths its labels; its "ce" part stays the plain cross-entropy that curves.png
+    # plots against the validation loss (the Objective contract)
+    torch.testing.assert_close(parts["ce"].double(), F.cross_entropy(s, y), rtol=1e-6, atol=1e-7)
     _, t, _ = _batch(seed=4)
     cold, cold_parts = dkd_loss(s, t, y, temperature=4.0, alpha=1.0, beta=8.0, warmup=0.0, ce_weight=2.0)
     torch.testing.assert_close(cold.double(), 2.0 * F.cross_entropy(s, y), rtol=1e-6, atol=1e-7)

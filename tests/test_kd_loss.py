@@ -104,7 +104,8 @@ def test_label_smoothing_reaches_the_cross_entropy_term() -> None:
     student, teacher, labels = _batch()
     loss, parts = kd_loss(student, teacher, labels, temperature=4.0, alpha=0.0, label_smoothing=0.1)
     torch.testing.assert_close(loss, F.cross_entropy(student, labels, label_smoothing=0.1))
-    assert not torch.allclose(parts["ce"], F.cross_entropy(student, labels))
+    # the reported part is the plain cross-entropy, comparable with the validation loss
+    torch.testing.assert_close(parts["ce"], F.cross_entropy(student, labels))
 
 
 def test_standardized_kd_ignores_the_student_logits_scale_and_shift() -> None:

@@ -174,3 +174,35 @@ def test_non_finite_losses_are_recorded_as_they_were(tmp_path):
     assert math.isnan(frame.loc[0, "train_loss"]) and frame.loc[0, "val_loss"] == math.inf
     reread = EpochLogger(path, resume_from_epoch=1).rows[0]
     assert math.isnan(reread["train_loss"]) and reread["val_loss"] == math.inf
+
+
+def test_every_product_logger_writes_to_pipeline_log(tmp_path, clean_pipeline_logger):
+    """Loggers named after their module (``src.engine.checkpoint``) sat outside the
+    ``kd_pipeline`` hierarchy, so their warnings never reached pipeline.log."""
+    import importlib
+    import pkgutil
+
+    import torch
+
+    import src
+    from src.data.split import _carve
+    from src.engine.checkpoint import CheckpointStore
+
+    for module in pkgutil.walk_packages(src.__path__, "src."):
+        importlib.import_module(module.name)
+    outside = [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "src"]
+    assert outside == []
+
+    log_file = tmp_path / "pipeline.log"
+    setup_logging(log_file)
+    store = CheckpointStore(tmp_path / "stage")
+    store.save_latest({"model": {"w": torch.zeros(1)}, "tag": 1})
+    store.save_latest({"model": {"w": torch.zeros(1)}, "tag": 2})
+    store.latest_path.write_bytes(b"damaged")
+    assert store.load_latest()[0]["tag"] == 1
+    _carve(list(range(5)), [0, 0, 0, 0, 1], 2, seed=0)  # one sample of class 1: cannot stratify
+    for handler in clean_pipeline_logger.handlers:
+        handler.flush()
+    text = log_file.read_text()
+    assert "WARNING kd_pipeline.checkpoint: checkpoint" in text and "trying checkpoint_previous.pt" in text
+    assert "WARNING kd_pipeline.data: cannot stratify 5 samples" in text

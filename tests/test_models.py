@@ -14,11 +14,11 @@ from src.errors import UserError
 from src.models.factory import (
     count_parameters,
     create_model,
-    default_patch_size,
     get_resnet_model,
     get_vit_model,
     resolve_model_name,
 )
+from src.models.patches import default_patch_size
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_vit_patch_size_follows_image_size() -> None:
 
 
 def test_bad_patch_size_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="patch size 5 .* image size 32"):
+    with pytest.raises(UserError, match="patch size 5 does not divide the image size 32"):
         get_vit_model("vit_tiny", num_classes=10, img_size=32, patch_size=5)
 
 

@@ -33,10 +33,12 @@ def test_seeds_flag_and_its_validation() -> None:
 def test_a_change_is_breaking_when_any_seeds_chain_started_and_adding_a_seed_is_not(tmp_path: Path) -> None:
     run = RunDirectory(tmp_path / "run")
     prepare_run_directory(run, load_config(None, ["runtime.seeds=[42, 43]"]), "auto", write=True)
+    run.split_path.write_text("{}")  # the chains train on the run's one split
     started = run.root / "seed-43" / "teacher"
     started.mkdir(parents=True)
     (started / "checkpoint_latest.pt").write_bytes(b"state")
-    assert run.started_stages() == ["teacher"]
+    assert run.stage_statuses()["teacher"] == "trained"  # what seed-43 holds counts for the run
+    assert {status for stage, status in run.stage_statuses().items() if stage != "teacher"} == {"fresh"}
     with pytest.raises(IncompatibleResumeError, match="train.lr.*stage teacher already trained"):
         prepare_run_directory(run, load_config(None, ["runtime.seeds=[42, 43]", "train.lr=0.5"]), "auto",
                               write=False)

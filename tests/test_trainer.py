@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from engine_fixtures import (
+    CrossEntropyAt,
     KeyedTrain,
     PlainEval,
     ScriptedLoss,
@@ -49,7 +50,9 @@ def make_trainer(stage_dir: Path, model: torch.nn.Module | None = None, objectiv
 
 
 def records(stage_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    """metrics.jsonl's interval and resume records (the per-epoch loss parts left out)."""
+    lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record.get("event") != "epoch"]
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -72,20 +75,12 @@ class MemoryLimit(CrossEntropyObjective):
         return super().training_step(model, images, labels)
 
 
-class SignalAt(CrossEntropyObjective):
+class SignalAt(CrossEntropyAt):
     """Sends SIGTERM to this process during its ``call``-th training step (what ``kill`` or a
     cluster's scheduler does); the same objective as cross-entropy for a resume."""
 
-    def __init__(self, call: int) -> None:
-        super().__init__()
-        self.call, self.calls = call, 0
-
-    def fingerprint(self) -> dict[str, Any]:
-        return CrossEntropyObjective().fingerprint()
-
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        self.calls += 1
-        if self.calls == self.call:
+        if self.due():
             signal.raise_signal(signal.SIGTERM)
         return super().training_step(model, images, labels)
 

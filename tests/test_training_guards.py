@@ -104,16 +104,6 @@ def test_checkpointing_overrides_a_reentrant_timm_default(plain_output):
         set_reentrant_ckpt(original)
 
 
-def test_checkpointing_hf_style_asks_for_non_reentrant(plain_output):
-    class HFStyle(nn.Module):
-        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-            self.kwargs = gradient_checkpointing_kwargs
-
-    model = HFStyle()
-    assert enforce_gradient_checkpointing(model, "hf", verbose=False)
-    assert model.kwargs == {"use_reentrant": False}
-
-
 def test_checkpointing_unsupported_model_warns_and_returns_false(plain_output):
     with pytest.warns(RuntimeWarning, match="could not be enabled for tiny_mlp"):
         assert enforce_gradient_checkpointing(nn.Linear(2, 2), "tiny_mlp") is False

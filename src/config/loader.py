@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -17,10 +18,14 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from src.config.schema import STAGE_NAMES, RunConfig
+from src.config.schema import MAX_SEED, MIN_SUBSET, STAGE_NAMES, DataConfig, RunConfig
 from src.config.stage_overrides import check_stage_overrides, drop_unset
 from src.distillation.config import check_distillation
+from src.engine.config import EngineConfig
 from src.errors import UserError
+from src.models.lr_scale import stage_lr
+from src.models.patches import vit_patch_size
+from src.utils.logger import MONITORABLE, better_mode
 
 _NONE_WORDS = ("none", "null", "~")
 
@@ -56,6 +61,10 @@ def _describe(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+class _NotFinite(UserError):
+    """A number of the right type that is infinite or NaN (reported as such, not as a type error)."""
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` as type ``tp`` or raise a UserError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -71,6 +80,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 continue
             try:
                 return _coerce(key, value, arg)
+            except _NotFinite:
+                raise
             except UserError:
                 continue
         raise bad
@@ -97,14 +108,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         raise bad
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad
+        try:
+            number = float(value)  # a str: YAML 1.1 reads "1e-3" (no dot) as a string
+        except (ValueError, OverflowError):
+            raise bad from None
+        if not math.isfinite(number):  # 1e309 reads as inf; no setting means anything at inf or NaN
+            raise _NotFinite(f"config key '{key}': must be a finite number, got {value}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -213,44 +225,82 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def validate_data(d: DataConfig) -> None:
+    """The data rules (also checked by ``src.data.split`` for a DataConfig built in Python)."""
+    _check(d.image_size >= 8, f"config key 'data.image_size': must be at least 8, got {d.image_size}")
+    for key, value in (("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
+        _check(0.0 < value < 1.0, f"config key '{key}': must be between 0 and 1 (exclusive), got {value}")
+    _check(d.val_fraction + d.test_fraction < 1.0,
+           "config keys 'data.val_fraction' + 'data.test_fraction' must leave data to train on (sum < 1)")
+    _check(d.subset is None or d.subset >= MIN_SUBSET,
+           f"config key 'data.subset': must be at least {MIN_SUBSET} samples per split, got {d.subset}")
+
+
+def _validate_train(t: EngineConfig, stage_lrs: list[float]) -> None:
+    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
+                       ("train.accumulation_steps", t.accumulation_steps),
+                       ("train.log_interval", t.log_interval), ("train.step_size", t.step_size)):
+        _check(value >= 1, f"config key '{key}': must be at least 1, got {value}")
+    for key, value in (("train.num_workers", t.num_workers), ("train.max_oom_retries", t.max_oom_retries),
+                       ("train.keep_checkpoints", t.keep_checkpoints), ("train.weight_decay", t.weight_decay),
+                       ("train.min_delta", t.min_delta), ("train.min_lr", t.min_lr)):
+        _check(value >= 0, f"config key '{key}': must be 0 or more, got {value}")
+    _check(t.lr > 0, f"config key 'train.lr': must be positive, got {t.lr}")
+    _check(t.min_lr < min(stage_lrs), f"config key 'train.min_lr': must be below every stage's learning rate "
+           f"(lowest {min(stage_lrs):g} after the per-size scaling), got {t.min_lr}")
+    _check(t.grad_clip is None or t.grad_clip > 0,  # torch's clip_grad_norm_ flips the sign below 0
+           f"config key 'train.grad_clip': must be positive (or null for no clipping), got {t.grad_clip}")
+    _check(0.0 <= t.momentum < 1.0, f"config key 'train.momentum': must be in [0, 1), got {t.momentum}")
+    _check(not (t.optimizer == "sgd" and t.nesterov and t.momentum == 0),
+           "config key 'train.momentum': Nesterov SGD needs a momentum above 0 "
+           "(e.g. --set train.momentum=0.9, or --set train.nesterov=false)")
+    _check(0.0 < t.gamma < 1.0, f"config key 'train.gamma': a decay factor must be in (0, 1), got {t.gamma}")
+    _check(0 <= t.warmup_epochs < t.epochs,
+           f"config key 'train.warmup_epochs': must be 0 or more and shorter than train.epochs ({t.epochs}), "
+           f"got {t.warmup_epochs} (e.g. --set train.warmup_epochs=0)")
+    _check(t.patience is None or t.patience >= 1,
+           f"config key 'train.patience': must be at least 1 (or null to disable), got {t.patience}")
+    _check(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
+           f"config key 'train.checkpoint_every_steps': must be at least 1 (or null to save at epoch ends "
+           f"only), got {t.checkpoint_every_steps}")
+    _check(t.checkpoint_every_minutes is None or t.checkpoint_every_minutes > 0,
+           f"config key 'train.checkpoint_every_minutes': must be positive (or null), "
+           f"got {t.checkpoint_every_minutes}")
+    _check(t.monitor in MONITORABLE,
+           f"config key 'train.monitor': must be one of {', '.join(MONITORABLE)}, got {t.monitor!r}")
+    _check(t.mode == better_mode(t.monitor),
+           f"config key 'train.mode': {t.mode!r} would keep the worst epoch of {t.monitor} "
+           f"(use --set train.mode={better_mode(t.monitor)})")
+    _check(0.0 <= t.label_smoothing < 1.0, "config key 'train.label_smoothing': must be in [0, 1)")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Cross-field rules the types alone cannot express. Normalises ``stages`` to pipeline order."""
+    """Cross-field rules the types alone cannot express, checked before anything is written.
+    Normalises ``stages`` to pipeline order."""
     unknown = [s for s in cfg.stages if s not in STAGE_NAMES]
     _check(not unknown, f"config key 'stages': unknown stage {', '.join(map(repr, unknown))}; "
            f"allowed: {', '.join(STAGE_NAMES)}")
     _check(bool(cfg.stages), "config key 'stages': at least one stage is needed")
     _check(len(set(cfg.stages)) == len(cfg.stages), "config key 'stages': a stage is listed twice")
     cfg.stages = [s for s in STAGE_NAMES if s in cfg.stages]
-    d, t, r = cfg.data, cfg.train, cfg.runtime
-    _check(d.image_size >= 8, f"config key 'data.image_size': must be at least 8, got {d.image_size}")
-    for key, value in (("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
-        _check(0.0 < value < 1.0, f"config key '{key}': must be between 0 and 1 (exclusive), got {value}")
-    _check(d.val_fraction + d.test_fraction < 1.0,
-           "config keys 'data.val_fraction' + 'data.test_fraction' must leave data to train on (sum < 1)")
-    _check(d.subset is None or d.subset >= 2,  # a one-sample training batch breaks batch norm
-           f"config key 'data.subset': must be at least 2 samples per split, got {d.subset}")
-    _check(cfg.models.patch_size is None or cfg.models.patch_size >= 1,
-           f"config key 'models.patch_size': must be at least 1, got {cfg.models.patch_size}")
-    _check(0.0 <= cfg.models.drop_path_rate < 1.0, "config key 'models.drop_path_rate': must be in [0, 1)")
-    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
-                       ("train.accumulation_steps", t.accumulation_steps),
-                       ("train.log_interval", t.log_interval)):
-        _check(value >= 1, f"config key '{key}': must be at least 1, got {value}")
-    _check(t.lr > 0, f"config key 'train.lr': must be positive, got {t.lr}")
-    _check(t.num_workers >= 0, f"config key 'train.num_workers': must be 0 or more, got {t.num_workers}")
-    _check(0 <= t.warmup_epochs < t.epochs,
-           f"config key 'train.warmup_epochs': must be 0 or more and shorter than train.epochs ({t.epochs}), "
-           f"got {t.warmup_epochs} (e.g. --set train.warmup_epochs=0)")
-    _check(t.patience is None or t.patience >= 1,
-           f"config key 'train.patience': must be at least 1 (or null to disable), got {t.patience}")
-    _check(t.monitor.startswith("val_"),
-           f"config key 'train.monitor': must name a val_* column, got {t.monitor!r}")
-    _check(0.0 <= t.label_smoothing < 1.0, "config key 'train.label_smoothing': must be in [0, 1)")
+    validate_data(cfg.data)
+    m, r = cfg.models, cfg.runtime
+    _check(m.patch_size is None or m.patch_size >= 1,
+           f"config key 'models.patch_size': must be at least 1, got {m.patch_size}")
+    if m.family == "vit":
+        vit_patch_size(cfg.data.image_size, m.patch_size)  # a UserError saying which sizes fit
+    _check(0.0 <= m.drop_path_rate < 1.0, "config key 'models.drop_path_rate': must be in [0, 1)")
+    from src.pipeline.stages import model_name  # the stage table needs timm: imported on use
+
+    _validate_train(cfg.train, [stage_lr(model_name(cfg, s), cfg.train.lr) for s in cfg.stages])
     check_distillation(cfg.distillation)
     _check(r.seeds is None or (bool(r.seeds) and min(r.seeds) >= 0 and len(set(r.seeds)) == len(r.seeds)),
            f"config key 'runtime.seeds': must list distinct seeds, each 0 or more, got {r.seeds} "
            "(e.g. --seeds 42,43,44)")
+    _check(r.seeds is None or max(r.seeds) <= MAX_SEED,
+           f"config key 'runtime.seeds': each seed must be at most {MAX_SEED}, got {r.seeds}")
     _check(r.seed >= 0, f"config key 'runtime.seed': must be 0 or more, got {r.seed}")
+    _check(r.seed <= MAX_SEED, f"config key 'runtime.seed': must be at most {MAX_SEED}, got {r.seed}")
     _check(r.attention_every >= 0,
            f"config key 'runtime.attention_every': must be 0 or more, got {r.attention_every}")
     _check(r.vram_budget_gb is None or r.vram_budget_gb > 0,

@@ -13,6 +13,8 @@ from src.distillation.config import DistillationConfig
 from src.engine.config import EngineConfig
 
 STAGE_NAMES = ("teacher", "assistant", "student", "baseline", "direct")
+MIN_SUBSET = 2  # samples per split: a one-sample training batch breaks batch norm
+MAX_SEED = 2**63 - 1  # what every seeded library (torch, NumPy via a modulo, random) accepts
 
 
 @dataclass
@@ -25,7 +27,7 @@ class DataConfig:
     image_size: int = 16
     val_fraction: float = 0.15  # of the data (digits) or of the official train split (cifar, imagefolder)
     test_fraction: float = 0.15  # digits, and imagefolder without test/: carved from train
-    subset: Optional[int] = None  # at most N samples per split, stratified
+    subset: Optional[int] = None  # at most N samples per split (MIN_SUBSET or more), stratified
     augment: bool = True  # random crop with padding (+ horizontal flip where it makes sense)
     device_cache_gb: float = 1.0  # uint8 images up to this size live on the training device; larger: workers
 

@@ -4,7 +4,8 @@ The typical use is a pretrained teacher fine-tuned briefly at a low learning rat
 other stages train from scratch with ``train.*``. A stage trains with :func:`stage_config`,
 its effective settings: ``train`` with its overrides applied and no overrides left, so
 everything downstream (learning rate, schedule, checkpoint fingerprints) sees one plain
-config. An override is breaking on resume only for its own stage (:func:`override_target`).
+config. On resume, an override is judged by its train key's rule for its own stage and the
+stages distilled from it only (src/pipeline/resume_rules.py).
 """
 from __future__ import annotations
 
@@ -56,15 +57,6 @@ def stage_config(cfg: RunConfig, stage: str) -> RunConfig:
     effective.train = dataclasses.replace(effective.train, **overrides_of(cfg, stage))
     effective.stage_overrides = StageOverrides()
     return effective
-
-
-def override_target(key: str) -> tuple[str, str] | None:
-    """``stage_overrides.teacher.lr`` -> ``("teacher", "train.lr")``: the one stage a change of
-    the key affects and the run-wide key whose resume rule it follows; None for other keys."""
-    if not key.startswith(PREFIX):
-        return None
-    stage, _, name = key[len(PREFIX):].partition(".")
-    return stage, f"train.{name}"
 
 
 def check_stage_overrides(cfg: RunConfig, validate: Callable[[RunConfig], None]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
+from src.config.loader import validate_data
 from src.config.schema import DataConfig
 from src.data.sources import Source
 from src.errors import IncompatibleResumeError, UserError
@@ -28,7 +29,7 @@ SPLIT_FILE = "split.json"
 SPLITS = ("train", "val", "test")
 FORMAT = 1
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kd_pipeline.data")  # under the pipeline logger: lands in pipeline.log
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,9 @@ def _settings(cfg: DataConfig) -> dict[str, Any]:
     return {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "subset": cfg.subset}
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise UserError(f"data.{name} must be between 0 and 1 (exclusive), got {value}")
-
-
 def make_split(source: Source, cfg: DataConfig, seed: int) -> dict[str, Any]:
     """A fresh split record: official parts where the source has them, stratified carving otherwise."""
+    validate_data(cfg)  # the config loader's rules: a DataConfig built in Python gets them too
     pool_part = "all" if "all" in source.parts else "train"
     pool = list(range(len(source.parts[pool_part].targets)))
     labels_of = source.parts[pool_part].targets
@@ -95,9 +92,6 @@ def make_split(source: Source, cfg: DataConfig, seed: int) -> dict[str, Any]:
         if name in source.parts:
             splits[name] = {"part": name, "indices": list(range(len(source.parts[name].targets)))}
             continue
-        _check_fraction(f"{name}_fraction", fraction)
-        if carved + fraction >= 1.0:
-            raise UserError("data.val_fraction + data.test_fraction must stay below 1")
         taken, pool = _carve(
             pool, [labels_of[i] for i in pool], fraction / (1.0 - carved), derive_seed(seed, "split", name)
         )
@@ -105,8 +99,6 @@ def make_split(source: Source, cfg: DataConfig, seed: int) -> dict[str, Any]:
         splits[name] = {"part": pool_part, "indices": taken}
     splits["train"] = {"part": pool_part, "indices": pool}
     if cfg.subset is not None:
-        if cfg.subset < 1:
-            raise UserError(f"data.subset must be a positive number of samples, got {cfg.subset}")
         for name, entry in splits.items():
             if len(entry["indices"]) > cfg.subset:
                 targets = source.parts[entry["part"]].targets

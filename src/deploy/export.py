@@ -38,7 +38,7 @@ from src.pipeline.evaluate import open_run
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.seeds import chain_for
 from src.pipeline.stages import STAGES, build_model
-from src.pipeline.train_stage import file_sha256, load_weights
+from src.pipeline.train_stage import load_weights, verified_weights
 from src.utils.atomic import atomic_write_json, atomic_write_with
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -128,13 +128,7 @@ def finished_stage(run: RunDirectory, stage: str) -> dict[str, Any]:
         raise UserError(f"stage '{stage}' has not finished in {run.root} (no {stage}/result.json); "
                         f"re-run the training command to finish it, or {hint}")
     result = run.read_result(stage)
-    weights = run.weights_path(stage)
-    if not weights.is_file():
-        raise UserError(f"weights {weights} are missing; delete {run.stage_dir(stage)} and re-run the "
-                        "training command to train that stage again")
-    if file_sha256(weights) != result.get("weights_sha256"):
-        raise UserError(f"weights {weights} do not match the hash in {stage}/result.json (changed after "
-                        f"training?); delete {run.stage_dir(stage)} and re-run to train it again")
+    verified_weights(run, stage, result)
     return result
 
 

@@ -68,6 +68,15 @@ def _parts(device: torch.device, **values: torch.Tensor | float) -> Parts:
             for name, value in values.items()}
 
 
+def _cross_entropy(raw: torch.Tensor, labels: torch.Tensor,
+                   label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss's cross-entropy term, with the run's label smoothing; the ``ce`` part: the plain
+    cross-entropy, which curves.png plots against the validation loss, Objective's contract)."""
+    term = F.cross_entropy(raw, labels, label_smoothing=label_smoothing)
+    plain = F.cross_entropy(raw.detach(), labels) if label_smoothing else term
+    return term, plain
+
+
 def _softened_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean."""
     kl = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
@@ -89,9 +98,9 @@ def kd_loss(
     raw = student_logits.float()
     student, teacher = _logits(student_logits, teacher_logits, standardize)
     kd = _softened_kl(student, teacher, temperature)
-    ce = F.cross_entropy(raw, labels, label_smoothing=label_smoothing)
+    ce, plain_ce = _cross_entropy(raw, labels, label_smoothing)
     loss = alpha * kd + (1.0 - alpha) * ce
-    return loss, _parts(raw.device, kd=kd, ce=ce, alpha=alpha)
+    return loss, _parts(raw.device, kd=kd, ce=plain_ce, alpha=alpha)
 
 
 def _target_and_rest(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,9 +147,9 @@ def dkd_loss(
     tckd = F.kl_div(s_binary, t_binary, log_target=True, reduction="batchmean") * temperature**2
     nckd = _softened_kl(_non_target(student, labels), _non_target(teacher, labels), temperature)
     kd = alpha * tckd + beta * nckd
-    ce = F.cross_entropy(raw, labels, label_smoothing=label_smoothing)
+    ce, plain_ce = _cross_entropy(raw, labels, label_smoothing)
     loss = ce_weight * ce + warmup * kd
-    return loss, _parts(raw.device, kd=kd, tckd=tckd, nckd=nckd, warmup=warmup, ce=ce)
+    return loss, _parts(raw.device, kd=kd, tckd=tckd, nckd=nckd, warmup=warmup, ce=plain_ce)
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -170,6 +179,6 @@ def dist_loss(
     inter = (1.0 - _pearson_rows(p_s, p_t).mean()) * tau**2
     intra = (1.0 - _pearson_rows(p_s.T, p_t.T).mean()) * tau**2
     kd = beta * inter + gamma * intra
-    ce = F.cross_entropy(raw, labels, label_smoothing=label_smoothing)
+    ce, plain_ce = _cross_entropy(raw, labels, label_smoothing)
     loss = ce_weight * ce + kd
-    return loss, _parts(raw.device, kd=kd, inter=inter, intra=intra, ce=ce)
+    return loss, _parts(raw.device, kd=kd, inter=inter, intra=intra, ce=plain_ce)

@@ -1,10 +1,14 @@
 """A stage's checkpoint files: crash-safe saving and damage-tolerant loading.
 
-Files in the stage folder:
+Files in the stage folder while it trains:
 
     checkpoint_latest.pt    the newest full training state (what a resume continues from)
     checkpoint_previous.pt  the latest before it, kept so a damaged latest is not the end
-    checkpoint_best.pt      the state with the best monitored validation value
+    checkpoint_best.pt      the state with the best monitored validation value (a hard link to
+                            latest when that is the best, so it costs no space)
+
+Once the stage has finished, ``prune`` keeps at most ``keep`` full states (``train.keep_checkpoints``,
+default 1: latest); checkpoint_best.pt stays, reduced to the best weights when it is not latest.
 
 State contract: a checkpoint is a dict holding only data ``torch.load(weights_only=True)``
 accepts: tensors, numbers, strings, bools, None, lists, tuples and dicts of these (model,
@@ -13,8 +17,8 @@ custom classes, ``torch.__version__`` objects) must be converted first, e.g. a n
 to a tensor or list. Loading never unpickles arbitrary objects, so a checkpoint file cannot run
 code.
 
-Saving order (``save_latest``): the new state is written to a temporary file; only after that
-succeeded is the old latest renamed to previous, then the new file is fsynced and renamed to
+Saving order (``save_latest``): the new state is written to a temporary file and fsynced; only
+after that succeeded is the old latest renamed to previous, then the new file is renamed to
 latest (``src.utils.atomic``). At every moment a complete checkpoint exists under one of the two
 names. If a resume had to fall back to previous because latest was damaged, the damaged latest
 is never rotated over it: the file resumed from survives until a newer one is on disk.
@@ -40,7 +44,7 @@ LATEST = "checkpoint_latest.pt"
 PREVIOUS = "checkpoint_previous.pt"
 BEST = "checkpoint_best.pt"
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kd_pipeline.checkpoint")  # under the pipeline logger: lands in pipeline.log
 
 
 def library_versions() -> dict[str, str]:
@@ -75,7 +79,8 @@ class CheckpointStore:
             stale.unlink(missing_ok=True)
 
         def write(tmp: Path) -> None:
-            torch.save(state, tmp)
+            _save(state, tmp)
+            # Rotate only once the new state is complete and on disk.
             if self.latest_path.exists() and not self._latest_damaged:
                 os.replace(self.latest_path, self.previous_path)
 
@@ -126,7 +131,7 @@ class CheckpointStore:
             return None
         raise UserError(
             f"no usable checkpoint in {self.stage_dir}: " + "; ".join(problems)
-            + " (remove the folder or use --resume never to start the stage over)"
+            + f" (delete {self.stage_dir} to train the stage again)"
         )
 
     def load(self, path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -140,19 +145,68 @@ class CheckpointStore:
             raise UserError(f"cannot load checkpoint {path}: {err}") from None
 
     def load_best(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        return self.load(self.best_path, map_location)
+        """The best epoch's state; of a finished stage it may hold only the weights (see ``prune``)."""
+        if not self.best_path.is_file():
+            raise UserError(f"checkpoint {self.best_path} does not exist")
+        try:
+            return self._read(self.best_path, map_location, required=("model",))
+        except _Damaged as err:
+            raise UserError(f"cannot load checkpoint {self.best_path}: {err}") from None
 
-    def _read(self, path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    def prune(self, keep: int) -> list[Path]:
+        """Once the stage is finished: keep at most ``keep`` full training states (largest files of a
+        run), preferring latest (the stage can be continued with more epochs), then best, then
+        previous. checkpoint_best.pt itself always stays, as a hard link to latest or, beyond the
+        limit, as the best weights alone: evaluate.py and the best-weights restore of an extended
+        stage read it. Temporary files a killed save left are removed too. Returns what it deleted."""
+        removed = list(self.stage_dir.glob(".checkpoint_*.pt.*.tmp"))
+        keep_latest = keep >= 1 and self.latest_path.is_file()
+        budget = keep - int(keep_latest)
+        if self.best_path.is_file() and not (keep_latest and _same_file(self.best_path, self.latest_path)):
+            try:
+                best = self._read(self.best_path, "cpu", required=("model",))
+            except _Damaged as err:  # nothing to gain from it; the stage's weights are in model.safetensors
+                log.warning("checkpoint %s is unusable (%s); removing it", self.best_path, err)
+                removed.append(self.best_path)
+            else:
+                if budget >= 1 and "optimizer" in best:
+                    budget -= 1
+                elif "optimizer" in best:
+                    weights = {key: best[key] for key in ("model", "epoch", "best_metric") if key in best}
+                    atomic_write_with(self.best_path, lambda tmp: _save(weights, tmp))
+        if budget < 1 and self.previous_path.is_file():
+            removed.append(self.previous_path)
+        if not keep_latest and self.latest_path.is_file():
+            removed.append(self.latest_path)
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
+
+    def _read(self, path: Path, map_location: str | torch.device,
+              required: Iterable[str] | None = None) -> dict[str, Any]:
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:  # truncated zip, garbage bytes, unsafe pickle: all mean "damaged"
             raise _Damaged(_reason(err)) from err
         if not isinstance(state, dict):
             raise _Damaged(f"holds a {type(state).__name__}, not a checkpoint dict")
-        missing = [key for key in self.required_keys if key not in state]
+        missing = [key for key in (self.required_keys if required is None else required) if key not in state]
         if missing:
             raise _Damaged(f"missing keys {missing}")
         return state
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.is_file() and b.is_file() and os.path.samefile(a, b)
+
+
+def _save(state: dict[str, Any], tmp: Path) -> None:
+    """torch.save through a Python file object, fsynced: a full disk then keeps its OSError in the
+    exception chain (torch.save on a path reports only "file write failed"), see src.utils.atomic."""
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _reason(err: Exception) -> str:

@@ -1,20 +1,51 @@
-"""Can a saved run be continued with the settings asked for now?
+"""Can a saved run be continued with the settings asked for now? The one table that says so.
 
 A resume that silently mixes two different runs (another model, another split, another
 learning rate) produces numbers that mean nothing, so those are refused by name; settings
 that only change how long or how visibly the run goes on are allowed and recorded.
+
+``ENGINE_RULES`` classifies every ``EngineConfig`` field once. The pipeline's rules for its
+dotted ``train.*`` keys are read from here (``src.pipeline.resume_rules``), so the run directory
+check and the engine's checkpoint check can never disagree about a training setting again.
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
+from src.engine.config import EngineConfig
 from src.errors import IncompatibleResumeError
 
-# EngineConfig fields that change neither the data seen so far nor the meaning of an update.
-HARMLESS_FIELDS = frozenset({
-    "epochs", "patience", "log_interval", "checkpoint_every_steps", "checkpoint_every_minutes",
-    "progress", "num_workers", "tensorboard", "max_oom_retries",
-})
+Rule = Literal["free", "batch_split", "recovery", "training"]
+FREE: Rule = "free"  # how long, how visibly, where: never changes what an update does
+BATCH_SPLIT: Rule = "batch_split"  # free while the effective batch (batch_size x accumulation) stays
+RECOVERY: Rule = "recovery"  # may change after a divergence (src.engine.divergence), else like training
+TRAINING: Rule = "training"  # what an update does: a stage that has trained must keep it
+
+ENGINE_RULES: dict[str, Rule] = {
+    "epochs": FREE, "patience": FREE, "min_delta": FREE, "log_interval": FREE,
+    "checkpoint_every_steps": FREE, "checkpoint_every_minutes": FREE, "keep_checkpoints": FREE,
+    "nonfinite_policy": FREE, "max_oom_retries": FREE, "num_workers": FREE, "tensorboard": FREE,
+    "progress": FREE, "channels_last": FREE,
+    "batch_size": BATCH_SPLIT, "accumulation_steps": BATCH_SPLIT,
+    "lr": RECOVERY, "grad_clip": RECOVERY, "amp": RECOVERY,
+    "optimizer": TRAINING, "momentum": TRAINING, "nesterov": TRAINING, "weight_decay": TRAINING,
+    "scheduler": TRAINING, "warmup_epochs": TRAINING, "min_lr": TRAINING, "step_size": TRAINING,
+    "gamma": TRAINING, "monitor": TRAINING, "mode": TRAINING, "label_smoothing": TRAINING,
+}  # fmt: skip
+assert set(ENGINE_RULES) == {f.name for f in dataclasses.fields(EngineConfig)}, "classify every field"
+
+
+def effective_batch(engine: dict[str, Any]) -> int:
+    return int(engine.get("batch_size", 0)) * int(engine.get("accumulation_steps", 0))
+
+
+def allowed_change(field: str, saved: dict[str, Any], current: dict[str, Any], *, diverged: bool) -> bool:
+    """Whether changing engine ``field`` from ``saved`` to ``current`` keeps a started stage's meaning."""
+    rule = ENGINE_RULES.get(field, TRAINING)
+    if rule == BATCH_SPLIT:
+        return effective_batch(saved) == effective_batch(current)
+    return rule == FREE or (rule == RECOVERY and diverged)
 
 
 def _differing(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -26,26 +57,41 @@ def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changes.items())
 
 
-def check_resume(saved: dict[str, Any], current: dict[str, Any], source: str) -> dict[str, tuple[Any, Any]]:
+def _run_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The run identity, compared setting by setting. Settings that only one side records are
+    skipped: which settings identify a run may change between versions of the product, and an
+    upgrade must not strand a run that is half done."""
+    changes = _differing({k: v for k, v in saved.items() if k != "config"},
+                         {k: v for k, v in current.items() if k != "config"})
+    old, new = saved.get("config", {}), current.get("config", {})
+    changes.update({f"config.{key}": (old[key], new[key]) for key in sorted(set(old) & set(new))
+                    if old[key] != new[key]})
+    return changes
+
+
+DEFAULT_ADVICE = ("Re-run with the old values to continue it, or delete the stage's folder to train "
+                  "the stage from scratch")
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], source: str, *,
+                 diverged: bool = False, advice: str = DEFAULT_ADVICE) -> dict[str, tuple[Any, Any]]:
     """Compare the ``run``, ``objective``, ``engine`` and ``world_size`` facts of a checkpoint
     with the current ones. Raises IncompatibleResumeError naming every breaking difference;
-    returns the harmless engine changes (key -> (saved, current)) for the run log."""
-    breaking: dict[str, tuple[Any, Any]] = {}
-    for section in ("run", "objective"):
-        changed = _differing(saved[section], current[section])
-        breaking.update({f"{section}.{key}": change for key, change in changed.items()})
+    returns the allowed engine changes (key -> (saved, current)) for the run log. ``diverged``:
+    the stage stopped on a non-finite loss, so the recovery settings may change too."""
+    breaking = {f"run.{key}": change for key, change in _run_changes(saved["run"], current["run"]).items()}
+    breaking.update({f"objective.{key}": change
+                     for key, change in _differing(saved["objective"], current["objective"]).items()})
     if saved["world_size"] != current["world_size"]:
         breaking["world_size"] = (saved["world_size"], current["world_size"])
     engine = _differing(saved["engine"], current["engine"])
-    old, new = saved["engine"], current["engine"]
-    same_effective_batch = (old.get("batch_size", 0) * old.get("accumulation_steps", 0)
-                            == new.get("batch_size", 0) * new.get("accumulation_steps", 0))
-    split_only = {"batch_size", "accumulation_steps"} if same_effective_batch else set()
-    harmless = {key: change for key, change in engine.items() if key in HARMLESS_FIELDS | split_only}
-    breaking.update({f"engine.{k}": v for k, v in engine.items() if k not in harmless})
+    allowed = {key: change for key, change in engine.items()
+               if allowed_change(key, saved["engine"], current["engine"], diverged=diverged)}
+    breaking.update({f"engine.{k}": v for k, v in engine.items() if k not in allowed})
     if breaking:
+        recovery = [k for k, rule in ENGINE_RULES.items() if rule == RECOVERY]
         raise IncompatibleResumeError(
-            f"cannot resume from {source}: it was trained with different settings: {_describe(breaking)}; "
-            "use --resume never (or another --output-dir) to start this stage again"
+            f"cannot resume from {source}: it was trained with different settings: {_describe(breaking)}. "
+            f"{advice} ({', '.join(recovery)} may change only after training diverged)"
         )
-    return harmless
+    return allowed

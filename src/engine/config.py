@@ -39,6 +39,7 @@ class EngineConfig:
     log_interval: int = 20  # optimizer steps between metrics.jsonl records / host syncs
     checkpoint_every_steps: Optional[int] = None
     checkpoint_every_minutes: Optional[float] = None
+    keep_checkpoints: int = 1  # full training checkpoints a finished stage keeps (see CheckpointStore.prune)
     nonfinite_policy: Literal["raise", "skip"] = "raise"
     max_oom_retries: int = 4
     num_workers: int = 0

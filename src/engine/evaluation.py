@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from src.engine.distributed import DistributedContext
 from src.engine.sampling import load_batches, rank_shard
+from src.utils.logger import SPLIT_METRICS
 from src.utils.metrics import classification_metrics
 
 
@@ -35,8 +36,7 @@ class EvalResult:
 
     def as_row(self, prefix: str) -> dict[str, float]:
         """The epochs.csv columns for this split, e.g. ``val_loss``, ``val_accuracy``."""
-        names = ("loss", "accuracy", "precision", "recall", "f1_score")
-        return {f"{prefix}_{name}": float(getattr(self, name)) for name in names}
+        return {f"{prefix}_{name}": float(getattr(self, name)) for name in SPLIT_METRICS}
 
 
 def num_classes_of(dataset: Dataset[Any], fallback: int) -> int:

@@ -16,7 +16,9 @@ from torch import nn
 @dataclass
 class StepOutput:
     """What one training step produced: the student's logits, the loss to backpropagate and
-    its named parts (detached 0-dim tensors, e.g. ``ce``, ``kd``, ``alpha``) for metrics.jsonl."""
+    its named parts (detached 0-dim tensors, e.g. ``ce``, ``kd``, ``alpha``) for metrics.jsonl.
+    ``ce`` is always the plain cross-entropy on the labels (no label smoothing): curves.png
+    plots it against the validation loss, which is the same quantity."""
 
     logits: torch.Tensor
     loss: torch.Tensor
@@ -53,4 +55,5 @@ class CrossEntropyObjective(Objective):
     def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         logits = model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        return StepOutput(logits=logits, loss=loss, parts={"ce": loss.detach()})
+        plain = F.cross_entropy(logits.detach(), labels) if self.label_smoothing else loss.detach()
+        return StepOutput(logits=logits, loss=loss, parts={"ce": plain})

@@ -79,6 +79,7 @@ class LRSchedule:
         self._plateau: ReduceLROnPlateau | None = None
         self._onecycle: OneCycleLR | None = None
         base = optimizer.param_groups[0]["lr"]
+        self.base_lr = float(base)
         warm = self.warmup_updates
         if warm >= self.total_updates and self.kind in ("cosine", "onecycle"):
             raise UserError(
@@ -150,6 +151,7 @@ class LRSchedule:
         """Plain data (weights_only-safe): the update count, the group rates, inner torch state."""
         state: dict[str, Any] = {
             "kind": self.kind,
+            "base_lr": self.base_lr,
             "num_updates": self.num_updates,
             "lrs": [float(g["lr"]) for g in self.optimizer.param_groups],
         }
@@ -180,6 +182,25 @@ class LRSchedule:
             self._onecycle.load_state_dict(state["onecycle"])
         for group, lr in zip(self.optimizer.param_groups, state["lrs"], strict=True):
             group["lr"] = lr
+        saved_base = float(state.get("base_lr", self.base_lr))
+        if saved_base != self.base_lr:
+            self._rebase(saved_base)
+
+    def _rebase(self, saved_base: float) -> None:
+        """Continue at the same point of the schedule, scaled to a new base rate (a resume after
+        a divergence with a lower ``--lr``): every rate so far, warmup and decays included, is
+        multiplied by new/old. The optimizer's state_dict brought back the old ``initial_lr``;
+        timm's schedules compute from the base rate they were built with, which is the new one."""
+        if self._onecycle is not None:
+            raise IncompatibleResumeError(
+                "the onecycle LR schedule cannot change its learning rate mid-run; resume with the "
+                "old --lr, or delete the stage's folder to train it again with the new one"
+            )
+        ratio = self.base_lr / saved_base
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: EngineConfig, updates_per_epoch: int) -> LRSchedule:

@@ -7,7 +7,6 @@ half-finished epoch sums) is in ``checkpoint_latest.pt``.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import signal
@@ -21,34 +20,28 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from src.engine.checkpoint import CheckpointStore, library_versions
-from src.engine.compat import check_resume
+from src.engine.checkpoint import CheckpointStore
 from src.engine.config import EngineConfig
 from src.engine.curves import plot_curves
 from src.engine.distributed import DistributedContext
+from src.engine.divergence import NonFiniteLossError, clear_divergence, record_divergence, validate_loss
 from src.engine.early_stopping import EarlyStopping
 from src.engine.evaluation import EvalResult, evaluate_model, num_classes_of
 from src.engine.layout import to_training_layout
 from src.engine.objective import Objective
 from src.engine.optim import build_optimizer, build_schedule
 from src.engine.progress import Progress
+from src.engine.resume import RESUME_KEYS, TrainingState
 from src.engine.run_log import MetricsLog, open_tensorboard
 from src.engine.sampling import MicroBatch, load_batches, plan_micro_batches, train_keys, window_sizes
 from src.engine.signals import StopSignals
 from src.engine.step import UpdateStep, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
-from src.errors import TrainingInterrupted, UserError
+from src.errors import DiskFullError, TrainingInterrupted, UserError
 from src.memory.accounting import DeviceMemory
-from src.utils.logger import REQUIRED_COLUMNS, EpochLogger
+from src.utils.logger import MONITORABLE, SPLIT_METRICS, EpochLogger
 from src.utils.metrics import PredictionAccumulator
-from src.utils.reproducibility import capture_rng_state, restore_rng_state
-from src.utils.training_guards import validate_loss
 
-# What a checkpoint must hold to be resumed (a weights-only file is not enough).
-RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "epoch", "samples_done", "global_step",
-               "early_stopping", "epoch_tally", "interval_tally", "accumulator", "epoch_elapsed",
-               "train_time", "peak_memory_mb", "rng", "micro_batch", "engine_config", "run_fingerprint",
-               "objective", "world_size")
 ResumeMode = Union[Literal["auto", "never"], Path]
 EpochCallback = Callable[[int, nn.Module], None]
 
@@ -93,9 +86,8 @@ class Trainer:
                  seed: int, run_fingerprint: dict[str, Any], dist: Optional[DistributedContext] = None,
                  epoch_callbacks: Sequence[EpochCallback] = (), resume: ResumeMode = "auto",
                  lr: Optional[float] = None, logger: Optional[logging.Logger] = None) -> None:
-        if config.monitor not in REQUIRED_COLUMNS or not config.monitor.startswith("val_"):
-            choices = ", ".join(c for c in REQUIRED_COLUMNS if c.startswith("val_"))
-            raise UserError(f"cannot monitor {config.monitor!r}: choose one of {choices}")
+        if config.monitor not in MONITORABLE:
+            raise UserError(f"cannot monitor {config.monitor!r}: choose one of {', '.join(MONITORABLE)}")
         if len(train_dataset) == 0 or len(val_dataset) == 0:  # type: ignore[arg-type]
             raise UserError("the training and validation sets must not be empty")
         self.cfg = config
@@ -120,10 +112,14 @@ class Trainer:
         self.micro_batch = config.batch_size
         self.window = config.batch_size * config.accumulation_steps  # samples per update, per rank
         self.samples_per_rank = math.ceil(len(train_dataset) / self.dist.world_size)  # type: ignore[arg-type]
+        # the out-of-memory fallback never halves below this (BatchNorm cannot train on one sample)
+        self.min_micro_batch = _smallest_micro_batch(model, config.batch_size, self.samples_per_rank)
         updates_per_epoch = len(window_sizes(self.samples_per_rank, self.window))
         self.schedule = build_schedule(self.optimizer, config, updates_per_epoch)
         self.early = EarlyStopping(config.monitor, config.mode, config.patience, config.min_delta)
         self.store = CheckpointStore(self.stage_dir, required_keys=RESUME_KEYS)
+        self.checkpoint_state = TrainingState(self)  # what checkpoint_latest.pt holds (src/engine/resume.py)
+        self.epochs_log: Optional[EpochLogger] = None
         self.num_classes = num_classes_of(val_dataset, fallback=_output_classes(model))
 
         self.dist.broadcast_weights(self.model)  # every rank starts from rank 0's model
@@ -149,10 +145,10 @@ class Trainer:
         best weights loaded into ``model``. Raises TrainingInterrupted on SIGINT/SIGTERM (after
         saving), NonFiniteLossError under the ``raise`` policy, IncompatibleResumeError."""
         with StopSignals() as signals:
-            resumed_from, changes = self._start()
+            resumed_from, changes = self.checkpoint_state.resume()
             main = self.dist.is_main
-            self.epochs_log = EpochLogger(self.stage_dir / "epochs.csv", resume_from_epoch=self.epoch - 1) \
-                if main else None
+            self.epochs_log = EpochLogger(self.stage_dir / "epochs.csv", resume_from_epoch=self.epoch - 1,
+                                          saved_rows=self.checkpoint_state.epoch_rows) if main else None
             self.metrics_log = self._open_metrics_log(resumed_from is not None) if main else None
             if self.metrics_log is not None and resumed_from is not None:
                 changed = {key: list(change) for key, change in changes.items()}
@@ -166,6 +162,10 @@ class Trainer:
                     self._finish_epoch()  # saves latest
                     if self.dist.any_flags(signals.received is not None)[0]:
                         raise self._interrupted(signals.received)
+            except NonFiniteLossError as exc:
+                if main:  # lets the recovery settings change on the next run (src/engine/divergence.py)
+                    record_divergence(self.stage_dir, exc, self.epoch)
+                raise
             finally:
                 self.progress.close()
                 if self.metrics_log is not None and self.metrics_log.tensorboard is not None:
@@ -173,8 +173,7 @@ class Trainer:
         epochs_run = self.epoch - 1
         self._restore_best()
         if main:
-            folder = self.stage_dir
-            plot_curves(folder / "epochs.csv", folder / "metrics.jsonl", folder / "curves.png")
+            self._plot_curves()
         return FitResult(
             best_epoch=self.early.best_epoch,
             best_metric=self.early.best,
@@ -285,7 +284,7 @@ class Trainer:
             validate_loss(losses[~torch.isfinite(losses)][0], self.global_step)  # raises NonFiniteLossError
         try:
             for piece in window:
-                self.epoch_tally.add_micro_batch(piece.contribution, {}, piece.samples)
+                self.epoch_tally.add_micro_batch(piece.contribution, piece.parts, piece.samples)
                 self.interval_tally.add_micro_batch(piece.contribution, piece.parts, piece.samples)
                 self.accumulator.update(piece.preds, piece.labels)
             for tally in (self.epoch_tally, self.interval_tally):
@@ -341,13 +340,13 @@ class Trainer:
         update stood. Every rank calls this for the same failures, so all keep the same split."""
         self.optimizer.zero_grad(set_to_none=True)
         self.oom_history.append(tried)
-        if self.micro_batch <= 1 or len(self.oom_history) > self.cfg.max_oom_retries:
+        if self.micro_batch <= self.min_micro_batch or len(self.oom_history) > self.cfg.max_oom_retries:
             raise UserError(
                 f"out of GPU memory even after {len(self.oom_history)} attempts "
                 f"({', '.join(self.oom_history)}); "
                 "use a smaller --batch-size or --image-size, a smaller model, or free the GPU"
             )
-        self.micro_batch = math.ceil(self.micro_batch / 2)
+        self.micro_batch = max(math.ceil(self.micro_batch / 2), self.min_micro_batch)
         self.progress.message(
             f"out of GPU memory with {tried}: retrying with micro-batch {self.micro_batch} x "
             f"{math.ceil(self.window / self.micro_batch)} accumulation steps (same effective batch)"
@@ -375,7 +374,7 @@ class Trainer:
         """Validate, log the epoch's row, step early stopping and save (epoch time includes validation)."""
         started = time.perf_counter()
         self.dist.broadcast_buffers(self.model)
-        train = self._train_metrics()
+        train, parts = self._train_metrics()
         val = self.evaluate(self.val_dataset)
         self.epoch_elapsed += time.perf_counter() - started
         peaks = self.memory.peaks()  # this epoch's: reset at its start
@@ -388,7 +387,7 @@ class Trainer:
                                          "peak_reserved_mb": peaks.reserved_mib})
         row: dict[str, Any] = {
             "epoch": self.epoch,
-            **{f"train_{k}": train[k] for k in ("loss", "accuracy", "precision", "recall", "f1_score")},
+            **{f"train_{k}": train[k] for k in SPLIT_METRICS},
             **val.as_row("val"),
             "learning_rate": self.schedule.current_lr(),
             "epoch_time_sec": self.epoch_elapsed,
@@ -400,6 +399,9 @@ class Trainer:
         self.progress.end_epoch(row)
         if self.epochs_log is not None:
             self.epochs_log.log(row)
+        if self.metrics_log is not None and parts:  # curves.png plots the train cross-entropy from here
+            self.metrics_log.append({"event": "epoch", "step": self.global_step, "epoch": self.epoch,
+                                     **{f"train_{name}": value for name, value in parts.items()}})
         if self.dist.is_main:
             for callback in self.epoch_callbacks:
                 callback(self.epoch, self.model)
@@ -411,55 +413,24 @@ class Trainer:
         self.accumulator.reset()
         self._save_latest(epoch_elapsed=0.0, is_best=improved)
 
-    def _train_metrics(self) -> dict[str, float]:
-        """Train loss and macro metrics for the epoch over every rank (this is a sync)."""
-        sums = self.dist.all_reduce_sum(self.epoch_tally.sums)
-        loss_sum, finite, _ = sums.tolist()
+    def _train_metrics(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Train loss and macro metrics for the epoch, and the epoch's mean loss parts (``ce``,
+        ``kd``, ...), over every rank (one sync for the sums, one gather for the predictions)."""
+        tally = self.epoch_tally
+        samples = torch.tensor([float(tally.samples)], dtype=torch.float64, device=tally.sums.device)
+        part_sums = [value.double().reshape(1) for value in tally.parts.values()]
+        loss_sum, finite, _, *totals, seen = self.dist.all_reduce_sum(
+            torch.cat([tally.sums, *part_sums, samples])).tolist()
+        parts = {name: total / seen for name, total in zip(tally.parts, totals, strict=True)} if seen else {}
         accumulator = self.accumulator
         if self.dist.enabled:
             accumulator = PredictionAccumulator(self.device)
             for state in self.dist.all_gather_object(self.accumulator.state_dict()):
                 accumulator.update(state["y_pred"], state["y_true"])
         metrics = accumulator.compute(self.num_classes)
-        return {"loss": loss_sum / finite if finite else float("nan"), **metrics}
+        return {"loss": loss_sum / finite if finite else float("nan"), **metrics}, parts
 
     # ------------------------------------------------------------------ checkpoints
-
-    def _facts(self) -> dict[str, Any]:
-        """What a resume must match (see src.engine.compat)."""
-        engine = dataclasses.asdict(self.cfg)
-        engine["lr"] = self.lr
-        return {"run": {**self.run_fingerprint, "seed": self.seed}, "objective": self.objective.fingerprint(),
-                "engine": engine, "world_size": self.dist.world_size}
-
-    def _state(self, epoch_elapsed: float) -> dict[str, Any]:
-        facts = self._facts()
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch,
-            "samples_done": self.samples_done,
-            "global_step": self.global_step,
-            "early_stopping": self.early.state_dict(),
-            "best_metric": self.early.best,
-            "epoch_tally": self.epoch_tally.state_dict(),
-            "interval_tally": self.interval_tally.state_dict(),
-            "accumulator": self.accumulator.state_dict(),
-            "epoch_elapsed": epoch_elapsed,
-            "train_time": self.train_time,
-            "peak_memory_mb": self.peak_memory_mb,
-            "rng": capture_rng_state(),
-            "seed": self.seed,
-            "micro_batch": self.micro_batch,
-            "accumulation_steps": math.ceil(self.window / self.micro_batch),
-            "engine_config": facts["engine"],
-            "run_fingerprint": facts["run"],
-            "objective": facts["objective"],
-            "world_size": facts["world_size"],
-            "library_versions": library_versions(),
-        }
 
     def _open_metrics_log(self, resumed: bool) -> MetricsLog:
         """metrics.jsonl (cut back to the checkpoint's step on a resume) and, if asked, TensorBoard."""
@@ -472,48 +443,25 @@ class Trainer:
     def _save_latest(self, epoch_elapsed: float, is_best: bool = False) -> None:
         if self.dist.is_main:
             self.metrics_log.flush()  # first: a resume drops records past its checkpoint, never misses any
-            self.store.save_latest(self._state(epoch_elapsed))
+            self.store.save_latest(self.checkpoint_state.state_dict(epoch_elapsed))
             if is_best:
                 self.store.link_best(self.store.latest_path)
+            clear_divergence(self.stage_dir)  # a sound state under the current settings is on disk
         self._last_save = time.monotonic()
         self.dist.barrier()
 
-    def _start(self) -> tuple[Optional[Path], dict[str, tuple[Any, Any]]]:
-        """Load the checkpoint ``resume`` points at, if any, and continue from it."""
-        if self.resume == "never":
-            return None, {}
-        if self.resume == "auto":
-            found = self.store.load_latest()
-            if found is None:
-                return None, {}
-            state, path = found
-        else:
-            path = Path(self.resume)
-            state = self.store.load(path)
-        saved = {"run": state["run_fingerprint"], "objective": state["objective"],
-                 "engine": state["engine_config"], "world_size": state["world_size"]}
-        changes = check_resume(saved, self._facts(), str(path))
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self.early.load_state_dict(state["early_stopping"])
-        self.epoch, self.samples_done = int(state["epoch"]), int(state["samples_done"])
-        self.global_step = int(state["global_step"])
-        self.epoch_tally.load_state_dict(state["epoch_tally"])
-        self.interval_tally.load_state_dict(state["interval_tally"])
-        self.accumulator.load_state_dict(state["accumulator"])
-        self.epoch_elapsed, self.train_time = float(state["epoch_elapsed"]), float(state["train_time"])
-        self.peak_memory_mb = state["peak_memory_mb"]
-        if "batch_size" not in changes and "accumulation_steps" not in changes:
-            self.micro_batch = int(state["micro_batch"])  # keep an earlier OOM fallback
-        restore_rng_state(state["rng"])
-        if self.dist.is_main and self.samples_done == 0 and self.early.best_epoch == self.epoch - 1 > 0:
-            self.store.link_best(path)  # a crash may have come between saving this state and linking it
-        self.logger.info("resuming %s at epoch %d (update %d) from %s", self.stage_dir.name, self.epoch,
-                         self.global_step, path)
-        return path, changes
+    def _plot_curves(self) -> None:
+        """curves.png is a picture of epochs.csv: a plotting failure (a font cache, a backend) must
+        not cost the stage its results, so it is a warning. A full disk is not: it stops the run
+        here, before the weights would fail to save."""
+        folder = self.stage_dir
+        try:
+            plot_curves(folder / "epochs.csv", folder / "metrics.jsonl", folder / "curves.png")
+        except DiskFullError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (matplotlib and pandas raise many kinds)
+            self.logger.warning("could not draw %s (%s: %s); the numbers are in epochs.csv and metrics.jsonl",
+                                folder / "curves.png", type(exc).__name__, exc)
 
     def _restore_best(self) -> None:
         """Load the best epoch's weights into ``model`` (every rank reads rank 0's file),
@@ -529,6 +477,28 @@ class Trainer:
         peaks = [record["peak_reserved_mb"] for record in self.metrics_log.records
                  if record.get("event") == "epoch_memory"]
         return max(peaks, default=None)
+
+
+def _smallest_micro_batch(model: nn.Module, batch_size: int, samples_per_rank: int) -> int:
+    """The smallest micro-batch ``model`` can train on: 2 with BatchNorm, which cannot take a batch
+    of one sample in training mode, else 1. The sampler merges a lone last sample into the batch
+    before it; a batch size of 1, or one training sample per process, is refused here instead of
+    crashing in the first forward."""
+    if not any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        return 1
+    if batch_size < 2:
+        raise UserError(
+            f"--batch-size {batch_size}: {type(model).__name__} has BatchNorm layers, which cannot train "
+            "on one sample per step; use --batch-size 2 or more (with --set train.accumulation_steps=N "
+            "to keep the memory of a small batch)"
+        )
+    if samples_per_rank < 2:
+        raise UserError(
+            f"{type(model).__name__} has BatchNorm layers, which cannot train on one sample per step, and "
+            f"each process gets {samples_per_rank} training sample; use more data (a larger --subset) "
+            "or fewer processes"
+        )
+    return 2
 
 
 def _output_classes(model: nn.Module) -> int:

@@ -19,6 +19,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from src.utils.logger import announce
+
 _MB = 1e6  # decimal megabytes, as the other training guards print
 
 
@@ -82,9 +84,6 @@ def cleanup_training_state(model: Optional[nn.Module] = None,
     Returns ``{"released_mb": what the objects passed in no longer hold, "collected": objects gc
     found, "allocated_mb", "reserved_mb"}``; the CUDA figures are None without CUDA.
     """
-    # the guards' one output channel; imported here because training_guards re-exports this module
-    from src.utils.training_guards import _report
-
     seen: set[int] = set()
     released = release_optimizer(optimizer, seen) if optimizer is not None else 0
     if model is not None:
@@ -95,9 +94,9 @@ def cleanup_training_state(model: Optional[nn.Module] = None,
     if verbose:
         what = f"released {released / _MB:.1f} MB held by the objects passed in; " if released else ""
         if allocated is None:
-            _report(f"Cleanup: {what}gc collected {collected} objects (no CUDA device)")
+            announce(f"Cleanup: {what}gc collected {collected} objects (no CUDA device)")
         else:
-            _report(f"Cleanup: {what}gc collected {collected} objects, CUDA cache emptied; "
+            announce(f"Cleanup: {what}gc collected {collected} objects, CUDA cache emptied; "
                     f"{allocated:.1f} MB allocated, {reserved:.1f} MB reserved")
     return {"released_mb": released / _MB, "collected": collected, "allocated_mb": allocated,
             "reserved_mb": reserved}

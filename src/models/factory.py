@@ -20,6 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from src.errors import UserError
+from src.models.patches import vit_patch_size
 
 SHORT_NAMES: dict[str, str] = {
     "resnet50": "resnet50",
@@ -39,16 +40,6 @@ def resolve_model_name(name: str) -> str:
     if not timm.is_model(resolved):
         raise UserError(f"unknown model {name!r}: use one of {', '.join(SHORT_NAMES)} or a timm model name")
     return resolved
-
-
-def default_patch_size(img_size: int) -> int:
-    """Patch size when none is given: 16 from 224 px up, else about an 8x8 token grid.
-
-    The result always divides ``img_size`` (the largest divisor not above the target), so any
-    ``--image-size`` works without the user having to pick a patch: 32 -> 4, 16 -> 2, 8 -> 1.
-    """
-    target = 16 if img_size >= 224 else max(1, img_size // 8)
-    return next(p for p in range(min(target, img_size), 0, -1) if img_size % p == 0)
 
 
 def _missing_from_file(model: nn.Module, file_keys: set[str]) -> list[str]:
@@ -161,11 +152,7 @@ def get_vit_model(
 ) -> nn.Module:
     """A timm VisionTransformer for ``img_size`` images; the patch size follows the image size."""
     timm_name = resolve_model_name(name)
-    if img_size < 1:
-        raise UserError(f"image size must be positive, got {img_size}")
-    patch = default_patch_size(img_size) if patch_size is None else patch_size
-    if patch < 1 or img_size % patch:
-        raise UserError(f"ViT patch size {patch} must be positive and divide the image size {img_size}")
+    patch = vit_patch_size(img_size, patch_size)
     model = _create(
         timm_name,
         pretrained,

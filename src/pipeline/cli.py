@@ -54,6 +54,11 @@ def seed_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+def user_path(text: str) -> Path:
+    """A path flag with ``~`` expanded: the shell leaves ``--output-dir=~/x`` (after ``=``) alone."""
+    return Path(text).expanduser()
+
+
 def build_parser(family: str) -> argparse.ArgumentParser:
     """The training command's flags (DESIGN.md, command-line contract)."""
     parser = OneLineParser(
@@ -64,12 +69,13 @@ def build_parser(family: str) -> argparse.ArgumentParser:
         "(a checkpoint was saved; re-run to continue).",
     )
     add = parser.add_argument
-    add("--config", type=Path, help="YAML config (default: configs/<dataset>.yaml of this family; "
+    add("--config", type=user_path, help="YAML config (default: configs/<dataset>.yaml of this family; "
         "digits.yaml without --dataset, cifar10.yaml for imagefolder)")
     add("--dataset", choices=DATASETS, help="which images to train on")
-    add("--data-dir", help="where datasets live (cifar: torchvision layout; imagefolder: class folders)")
+    add("--data-dir", type=lambda text: str(user_path(text)),
+        help="where datasets live (cifar: torchvision layout; imagefolder: class folders)")
     add("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
-    add("--output-dir", type=Path, help="the run directory (default: runs/<family>-<dataset>)")
+    add("--output-dir", type=user_path, help="the run directory (default: runs/<family>-<dataset>)")
     add("--stages", help=f"comma list of {','.join(STAGE_NAMES)}")
     add("--epochs", type=int, help="epochs per stage")
     add("--batch-size", type=int, help="micro-batch per step (effective batch = this x accumulation)")

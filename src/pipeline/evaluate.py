@@ -22,11 +22,12 @@ from src.engine.checkpoint import CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError
-from src.pipeline.cli import OneLineParser
+from src.pipeline.cli import OneLineParser, user_path
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.seeds import run_dir_of
 from src.pipeline.stages import STAGES, build_model
-from src.pipeline.train_stage import TEST_METRICS, load_error_detail, load_weights
+from src.pipeline.train_stage import load_error_detail, load_weights
+from src.utils.logger import SPLIT_METRICS
 
 SPLITS = ("test", "val", "train")
 
@@ -37,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
         "on a split of the run it belongs to; a model.onnx from export.py is scored through ONNX Runtime.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True,
+    parser.add_argument("--checkpoint", type=user_path, required=True,
                         help="a .pt checkpoint, model.safetensors or model.onnx")
-    parser.add_argument("--run-dir", type=Path,
+    parser.add_argument("--run-dir", type=user_path,
                         help="the run directory (default: the one the file is in, e.g. RUN/student/ or "
                         "RUN/seed-42/student/)")
     parser.add_argument("--split", choices=SPLITS, default="test")
@@ -71,8 +72,7 @@ def _load_into(model: nn.Module, checkpoint: Path) -> None:
     if checkpoint.suffix == ".safetensors":
         load_weights(model, checkpoint)
         return
-    state = CheckpointStore(checkpoint.parent).load(checkpoint)["model"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP wrapper
+    state = CheckpointStore(checkpoint.parent).load(checkpoint)["model"]  # the engine saves the bare model
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    metrics = {name: getattr(result, name) for name in TEST_METRICS}
+    metrics = {name: getattr(result, name) for name in SPLIT_METRICS}
     print(json.dumps({"checkpoint": str(args.checkpoint), "stage": stage, "split": args.split,
                       "samples": len(result.y_true), **metrics}, indent=2))
     return 0

@@ -15,28 +15,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from src.config.loader import config_from_dict, dump_config, flatten, read_yaml
+from src.config.loader import config_from_dict, dump_config, read_yaml
 from src.config.schema import RunConfig
-from src.config.stage_overrides import override_target
+from src.data.split import SPLIT_FILE
+from src.engine.checkpoint import LATEST, PREVIOUS
+from src.engine.divergence import has_diverged
 from src.errors import IncompatibleResumeError, UserError
-from src.pipeline.stages import KD_STAGES, STAGES
-from src.utils.atomic import atomic_write_text
+from src.pipeline.lock import LOCK_FILE
+from src.pipeline.resume_rules import STATUS_ORDER, StageStatus, compare_configs
+from src.pipeline.stages import STAGES
+from src.utils.atomic import atomic_write_text, is_temp_file, remove_temp_files
 
 LOGGER = logging.getLogger("kd_pipeline.rundir")
-
-# Keys that may change between runs of one run directory without touching what was learned.
-HARMLESS_KEYS = frozenset({
-    # data.data_dir: a moved dataset is still the same data; split.json checks its identity
-    "stages", "data.download", "data.data_dir",
-    "runtime.seeds",  # each seed's chain keeps its own folder; adding a seed leaves the others as they are
-    "runtime.device", "runtime.vram_budget_gb", "runtime.attention_every",
-    "runtime.deterministic", "train.epochs", "train.patience", "train.min_delta", "train.log_interval",
-    "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.num_workers",
-    "train.tensorboard", "train.progress", "train.max_oom_retries", "train.nonfinite_policy",
-    "report.benchmark",  # what the report measures after training, never what was trained
-})
-# Keys that change the data: split.json was made with them even before any stage has started.
-_ALWAYS_BREAKING_PREFIXES = ("data.", "runtime.seed")
+# What the product itself puts in a run directory before config.yaml exists (a crash between
+# writing split.json and config.yaml); any other entry means the folder is not a run.
+OWN_ENTRIES = frozenset({"split.json", "pipeline.log", LOCK_FILE})
 
 
 @dataclass(frozen=True)
@@ -48,6 +41,10 @@ class RunDirectory:
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def split_path(self) -> Path:
+        return self.root / SPLIT_FILE
 
     @property
     def log_path(self) -> Path:
@@ -79,14 +76,37 @@ class RunDirectory:
         """Stages whose result.json exists (their work is reused, never redone)."""
         return [s for s in STAGES if self.result_path(s).is_file()]
 
-    def started_stages(self) -> list[str]:
-        """Stages with any file in their folder (finished or in progress), here or in any seed's
-        chain (``seed-<n>/``, see src/pipeline/seeds.py): one config.yaml governs them all."""
-        folders = [self.root, *sorted(self.root.glob("seed-*"))]
-        return [s for s in STAGES if any((f / s).is_dir() and any((f / s).iterdir()) for f in folders)]
+    def stage_status(self, stage: str) -> StageStatus:
+        """finished (result.json), diverged or trained (a checkpoint), or fresh: nothing learned yet,
+        whatever else its folder holds (an epochs.csv header, the log of a crashed first epoch)."""
+        folder = self.stage_dir(stage)
+        if self.result_path(stage).is_file():
+            return "finished"
+        if any((folder / name).is_file() for name in (LATEST, PREVIOUS)):
+            return "diverged" if has_diverged(folder) else "trained"
+        return "fresh"
+
+    def chain_dirs(self) -> list[RunDirectory]:
+        """This run directory and its seeds' chains (``seed-<n>/``, src/pipeline/seeds.py)."""
+        chains = sorted(folder for folder in self.root.glob("seed-*") if folder.is_dir())
+        return [self, *(RunDirectory(folder) for folder in chains)]
+
+    def stage_statuses(self) -> dict[str, StageStatus]:
+        """Each stage's most advanced status over every chain of the run: one config.yaml governs
+        them all, so a stage that holds trained state in any chain holds it for the run."""
+        return {stage: max((chain.stage_status(stage) for chain in self.chain_dirs()), key=STATUS_ORDER.index)
+                for stage in STAGES}
 
     def is_empty(self) -> bool:
-        return not self.root.exists() or not any(self.root.iterdir())
+        """Nothing in it but this process's lock (or no folder at all)."""
+        return not self.root.exists() or all(entry.name == LOCK_FILE for entry in self.root.iterdir())
+
+    def remove_temp_files(self) -> None:
+        """Temporary files of writes a killed run left (one may be as big as a checkpoint); only
+        ever called under the run lock, so no other process is writing them."""
+        for chain in self.chain_dirs():
+            for folder in (chain.root, *(chain.stage_dir(stage) for stage in STAGES)):
+                remove_temp_files(folder)
 
     def saved_config(self) -> RunConfig | None:
         """The config the run was started with, or None for a new run directory."""
@@ -95,42 +115,8 @@ class RunDirectory:
         try:
             return config_from_dict(read_yaml(self.config_path))
         except UserError as exc:
-            raise UserError(f"the saved {self.config_path} cannot be read ({exc}); "
-                            "choose a new --output-dir") from None
-
-
-def _stages_depending_on(key: str) -> tuple[str, ...]:
-    """The stages whose results a change of ``key`` would invalidate."""
-    if (target := override_target(key)) is not None:
-        return (target[0],)
-    if key.startswith("distillation."):
-        return KD_STAGES
-    return tuple(STAGES)
-
-
-def compare_configs(saved: RunConfig, new: RunConfig, started: list[str]) -> tuple[list[str], list[str]]:
-    """(breaking, harmless) descriptions of the changes from ``saved`` to ``new``.
-
-    A change is breaking when it alters the data, or the architectures or a training setting of a
-    stage that has already started; until a stage starts, a model that failed to build (a typo,
-    an offline pretrained download) may still be corrected in the same run directory.
-    """
-    old, cur = flatten(saved), flatten(new)
-    breaking, harmless = [], []
-    for key in sorted(set(old) | set(cur)):
-        if old.get(key) == cur.get(key):
-            continue
-        change = f"{key}: {old.get(key)!r} -> {cur.get(key)!r}"
-        rule_key = target[1] if (target := override_target(key)) else key  # an override follows its train key
-        if rule_key in HARMLESS_KEYS:
-            harmless.append(change)
-        elif key.startswith(_ALWAYS_BREAKING_PREFIXES):
-            breaking.append(change)
-        elif touched := [s for s in _stages_depending_on(key) if s in started]:
-            breaking.append(f"{change} (stage {', '.join(touched)} already trained with the old value)")
-        else:
-            harmless.append(change)
-    return breaking, harmless
+            raise UserError(f"the saved {self.config_path} cannot be read ({exc}); fix or restore it, "
+                            "or choose a new --output-dir") from None
 
 
 def check_stage_plan(stages: list[str], finished: list[str]) -> None:
@@ -144,8 +130,38 @@ def check_stage_plan(stages: list[str], finished: list[str]) -> None:
             )
 
 
-def _check_creatable(root: Path) -> None:
+def _check_not_foreign(run_dir: RunDirectory, trained: list[str]) -> None:
+    """A folder without config.yaml is a new run only if it holds nothing but what a run writes
+    before config.yaml: anything else is the user's (summary.md would be overwritten) or a run
+    whose record is gone (its stages would be reused under a config nobody can check)."""
+    if not run_dir.root.is_dir():
+        return
+    foreign = sorted(entry.name for entry in run_dir.root.iterdir()
+                     if entry.name not in OWN_ENTRIES and not is_temp_file(entry))
+    if trained:
+        raise UserError(
+            f"{run_dir.root} holds trained stages ({', '.join(trained)}) but no config.yaml: restore "
+            "config.yaml to continue that run, or choose another --output-dir for a new one"
+        )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserError(
+            f"--output-dir {run_dir.root} already holds files ({shown}) and is not a kd-pipeline run "
+            "(no config.yaml); choose a new or empty folder, so nothing of yours is overwritten"
+        )
+
+
+def check_output_dir(root: Path) -> None:
     """Refuse a run directory that could never be made, before anything is written for it."""
+    try:
+        _check_output_dir(root)
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be read
+        raise UserError(f"cannot create --output-dir {root}: {exc.strerror}") from None
+
+
+def _check_output_dir(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--output-dir {root} exists and is not a directory")
     parent = root.absolute()
     while not parent.exists():
         parent = parent.parent
@@ -168,20 +184,30 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
             f"run directory {run_dir.root} is not empty and --resume never was given; "
             "choose another --output-dir (or --resume auto to continue that run)"
         )
-    if run_dir.root.exists() and not run_dir.root.is_dir():
-        raise UserError(f"--output-dir {run_dir.root} exists and is not a directory")
-    _check_creatable(run_dir.root)
+    check_output_dir(run_dir.root)
     saved = run_dir.saved_config()
+    statuses = run_dir.stage_statuses()
+    trained = [stage for stage, status in statuses.items() if status != "fresh"]
+    if saved is None:
+        _check_not_foreign(run_dir, trained)
+    elif trained and not run_dir.split_path.is_file():
+        raise UserError(
+            f"{run_dir.split_path} is missing, but stage {', '.join(trained)} trained on the split it "
+            "recorded: restore split.json, or choose another --output-dir for a new run"
+        )
     notes: list[str] = []
     if saved is not None:
-        breaking, harmless = compare_configs(saved, cfg, run_dir.started_stages())
+        breaking, allowed = compare_configs(saved, cfg, statuses, split_exists=run_dir.split_path.is_file())
         if breaking:
+            stages_named = any("already trained with the old value" in line for line in breaking)
             raise IncompatibleResumeError(
                 f"cannot continue the run in {run_dir.root}: its config.yaml differs in "
                 + "; ".join(breaking)
-                + ". Use the old values, or choose another --output-dir for a new run"
+                + ". Use the old values, "
+                + ("delete the folders of the stages named to train them again, " if stages_named else "")
+                + "or choose another --output-dir for a new run"
             )
-        notes = harmless
+        notes = allowed
     if write and (saved is None or notes):
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         header = f"# kd-pipeline run configuration, written {stamp}\n"

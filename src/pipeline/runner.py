@@ -7,6 +7,7 @@ seed's cleanup function, which could not free objects its caller still reference
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ import torch
 
 from src.config.schema import RunConfig
 from src.data.build import DataBundle, build_datasets
+from src.engine.checkpoint import CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.distributed import DistributedContext
 from src.errors import UserError
-from src.pipeline.rundir import RunDirectory, check_stage_plan, prepare_run_directory
+from src.pipeline.lock import RunLock
+from src.pipeline.rundir import RunDirectory, check_output_dir, check_stage_plan, prepare_run_directory
 from src.pipeline.seeds import Chain, seed_chains
 from src.pipeline.stages import STAGES, model_name
 from src.pipeline.teacher_from import apply_reuse, plan_reuse, reuse_data
@@ -51,6 +54,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         # Check everything (resume rules, then the data itself) before the first file is written,
         # so a mistake leaves no half-made run directory behind to trip the corrected command.
         prepare_run_directory(run_dir, cfg, resume, write=False)
+        run_dir.remove_temp_files()
         reuse = plan_reuse(cfg, run_dir, chains, teacher_from) if teacher_from is not None else None
         for chain in chains:
             reused = reuse.stages_for(chain) if reuse is not None else []
@@ -81,6 +85,8 @@ def _run_chain(chain: Chain, data: DataBundle, device: torch.device, dist: Distr
         if stage in finished:
             LOGGER.info("stage %s: finished earlier (%s), reusing its results",
                         stage, chain.run_dir.result_path(stage))
+            if dist.is_main:  # a finished stage's spare checkpoints (also of runs made before pruning)
+                CheckpointStore(chain.run_dir.stage_dir(stage)).prune(chain.cfg.train.keep_checkpoints)
             continue
         stage_resume: str | Path = checkpoint if checkpoint is not None else "auto"
         checkpoint = None  # --resume PATH applies to the first stage still to run
@@ -99,14 +105,23 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto",
     Returns every finished stage's result.json content, in pipeline order (of the last seed's
     chain when there are several; each chain's are in its folder).
     """
-    from src.deploy.cost import run_costs
-    from src.evidence.seeds_report import print_seeds_summary, write_seeds_report
-    from src.pipeline.report import print_summary, write_report
-
     run_dir = RunDirectory(Path(output_dir))
     device = resolve_device(cfg.runtime.device)  # indexed: this rank's GPU under torchrun
     checkpoint = resume_target(resume)
     dist = DistributedContext.from_env(device)
+    check_output_dir(run_dir.root)
+    with RunLock(run_dir.root) if dist.is_main else contextlib.nullcontext():  # rank 0 alone writes
+        return _run_chains(cfg, run_dir, resume, checkpoint, teacher_from, device, dist)
+
+
+def _run_chains(cfg: RunConfig, run_dir: RunDirectory, resume: str, checkpoint: Path | None,
+                teacher_from: Path | None, device: torch.device,
+                dist: DistributedContext) -> dict[str, dict[str, Any]]:
+    """Everything ``run_pipeline`` does while it holds the run directory's lock."""
+    from src.deploy.cost import run_costs
+    from src.evidence.seeds_report import print_seeds_summary, write_seeds_report
+    from src.pipeline.report import print_summary, write_report
+
     setup_reproducibility(cfg.runtime.seed, cfg.runtime.deterministic)
     chains = seed_chains(cfg, run_dir)
     data = _prepare(cfg, run_dir, resume, dist, chains, teacher_from)

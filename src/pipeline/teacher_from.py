@@ -23,7 +23,8 @@ from src.config.schema import RunConfig
 from src.data.build import DataBundle, build_datasets
 from src.data.split import SPLIT_FILE
 from src.errors import UserError
-from src.pipeline.rundir import RunDirectory, compare_configs
+from src.pipeline.resume_rules import compare_configs
+from src.pipeline.rundir import RunDirectory
 from src.pipeline.seeds import Chain, seed_chains
 from src.pipeline.stages import model_name
 from src.pipeline.train_stage import verified_weights
@@ -71,7 +72,8 @@ def plan_reuse(cfg: RunConfig, top: RunDirectory, chains: list[Chain], source: P
         raise _fail(source, "that is this run's own --output-dir", "pass another run's directory")
     src_cfg = src.saved_config()
     assert src_cfg is not None
-    split_keys, _ = compare_configs(src_cfg, cfg, started=[])  # data.* and runtime.seed make the split
+    # no stage of ours holds anything yet: only the keys that made split.json can differ
+    split_keys, _ = compare_configs(src_cfg, cfg, {}, split_exists=True)
     if split_keys:
         raise _fail(source, "its split was made with other settings: " + "; ".join(split_keys),
                     "use the same data settings and --seed")
@@ -98,7 +100,8 @@ def _plan_stage(plan: ReusePlan, stage: str, chain: Chain, src_chain: Chain, sou
         if stage == "teacher":
             raise _fail(source, f"{where} has not finished", f"finish that run (re-run its command), {drop}")
         return
-    breaking, _ = compare_configs(src_chain.cfg, chain.cfg, started=[stage])
+    # the resume rules, as if the source's finished stage had been trained in this directory
+    breaking, _ = compare_configs(src_chain.cfg, chain.cfg, {stage: "finished"}, split_exists=True)
     if breaking:
         if stage == "teacher":
             raise _fail(source, f"its teacher was trained with other settings: {'; '.join(breaking)}",

@@ -5,11 +5,10 @@ optimizer and loaders); none of it escapes, so when it returns the runner can fr
 Files a stage leaves: the engine's epochs.csv, metrics.jsonl, checkpoints and curves.png,
 then model.safetensors, test_predictions.csv (the report's confusion matrix) and, last,
 result.json, which marks the stage finished (a stage without it is continued from its latest
-checkpoint on the next run).
+checkpoint on the next run); then the checkpoints beyond ``train.keep_checkpoints`` go.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from src.config.loader import flatten
@@ -30,45 +29,24 @@ from src.engine.objective import CrossEntropyObjective, Objective
 from src.engine.trainer import Trainer
 from src.errors import UserError
 from src.memory.planner import plan_stage
+from src.models.checkpointing import enforce_gradient_checkpointing
 from src.models.factory import count_parameters
-from src.pipeline.rundir import HARMLESS_KEYS, RunDirectory
+from src.models.lr_scale import stage_lr
+from src.pipeline.resume_rules import stage_identity
+from src.pipeline.rundir import RunDirectory
 from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
-from src.utils.training_guards import enforce_gradient_checkpointing, get_model_specific_lr
+from src.utils.logger import SPLIT_METRICS
+from src.utils.weights import file_sha256, save_weights, weights_sha256
 from src.visualization.attention import save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
-TEST_METRICS = ("loss", "accuracy", "precision", "recall", "f1_score")
 
 
 def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """What a stage's checkpoint must agree with to be continued: every setting that changes training."""
-    settings = {k: v for k, v in flatten(cfg).items() if k not in HARMLESS_KEYS}
-    return {"stage": stage, "model": model_name(cfg, stage), "config": settings}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def stage_lr(name: str, base_lr: float) -> float:
-    """The size-scaled learning rate; architectures outside the known sizes keep ``base_lr``."""
-    try:
-        return get_model_specific_lr(name, base_lr)
-    except ValueError:
-        LOGGER.info("no learning-rate scale known for %s; using the base rate %g", name, base_lr)
-        return base_lr
-
-
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> str:
-    """Write the deployable weights atomically; returns the file's sha256 (recorded in result.json)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    return file_sha256(path)
+    """What a stage's checkpoint must agree with to be continued, besides the engine settings the
+    engine compares itself: the settings that change this stage's results (src/pipeline/resume_rules.py)."""
+    return {"stage": stage, "model": model_name(cfg, stage), "config": stage_identity(flatten(cfg), stage)}
 
 
 def load_error_detail(exc: BaseException, limit: int = 200) -> str:
@@ -93,12 +71,14 @@ def verified_weights(run_dir: RunDirectory, stage: str, result: dict[str, Any]) 
     path = run_dir.weights_path(stage)
     if not path.is_file():
         raise UserError(f"{stage} weights {path} are missing; delete {run_dir.stage_dir(stage)} "
-                        "to train that stage again")
-    sha = file_sha256(path)
-    if sha != result.get("weights_sha256"):
+                        "and re-run the training command to train that stage again")
+    recorded = result.get("weights_sha256")
+    # the tensor identity; runs made before it recorded the file's bytes, which still match
+    if recorded not in (weights_sha256(path), file_sha256(path)):
         raise UserError(f"{stage} weights {path} do not match the hash in its result.json (changed after "
-                        f"training?); delete {run_dir.stage_dir(stage)} to train that stage again")
-    return path, sha
+                        f"training?); delete {run_dir.stage_dir(stage)} and re-run the training command to "
+                        "train that stage again")
+    return path, str(recorded)
 
 
 def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
@@ -192,7 +172,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run,
             "stopped_early": fit.stopped_early,
-            "test": {k: float(getattr(test, k)) for k in TEST_METRICS},
+            "test": {k: float(getattr(test, k)) for k in SPLIT_METRICS},
             "peak_gpu_memory_mb": fit.peak_gpu_memory_mb,
             "peak_gpu_reserved_mb": fit.peak_gpu_reserved_mb,  # what the allocator held: the card's view
             "final_split": {"micro_batch": fit.micro_batch, "accumulation_steps": fit.accumulation_steps},
@@ -206,6 +186,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "num_classes": data.num_classes,
         }
         atomic_write_json(run_dir.result_path(stage), result)
+        trainer.store.prune(cfg.train.keep_checkpoints)  # finished: only what train.keep_checkpoints asks for
         LOGGER.info("stage %s done: test accuracy %.4f, macro F1 %.4f (best epoch %s of %s)",
                     stage, test.accuracy, test.f1_score, fit.best_epoch, fit.epochs_run)
     dist.barrier()

@@ -3,15 +3,29 @@
 Every file the product writes goes through here: the data goes to a temporary file in the
 same folder, is flushed and fsynced, then renamed over the target (an atomic operation on
 POSIX file systems), and the folder itself is fsynced so the rename survives power loss.
+
+A full disk (or a quota, or a file-size limit) surfaces here as :class:`DiskFullError`, and a
+folder that cannot be written as a UserError: one line for the user. The temporary file is
+removed and the old target is untouched, so nothing already saved is lost and the same command
+continues once the cause is gone. Libraries that write through a Python file object keep the
+operating system's error in their exception chain (torch.save reports a write failure as a
+RuntimeError caused by it), which is where it is found.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from src.errors import DiskFullError, UserError
+
+TEMP_SUFFIX = ".tmp"
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room, quota, file-size limit
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})  # permissions, read-only file system
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -46,22 +60,46 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None
     (``torch.save``, ``safetensors.torch.save_file``, ``matplotlib``'s ``savefig``) work too.
     On any failure the temporary file is removed and the old ``path`` is left untouched.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Absolute, so a library that expands "~" itself (pandas, matplotlib) writes the file we mean.
+    target = Path(path).absolute()
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        cause = _os_error(exc, NO_SPACE | NOT_WRITABLE)
+        if cause is not None and cause.errno in NO_SPACE:
+            raise DiskFullError(
+                f"cannot write {target}: {os.strerror(cause.errno)}. Free space on that disk (or raise "
+                "the file-size limit) and re-run the same command: everything saved before is intact"
+            ) from exc
+        if cause is not None:
+            raise UserError(f"cannot write {target}: {os.strerror(cause.errno)}. Make its folder writable "
+                            "and re-run the same command: everything saved before is intact") from exc
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def _os_error(exc: BaseException, codes: frozenset[int]) -> OSError | None:
+    """The OSError with one of ``codes`` behind ``exc`` (itself, or in its cause/context chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in codes:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -77,3 +115,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented, key-sorted JSON atomically (stable diffs between runs)."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def is_temp_file(path: Path) -> bool:
+    """A temporary file of :func:`atomic_write_with` (left behind only by a killed process)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``. Only safe while no other
+    process writes there: the run directory lock (src.pipeline.lock) guarantees that."""
+    if not Path(folder).is_dir():
+        return []
+    stale = [path for path in Path(folder).iterdir() if is_temp_file(path)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

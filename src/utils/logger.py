@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Union
 
@@ -36,12 +36,24 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "epoch_time_sec",
     "gpu_memory_mb",
 )
+# The per-split numbers of epochs.csv, result.json's "test" and evaluate.py, in that order.
+SPLIT_METRICS: tuple[str, ...] = ("loss", "accuracy", "precision", "recall", "f1_score")
+MONITORABLE: tuple[str, ...] = tuple(f"val_{name}" for name in SPLIT_METRICS)  # early stopping's choices
+assert REQUIRED_COLUMNS[1:11] == (*(f"train_{m}" for m in SPLIT_METRICS), *MONITORABLE)
+
+
+def better_mode(column: str) -> str:
+    """``min`` for a loss column, ``max`` for accuracy, precision, recall and F1."""
+    return "min" if column.endswith("loss") else "max"
+
+
 _OPTIONAL = frozenset({"gpu_memory_mb"})  # empty without a GPU: never a made-up number
 # A loss can really be NaN/inf (an fp16 overflow in evaluation); the log records what happened
 # and the divergence guard decides whether training stops. Any other non-finite value is a bug.
 _MAY_BE_NONFINITE = frozenset({"train_loss", "val_loss"})
 
 Value = Union[int, float, None]
+_LOG = logging.getLogger("kd_pipeline.engine")
 
 
 class SchemaError(UserError, ValueError):
@@ -76,6 +88,18 @@ def _check_value(column: str, value: object) -> Value:
     return value if isinstance(value, int) else float(value)
 
 
+def _rows_up_to(rows: Sequence[Mapping[str, Value]] | None, epoch: int) -> list[dict[str, Value]] | None:
+    """``rows`` for epochs 1..``epoch`` exactly (checked like logged rows), or None if they are not."""
+    if rows is None:
+        return None
+    try:
+        kept = [{c: _check_value(c, row[c]) for c in REQUIRED_COLUMNS}
+                for row in rows if row["epoch"] <= epoch]
+    except (KeyError, SchemaError, TypeError):
+        return None
+    return kept if [row["epoch"] for row in kept] == list(range(1, epoch + 1)) else None
+
+
 def _parse_cell(column: str, text: str) -> Value:
     if column in _OPTIONAL and text == "":
         return None
@@ -92,21 +116,37 @@ class EpochLogger:
     ``epoch <= resume_from_epoch``, so a crash between writing a row and saving the checkpoint
     never leaves a duplicated epoch after the resume. Every ``log`` rewrites the whole (small)
     file atomically: each state on disk is a complete CSV.
+
+    ``saved_rows``: the rows the checkpoint being resumed carries. When the file is missing,
+    damaged or short of them, it is rebuilt from them (a damaged file is kept beside it as
+    ``epochs.csv.damaged``), so a bad CSV never blocks a stage whose checkpoint is sound.
     """
 
-    def __init__(self, path: str | os.PathLike[str], resume_from_epoch: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike[str], resume_from_epoch: int = 0,
+                 saved_rows: Sequence[Mapping[str, Value]] | None = None) -> None:
         valid = isinstance(resume_from_epoch, int) and not isinstance(resume_from_epoch, bool)
         if not valid or resume_from_epoch < 0:
             raise ValueError(f"resume_from_epoch must be an integer >= 0, got {resume_from_epoch!r}")
         self.path = Path(path)
         self._rows: list[dict[str, Value]] = []
+        fallback = _rows_up_to(saved_rows, resume_from_epoch)
+        problem: UserError | None = None
         if self.path.exists():
-            self._rows = self._read_existing(resume_from_epoch)
+            try:
+                self._rows = self._read_existing(resume_from_epoch)
+            except UserError as exc:
+                problem = exc
+                if fallback is not None:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".damaged"))
         elif resume_from_epoch > 0:
-            raise UserError(
-                f"cannot resume {self.path}: the file is missing but the checkpoint is at epoch "
-                f"{resume_from_epoch}; restore it or start the stage again"
-            )
+            problem = UserError(f"cannot resume {self.path}: the file is missing but the checkpoint is at "
+                                f"epoch {resume_from_epoch}")
+        if problem is not None:
+            if fallback is None:
+                advice = f"; restore it, or delete {self.path.parent} to train the stage again"
+                raise type(problem)(f"{problem}{advice}") from None
+            _LOG.warning("%s; rebuilt it from the checkpoint's %d rows", problem, len(fallback))
+            self._rows = fallback
         self._write()
 
     def _read_existing(self, resume_from_epoch: int) -> list[dict[str, Value]]:
@@ -174,7 +214,21 @@ class EpochLogger:
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+PIPELINE_LOGGER = "kd_pipeline"  # every module logs under this name, so pipeline.log gets it all
 _HANDLER_TAG = "_kd_pipeline_handler"
+
+
+class _LogFileHandler(logging.FileHandler):
+    """pipeline.log. A line that cannot be written (a full disk) must not print logging's
+    traceback block: the file is closed with one warning on stderr and the run goes on; the
+    error that matters surfaces at the next file the run writes (src.utils.atomic)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        reason = sys.exc_info()[1]
+        self.close()
+        logging.getLogger(PIPELINE_LOGGER).removeHandler(self)
+        print(f"warning: cannot write {self.baseFilename} ({reason}); log lines go to stderr only",
+              file=sys.stderr)
 
 
 def setup_logging(
@@ -188,7 +242,7 @@ def setup_logging(
     ``pipeline.log`` is appended line by line, the one file not written atomically: it is a
     stream, and its value is what reached the disk before a crash.
     """
-    logger = logging.getLogger("kd_pipeline")
+    logger = logging.getLogger(PIPELINE_LOGGER)
     for handler in [h for h in logger.handlers if getattr(h, _HANDLER_TAG, False)]:
         logger.removeHandler(handler)
         handler.close()
@@ -196,7 +250,7 @@ def setup_logging(
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(_LogFileHandler(log_file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
         setattr(handler, _HANDLER_TAG, True)
@@ -204,3 +258,13 @@ def setup_logging(
     logger.setLevel(level)
     logger.propagate = False
     return logger
+
+
+def announce(message: str) -> None:
+    """A verbose summary of the seed's guards (``freeze_teacher(verbose=True)``, ...): logged to
+    ``kd_pipeline`` (so it lands in pipeline.log) once ``setup_logging`` configured it,
+    printed otherwise, so a user calling the guards from their own script still sees it."""
+    if logging.getLogger(PIPELINE_LOGGER).handlers:
+        logging.getLogger(f"{PIPELINE_LOGGER}.guards").info(message)
+    else:
+        print(message)
