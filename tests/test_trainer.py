@@ -237,6 +237,19 @@ def test_out_of_memory_gives_up_with_what_was_tried(tmp_path: Path) -> None:
         trainer.fit()
 
 
+def test_out_of_memory_never_halves_a_batch_norm_model_below_two_samples(tmp_path: Path) -> None:
+    """BatchNorm cannot train on one sample: the fallback stops at micro-batch 2 with one line
+    instead of crashing in the forward (a ViT, without BatchNorm, may go down to 1)."""
+    limited = MemoryLimit(limit=1)
+    trainer = make_trainer(tmp_path / "cnn", model=tiny_cnn(), objective=limited, batch_size=8)
+    with pytest.raises(UserError, match="micro-batch 8, micro-batch 4, micro-batch 2\\)"):
+        trainer.fit()
+    assert min(limited.sizes) == 2
+    vit = make_trainer(tmp_path / "vit", model=tiny_vit(), objective=MemoryLimit(limit=1), batch_size=8,
+                       epochs=1)
+    assert vit.fit().micro_batch == 1
+
+
 def test_sigterm_saves_and_raises_then_the_same_command_resumes_exactly(tmp_path: Path) -> None:
     previous = signal.getsignal(signal.SIGTERM)
     interrupted = make_trainer(tmp_path / "run", model=tiny_cnn(seed=1), objective=SignalAt(6), epochs=2)

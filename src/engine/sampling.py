@@ -66,9 +66,11 @@ def window_sizes(num_keys: int, window: int) -> list[int]:
 
 
 def _pieces(keys: list[Key], micro_batch: int) -> list[list[Key]]:
-    """Micro-batches of at most ``micro_batch`` keys; a lone last key joins the one before."""
+    """Micro-batches of at most ``micro_batch`` keys; a lone last key left over by a larger
+    micro-batch joins the one before (a micro-batch of 1 was chosen: for a model without
+    BatchNorm, whose out-of-memory fallback may go that far, it stays 1)."""
     pieces = [keys[i : i + micro_batch] for i in range(0, len(keys), micro_batch)]
-    if len(pieces) > 1 and len(pieces[-1]) == 1:
+    if micro_batch > 1 and len(pieces) > 1 and len(pieces[-1]) == 1:
         pieces[-2].extend(pieces.pop())
     return pieces
 
