@@ -3,6 +3,7 @@
 start equal and a stage run alone equals the same stage inside the pipeline."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,8 @@ def test_stage_alone_equals_the_stage_in_the_pipeline_and_kd_without_teacher_wei
     cross-entropy, so identical weights prove the two start equal, see the same batches and
     draw the same randomness. The baseline run alone in a fresh directory, with no teacher
     trained before it in the process, still gives the same weights."""
-    no_kd = ["--set", "distillation.alpha_start=0", "--set", "distillation.alpha_end=0",
-             "--set", "train.label_smoothing=0.1"]
+    no_kd = ["--set", "distillation.loss=kd", "--set", "distillation.alpha_start=0",
+             "--set", "distillation.alpha_end=0", "--set", "train.label_smoothing=0.1"]
     chain, alone = tmp_path / "chain", tmp_path / "alone"
     stages = ["--stages", "teacher,baseline,direct"]
     assert main("cnn", ["--output-dir", str(chain), *TINY, *stages, *no_kd]) == 0
@@ -55,7 +56,11 @@ def test_stage_alone_equals_the_stage_in_the_pipeline_and_kd_without_teacher_wei
     def weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
         return load_file(str(run / stage / "model.safetensors"))
 
-    # Equal tensors; result.json's weights_sha256 hashes the safetensors file, whose metadata
-    # order is not yet stable between writes (issue 9 makes the hash process-independent).
     assert _same_weights(weights(chain, "baseline"), weights(alone, "baseline"))
+    # and the recorded identity agrees: weights_sha256 names the tensors, not the file's bytes
+
+    def sha(run: Path, stage: str) -> str:
+        return json.loads((run / stage / "result.json").read_text())["weights_sha256"]
+
+    assert sha(chain, "baseline") == sha(alone, "baseline")
     assert _same_weights(weights(chain, "direct"), weights(chain, "baseline"))

@@ -163,6 +163,17 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
     assert not out.exists()  # the refused run wrote nothing, and the lock leaves no folder behind
 
 
+def test_without_flock_the_run_goes_on_unlocked_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Windows has no fcntl: the lock must not crash the import or the run, and must say so."""
+    import src.pipeline.lock as lock
+
+    monkeypatch.setattr(lock, "fcntl", None)
+    with caplog.at_level("WARNING", logger="kd_pipeline.lock"), lock.RunLock(tmp_path / "run"):
+        assert (tmp_path / "run").is_dir()
+    assert "no file locking on this platform" in caplog.text
+
+
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
     from src.pipeline.lock import LOCK_FILE, RunLock
 

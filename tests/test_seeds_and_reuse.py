@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 # its own overrides (2 epochs at another rate)
 TINY = ["--epochs", "1", "--subset", "40", "--image-size", "8", "--device", "cpu",
         "--set", "models.teacher=resnet18", "--set", "models.assistant=resnet18",
-        "--set", "stage_overrides.teacher.epochs=2", "--set", "stage_overrides.teacher.lr=0.004"]
+        "--set", "stage_overrides.teacher.epochs=2", "--set", "stage_overrides.teacher.lr=0.004",
+        "--set", "distillation.loss=kd"]  # not make run's dist: the reuse test trains dist as the new loss
 STAGES = ["--stages", "teacher,baseline,direct"]
 
 

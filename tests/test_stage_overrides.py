@@ -11,7 +11,7 @@ import yaml
 from src.config.loader import config_from_dict, dump_config, load_config
 from src.config.stage_overrides import stage_config
 from src.errors import IncompatibleResumeError, UserError
-from src.pipeline.cli import REPO_ROOT
+from src.pipeline.cli import REPO_ROOT, default_config_path
 from src.pipeline.rundir import RunDirectory, prepare_run_directory
 from src.pipeline.train_stage import run_fingerprint
 
@@ -71,3 +71,17 @@ def test_vit_cifar_configs_fine_tune_the_pretrained_teacher_briefly_at_a_low_rat
     assert cfg.models.pretrained
     teacher, student = stage_config(cfg, "teacher").train, stage_config(cfg, "student").train
     assert teacher.lr < 0.2 * student.lr and teacher.epochs <= student.epochs / 5
+
+
+def test_the_epochs_flag_is_every_stages_length_and_set_can_still_give_one_stage_its_own() -> None:
+    """make run's config trains its teacher 15 epochs (stage_overrides); ``--epochs 1`` is a quick
+    one-epoch run all the same, and ``--set`` after the flag still sets one stage."""
+    config = default_config_path("cnn", None)
+    default = load_config(config)
+    epochs = {stage: stage_config(default, stage).train.epochs for stage in ("teacher", "student")}
+    assert epochs == {"teacher": 15, "student": 5}
+    quick = load_config(config, [], {"train.epochs": 1})
+    assert {stage_config(quick, stage).train.epochs for stage in ("teacher", "assistant", "student")} == {1}
+    mixed = load_config(config, ["stage_overrides.teacher.epochs=3"], {"train.epochs": 1})
+    epochs = {stage: stage_config(mixed, stage).train.epochs for stage in ("teacher", "student")}
+    assert epochs == {"teacher": 3, "student": 1}

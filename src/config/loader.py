@@ -28,6 +28,8 @@ from src.models.patches import vit_patch_size
 from src.utils.logger import MONITORABLE, better_mode
 
 _NONE_WORDS = ("none", "null", "~")
+# flags that set a train key for every stage, per-stage values of the config included
+RUN_WIDE_FLAG_KEYS = frozenset({"train.epochs"})
 
 
 def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -209,15 +211,28 @@ def load_config(
 ) -> RunConfig:
     """Defaults < YAML at ``path`` < ``cli_values`` < ``overrides``.
 
-    ``cli_values`` maps dotted keys to flag values; None means the flag was not given.
+    ``cli_values`` maps dotted keys to flag values; None means the flag was not given. A run-wide
+    flag (``--epochs``) also replaces the YAML's per-stage values of its key: ``--epochs 1`` is a
+    one-epoch run, whatever epochs a config gives one stage (``--set`` can still set them).
     """
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
     for key, value in (cli_values or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
+            if key in RUN_WIDE_FLAG_KEYS:
+                _drop_stage_values(raw, key.removeprefix("train."))
     for text in overrides:
         _set_dotted(raw, *parse_override(text))
     return config_from_dict(raw)
+
+
+def _drop_stage_values(raw: dict[str, Any], name: str) -> None:
+    """Remove ``stage_overrides.<stage>.<name>`` from a raw (YAML) config, for every stage."""
+    sections = raw.get("stage_overrides")
+    if isinstance(sections, dict):
+        for section in sections.values():
+            if isinstance(section, dict):
+                section.pop(name, None)
 
 
 def _check(ok: bool, message: str) -> None:

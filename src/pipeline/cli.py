@@ -77,7 +77,8 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     add("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
     add("--output-dir", type=user_path, help="the run directory (default: runs/<family>-<dataset>)")
     add("--stages", help=f"comma list of {','.join(STAGE_NAMES)}")
-    add("--epochs", type=int, help="epochs per stage")
+    add("--epochs", type=int, help="epochs of every stage (replaces a config's per-stage "
+        "stage_overrides.<stage>.epochs; --set can still set one)")
     add("--batch-size", type=int, help="micro-batch per step (effective batch = this x accumulation)")
     add("--lr", type=float, help="base learning rate (scaled per model size)")
     add("--image-size", type=int, help="square input size in pixels (8 or more)")

@@ -5,12 +5,13 @@ temporary files would delete the checkpoint the other is writing. The lock is an
 ``flock`` on the run directory itself: the kernel releases it when the process ends however it
 ends (a crash, SIGKILL), so a stale lock never blocks anyone. Who holds it is written to
 ``.kd-pipeline.lock`` (pid, host, start time, command) so a refused run can name them. Under
-torchrun only rank 0 takes it, as only rank 0 writes.
+torchrun only rank 0 takes it, as only rank 0 writes. ``flock`` is POSIX: where it does not
+exist (Windows) the run goes on unlocked, with a warning.
 """
 from __future__ import annotations
 
-import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -21,7 +22,13 @@ from types import TracebackType
 from src.errors import UserError
 from src.utils.atomic import atomic_write_json
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 LOCK_FILE = ".kd-pipeline.lock"
+LOGGER = logging.getLogger("kd_pipeline.lock")
 
 
 class RunLock:
@@ -40,6 +47,10 @@ class RunLock:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a name too long, a read-only file system, no permission
             raise UserError(f"cannot create --output-dir {self.root}: {exc.strerror}") from None
+        if fcntl is None:
+            LOGGER.warning("no file locking on this platform: nothing stops a second run in %s; "
+                           "start one run per --output-dir at a time", self.root)
+            return self
         fd = os.open(self.root, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
