@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,8 +16,7 @@ from src.config.schema import DataConfig
 from src.data.build import build_datasets
 from src.data.imagefolder import ScannedImageFolder, load_image
 from src.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
+from src.pipeline.cli import main
 
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "fox": (30, 30, 200)}
 
@@ -169,14 +166,13 @@ def test_a_single_class_folder_is_a_user_error(tmp_path: Path) -> None:
         build_datasets(DataConfig(name="imagefolder", data_dir=str(tmp_path)), None, seed=0)
 
 
-def test_single_class_folder_exits_2_with_one_error_line(tmp_path: Path) -> None:
+def test_single_class_folder_exits_2_with_one_error_line(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     write_class_folders(tmp_path, "train", 6, classes=("cat",))
-    result = subprocess.run(
-        [sys.executable, "cnn_distillation/train.py", "--dataset", "imagefolder", "--data-dir", str(tmp_path),
-         "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--set", "train.warmup_epochs=0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    code = main("cnn", ["--dataset", "imagefolder", "--data-dir", str(tmp_path), "--output-dir",
+                        str(tmp_path / "run"), "--epochs", "1", "--set", "train.warmup_epochs=0"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: imagefolder: {tmp_path / 'train'} has one class folder (cat); a classifier needs at least "
         "two: add a folder of images for every class"]
     assert not (tmp_path / "run" / "split.json").exists()
