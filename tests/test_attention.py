@@ -80,6 +80,7 @@ def test_rejects_bad_heads_and_non_vit_models(vit, tmp_path) -> None:
         save_attention_maps(resnet, _images(), tmp_path, epoch=1)
 
 
+@pytest.mark.slow
 def test_repeated_calls_keep_memory_flat(vit, tmp_path) -> None:
     save_attention_maps(vit, _images(), tmp_path, epoch=1)  # warm up matplotlib's caches
     gc.collect()

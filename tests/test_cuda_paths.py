@@ -284,6 +284,7 @@ def test_resolve_device_without_cuda_is_a_user_error_or_the_cpu() -> None:
         resolve_device("cuda")
 
 
+@pytest.mark.slow
 def test_planner_caps_the_process_and_fits_the_search_through_torch_cuda(
         fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch) -> None:
     """The regression of issue 8 item 1 goes through the real set_per_process_memory_fraction:
@@ -303,6 +304,7 @@ def test_planner_caps_the_process_and_fits_the_search_through_torch_cuda(
     assert found["step"].seen and all(seen == (True, True) for seen in found["step"].seen)  # weights, inputs
 
 
+@pytest.mark.slow
 def test_planner_caps_a_larger_card_at_the_budget(fake_cuda: FakeCuda,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     model = small_cnn()
@@ -311,6 +313,7 @@ def test_planner_caps_a_larger_card_at_the_budget(fake_cuda: FakeCuda,
     assert plan.micro_batch == 8 and plan.peak_bytes <= plan.limit_bytes < 3 * GIB
 
 
+@pytest.mark.slow
 def test_ddp_ranks_take_the_smallest_micro_batch_any_rank_fitted(fake_cuda: FakeCuda,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     class OtherRankFitsFour(DistributedContext):  # the other rank's answer, without a process group
@@ -324,6 +327,7 @@ def test_ddp_ranks_take_the_smallest_micro_batch_any_rank_fitted(fake_cuda: Fake
     assert "agreed across ranks" in plan.reason
 
 
+@pytest.mark.slow
 def test_planner_turns_checkpointing_on_for_a_vit_when_only_a_tiny_micro_batch_fits(
         fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch) -> None:
     model = small_vit()

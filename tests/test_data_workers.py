@@ -25,6 +25,9 @@ from src.config.schema import DataConfig
 from src.data.build import build_datasets
 
 CPU = torch.device("cpu")
+# every test starts fresh interpreters (about 3 s each): make test runs them, the pre-commit check
+# (validate_project.py, -m "not slow") does not
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

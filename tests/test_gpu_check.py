@@ -38,6 +38,7 @@ def write_stage(run_dir: Path, stage: str, *, peak: float | None = 3000.0, reser
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path)], cwd=REPO,

@@ -233,6 +233,7 @@ def test_one_training_sample_per_process_with_batch_norm_is_refused() -> None:
                 Path("unused"), device=torch.device("cpu"), seed=0, run_fingerprint=fingerprint())
 
 
+@pytest.mark.slow
 def test_a_deleted_teacher_retrained_to_the_same_weights_keeps_the_assistant_resumable(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """weights_sha256 hashed the safetensors file, whose metadata order differs from one write to

@@ -53,6 +53,7 @@ def _spy_on_stage_objects(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref]:
     return refs
 
 
+@pytest.mark.slow
 def test_model_teacher_and_optimizer_are_gone_after_a_kd_stage(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, run, data = _setup(tmp_path, "cpu")

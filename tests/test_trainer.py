@@ -201,6 +201,7 @@ def test_skip_policy_skips_and_counts_nonfinite_updates(tmp_path: Path) -> None:
     assert trainer.schedule.num_updates == 6  # skipped updates never advance the schedule
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path: Path) -> None:
     limited = MemoryLimit(limit=4)
     trainer = make_trainer(tmp_path / "oom", model=tiny_vit(seed=5), objective=limited, batch_size=16,
@@ -237,6 +238,7 @@ def test_out_of_memory_gives_up_with_what_was_tried(tmp_path: Path) -> None:
         trainer.fit()
 
 
+@pytest.mark.slow
 def test_out_of_memory_never_halves_a_batch_norm_model_below_two_samples(tmp_path: Path) -> None:
     """BatchNorm cannot train on one sample: the fallback stops at micro-batch 2 with one line
     instead of crashing in the forward (a ViT, without BatchNorm, may go down to 1)."""

@@ -70,6 +70,7 @@ def _vit() -> nn.Module:
     return timm.create_model("vit_base_patch16_224", num_classes=10, img_size=32, patch_size=4)
 
 
+@pytest.mark.slow
 def test_checkpointing_shrinks_saved_activations_and_keeps_gradients(plain_output):
     model = _vit()
     images = torch.randn(2, 3, 32, 32)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -23,6 +24,7 @@ SAVE = (
 )
 
 
+@pytest.mark.slow
 def test_identical_weights_get_one_hash_in_processes_with_different_hash_seeds(tmp_path: Path) -> None:
     runs = {}
     for seed in ("1", "2"):
