@@ -76,6 +76,15 @@ def test_the_effective_batch_decides_a_batch_split_change() -> None:
     assert compare_configs(old, other, {"teacher": "trained"}, split_exists=True)[0]
 
 
+def test_a_stage_override_of_the_batch_is_judged_by_the_batch_that_stage_trains_with() -> None:
+    old = load_config(None, [])  # train.batch_size 64, accumulation 1
+    bigger = load_config(None, ["stage_overrides.teacher.batch_size=256"])
+    assert compare_configs(old, bigger, {"teacher": "trained"}, split_exists=True)[0]
+    split = load_config(None, ["stage_overrides.teacher.batch_size=32",
+                               "stage_overrides.teacher.accumulation_steps=2"])
+    assert compare_configs(old, split, {"teacher": "trained"}, split_exists=True)[0] == []
+
+
 def test_a_key_of_one_stage_breaks_only_that_stage_and_the_stages_distilled_from_it() -> None:
     assert key_rule("stage_overrides.student.lr").stages == ("student",)
     assert key_rule("stage_overrides.student.weight_decay").kind == "training"

@@ -82,16 +82,25 @@ def key_rule(key: str) -> KeyRule:
     return KeyRule(TRAINING, every)
 
 
+def _train_settings(flat: dict[str, Any], key: str) -> dict[str, Any]:
+    """The train settings ``key`` belongs to: ``train.*``, with the stage's own overrides laid
+    on top for a ``stage_overrides.<stage>.*`` key (what that stage trains with: stage_config)."""
+    settings = {k.removeprefix("train."): v for k, v in flat.items() if k.startswith("train.")}
+    if key.startswith(STAGE_OVERRIDES):
+        prefix = key.rsplit(".", 1)[0] + "."
+        settings.update({k.removeprefix(prefix): v for k, v in flat.items()
+                         if k.startswith(prefix) and v is not None})
+    return settings
+
+
 def change_kind(key: str, old: dict[str, Any], new: dict[str, Any]) -> Kind:
     """The kind of changing ``key`` between flattened configs ``old`` and ``new``: a batch-split
-    key is free while the effective batch of its scope stays (else it changes training)."""
+    key is free while the effective batch it trains with stays (else it changes training)."""
     kind = key_rule(key).kind
     if kind != BATCH_SPLIT:
         return kind
-    prefix = key.rsplit(".", 1)[0] + "."
-    scope_old = {k.removeprefix(prefix): v for k, v in old.items() if k.startswith(prefix)}
-    scope_new = {k.removeprefix(prefix): v for k, v in new.items() if k.startswith(prefix)}
-    return FREE if effective_batch(scope_old) == effective_batch(scope_new) else TRAINING
+    same = effective_batch(_train_settings(old, key)) == effective_batch(_train_settings(new, key))
+    return FREE if same else TRAINING
 
 
 def stage_identity(flat: dict[str, Any], stage: str) -> dict[str, Any]:
