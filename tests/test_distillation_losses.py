@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from src.config.loader import load_config
 from src.distillation.config import DistillationConfig, check_distillation
-from src.distillation.losses import dist_loss, dkd_loss, kd_loss, standardize_logits
+from src.distillation.losses import _non_target, dist_loss, dkd_loss, kd_loss, standardize_logits
 from src.errors import UserError
 
 LOSSES = ("kd", "dkd", "dist")
@@ -99,6 +99,19 @@ def test_dkd_stays_finite_for_confident_logits() -> None:
     loss, _ = dkd_loss(s, t.float(), y, temperature=1.0, alpha=1.0, beta=8.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+def test_non_target_gather_equals_masked_removal_in_value_and_order() -> None:
+    """The gather that drops each row's target column (no boolean-mask sync on CUDA) keeps the
+    other columns in their order, with the target in the first, the last and a middle column."""
+    s, t, _ = _batch(seed=6, classes=7, size=9)
+    y = torch.tensor([0, 6, 3, 0, 6, 1, 5, 2, 4])
+    kept_s, kept_t = _non_target(s, t, y)
+    keep = torch.ones_like(s, dtype=torch.bool).scatter(1, y[:, None], False)
+    assert torch.equal(kept_s, s[keep].view(9, 6)) and torch.equal(kept_t, t[keep].view(9, 6))
+    for i, label in enumerate(y.tolist()):
+        columns = [c for c in range(7) if c != label]
+        assert torch.equal(kept_s[i], s[i, columns]) and torch.equal(kept_t[i], t[i, columns])
 
 
 # --------------------------------------------------------------------------- DIST

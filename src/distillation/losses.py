@@ -111,10 +111,16 @@ def _target_and_rest(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return target - log_all, torch.logsumexp(rest, dim=-1) - log_all
 
 
-def _non_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``logits`` without each row's target column: shape [N, C - 1]."""
-    keep = torch.ones_like(logits, dtype=torch.bool).scatter(1, labels[:, None], False)
-    return logits[keep].view(logits.shape[0], logits.shape[1] - 1)
+def _non_target(student: torch.Tensor, teacher: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both logit matrices without each row's target column (shape [N, C - 1], order kept).
+
+    A gather on column indices that skip the label, built once for both: boolean-mask indexing
+    would need a ``nonzero`` and so a host-device sync on CUDA."""
+    rows, classes = student.shape
+    idx = torch.arange(classes - 1, device=student.device).expand(rows, -1)
+    idx = idx + (idx >= labels[:, None])
+    return student.gather(1, idx), teacher.gather(1, idx)
 
 
 def dkd_loss(
@@ -145,7 +151,7 @@ def dkd_loss(
     s_binary = torch.stack([s_target, s_rest], dim=1)
     t_binary = torch.stack([t_target, t_rest], dim=1)
     tckd = F.kl_div(s_binary, t_binary, log_target=True, reduction="batchmean") * temperature**2
-    nckd = _softened_kl(_non_target(student, labels), _non_target(teacher, labels), temperature)
+    nckd = _softened_kl(*_non_target(student, teacher, labels), temperature)
     kd = alpha * tckd + beta * nckd
     ce, plain_ce = _cross_entropy(raw, labels, label_smoothing)
     loss = ce_weight * ce + warmup * kd
