@@ -178,6 +178,29 @@ def test_finite_float32_loss_and_gradients_from_half_precision_logits(loss: str,
         assert part.dim() == 0 and part.dtype == torch.float32 and not part.requires_grad, name
 
 
+def _casts(node) -> int:
+    """Float casts (``ToCopyBackward0`` nodes) in the backward graph below ``node``."""
+    seen, stack, count = set(), [node], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += type(node).__name__ == "ToCopyBackward0"
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return count
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("standardize", [False, True])
+def test_half_precision_student_logits_are_cast_to_float32_once(loss: str, standardize: bool) -> None:
+    """Under AMP every cast is a float32 copy of the logits kept for backward: one is enough."""
+    s, t, y = _batch(seed=10, classes=10, size=4)
+    student = s.half().requires_grad_()
+    value, _ = _call(loss, student, t.half(), y, standardize=standardize, label_smoothing=0.1)
+    assert _casts(value.grad_fn) == 1
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_gradient_reaches_the_student_only(loss: str) -> None:
     s, t, y = _batch(seed=11)

@@ -96,7 +96,7 @@ def kd_loss(
 ) -> tuple[torch.Tensor, Parts]:
     """Hinton's KD; parts ``kd`` (T^2-scaled KL, before alpha), ``ce`` and ``alpha``."""
     raw = student_logits.float()
-    student, teacher = _logits(student_logits, teacher_logits, standardize)
+    student, teacher = _logits(raw, teacher_logits, standardize)
     kd = _softened_kl(student, teacher, temperature)
     ce, plain_ce = _cross_entropy(raw, labels, label_smoothing)
     loss = alpha * kd + (1.0 - alpha) * ce
@@ -144,7 +144,7 @@ def dkd_loss(
     target column, which is equal in value and stays finite for confident logits.
     """
     raw = student_logits.float()
-    student, teacher = _logits(student_logits, teacher_logits, standardize)
+    student, teacher = _logits(raw, teacher_logits, standardize)
     s, t = student / temperature, teacher / temperature
     s_target, s_rest = _target_and_rest(s, labels)
     t_target, t_rest = _target_and_rest(t, labels)
@@ -180,7 +180,7 @@ def dist_loss(
     """DIST; parts ``inter``, ``intra`` (both tau^2-scaled), ``kd`` = beta*inter + gamma*intra
     and ``ce``. The intra-class relation is taken across the micro-batch the engine passes."""
     raw = student_logits.float()
-    student, teacher = _logits(student_logits, teacher_logits, standardize)
+    student, teacher = _logits(raw, teacher_logits, standardize)
     p_s, p_t = F.softmax(student / tau, dim=1), F.softmax(teacher / tau, dim=1)
     inter = (1.0 - _pearson_rows(p_s, p_t).mean()) * tau**2
     intra = (1.0 - _pearson_rows(p_s.T, p_t.T).mean()) * tau**2
