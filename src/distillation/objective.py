@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.distillation.alpha_schedule import schedule_kd_alpha
 from src.distillation.config import DistillationConfig, check_distillation
+from src.distillation.frozen_teacher import freeze_teacher
 from src.distillation.losses import Parts, dist_loss, dkd_loss, kd_loss
 from src.engine.objective import Objective, StepOutput
-from src.utils.training_guards import freeze_teacher, schedule_kd_alpha
 
 
 def dkd_warmup(epoch: int, total_epochs: int, fraction: float) -> float:

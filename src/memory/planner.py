@@ -31,7 +31,7 @@ from src.memory.accounting import DeviceMemory
 from src.memory.allocator import configure_cuda_allocator
 from src.memory.probe import measure_peak
 from src.memory.search import GIB, Measure, MemoryPlan, search_micro_batch
-from src.utils.training_guards import enforce_gradient_checkpointing
+from src.models.checkpointing import enforce_gradient_checkpointing
 
 __all__ = ["MemoryPlan", "agree_across_ranks", "choose_plan", "configure_cuda_allocator", "plan_stage",
            "search_micro_batch", "set_checkpointing"]
