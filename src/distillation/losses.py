@@ -38,6 +38,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from src.engine.objective import cross_entropy_with_part
+
 Parts = dict[str, torch.Tensor]
 
 STANDARDIZE_EPS = 1e-7  # logit-standardization-KD's normalize()
@@ -68,15 +70,6 @@ def _parts(device: torch.device, **values: torch.Tensor | float) -> Parts:
             for name, value in values.items()}
 
 
-def _cross_entropy(raw: torch.Tensor, labels: torch.Tensor,
-                   label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the loss's cross-entropy term, with the run's label smoothing; the ``ce`` part: the plain
-    cross-entropy, which curves.png plots against the validation loss, Objective's contract)."""
-    term = F.cross_entropy(raw, labels, label_smoothing=label_smoothing)
-    plain = F.cross_entropy(raw.detach(), labels) if label_smoothing else term
-    return term, plain
-
-
 def _softened_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean."""
     kl = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
@@ -98,7 +91,7 @@ def kd_loss(
     raw = student_logits.float()
     student, teacher = _logits(raw, teacher_logits, standardize)
     kd = _softened_kl(student, teacher, temperature)
-    ce, plain_ce = _cross_entropy(raw, labels, label_smoothing)
+    ce, plain_ce = cross_entropy_with_part(raw, labels, label_smoothing)
     loss = alpha * kd + (1.0 - alpha) * ce
     return loss, _parts(raw.device, kd=kd, ce=plain_ce, alpha=alpha)
 
@@ -153,7 +146,7 @@ def dkd_loss(
     tckd = F.kl_div(s_binary, t_binary, log_target=True, reduction="batchmean") * temperature**2
     nckd = _softened_kl(*_non_target(student, teacher, labels), temperature)
     kd = alpha * tckd + beta * nckd
-    ce, plain_ce = _cross_entropy(raw, labels, label_smoothing)
+    ce, plain_ce = cross_entropy_with_part(raw, labels, label_smoothing)
     loss = ce_weight * ce + warmup * kd
     return loss, _parts(raw.device, kd=kd, tckd=tckd, nckd=nckd, warmup=warmup, ce=plain_ce)
 
@@ -185,6 +178,6 @@ def dist_loss(
     inter = (1.0 - _pearson_rows(p_s, p_t).mean()) * tau**2
     intra = (1.0 - _pearson_rows(p_s.T, p_t.T).mean()) * tau**2
     kd = beta * inter + gamma * intra
-    ce, plain_ce = _cross_entropy(raw, labels, label_smoothing)
+    ce, plain_ce = cross_entropy_with_part(raw, labels, label_smoothing)
     loss = ce_weight * ce + kd
     return loss, _parts(raw.device, kd=kd, inter=inter, intra=intra, ce=plain_ce)

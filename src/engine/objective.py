@@ -43,6 +43,16 @@ class Objective:
         raise NotImplementedError
 
 
+def cross_entropy_with_part(logits: torch.Tensor, labels: torch.Tensor,
+                            label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss term: cross-entropy with the run's label smoothing; the ``ce`` part: the plain
+    cross-entropy, detached, which curves.png plots against the validation loss). Computed twice
+    only when smoothing makes the two differ."""
+    term = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    plain = F.cross_entropy(logits.detach(), labels) if label_smoothing else term.detach()
+    return term, plain
+
+
 class CrossEntropyObjective(Objective):
     """Labels only: the teacher and baseline stages."""
 
@@ -54,6 +64,5 @@ class CrossEntropyObjective(Objective):
 
     def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        plain = F.cross_entropy(logits.detach(), labels) if self.label_smoothing else loss.detach()
+        loss, plain = cross_entropy_with_part(logits, labels, self.label_smoothing)
         return StepOutput(logits=logits, loss=loss, parts={"ce": plain})
