@@ -7,7 +7,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from src.engine.curves import grad_norm_per_epoch, plot_curves
+from src.engine.curves import mean_grad_norms, metrics_records, plot_curves
 from src.engine.run_log import MetricsLog
 from src.utils.logger import REQUIRED_COLUMNS
 
@@ -50,7 +50,7 @@ def test_writes_a_valid_png(tmp_path, epochs, with_metrics):
 
 
 def test_grad_norm_is_the_mean_of_finite_values_per_epoch(tmp_path):
-    norms = grad_norm_per_epoch(_metrics(tmp_path / "metrics.jsonl", 2))
+    norms = mean_grad_norms(metrics_records(_metrics(tmp_path / "metrics.jsonl", 2)))
     assert norms.to_dict() == {1: 2.0, 2: 4.0}
 
 
@@ -58,12 +58,12 @@ def test_no_grad_norm_falls_back(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.append({"step": 1, "epoch": 1, "loss": 0.3})
     log.flush()
-    assert grad_norm_per_epoch(tmp_path / "metrics.jsonl") is None
+    assert mean_grad_norms(metrics_records(tmp_path / "metrics.jsonl")) is None
     log.append({"step": 2, "epoch": 1, "grad_norm": math.inf})  # only skipped (non-finite) steps
     log.flush()
-    assert grad_norm_per_epoch(tmp_path / "metrics.jsonl") is None
-    assert grad_norm_per_epoch(tmp_path / "missing.jsonl") is None
-    assert grad_norm_per_epoch(None) is None
+    assert mean_grad_norms(metrics_records(tmp_path / "metrics.jsonl")) is None
+    assert mean_grad_norms(metrics_records(tmp_path / "missing.jsonl")) is None
+    assert mean_grad_norms(metrics_records(None)) is None
 
 
 def test_a_distillation_stage_plots_cross_entropy_against_validation_and_its_kd_term_apart(tmp_path):

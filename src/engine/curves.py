@@ -28,18 +28,15 @@ from src.utils.atomic import atomic_write_with
 STYLE = {"marker": "o", "markersize": 3}  # a single epoch still shows as a point
 
 
-def _records(metrics_jsonl: Path | None) -> pd.DataFrame:
+def metrics_records(metrics_jsonl: Path | None) -> pd.DataFrame:
+    """metrics.jsonl as a frame, one row per record; empty when there is no log."""
     if metrics_jsonl is None or not Path(metrics_jsonl).exists():
         return pd.DataFrame()
     return pd.DataFrame(read_records(Path(metrics_jsonl)))
 
 
-def grad_norm_per_epoch(metrics_jsonl: Path | None) -> pd.Series | None:
-    """Mean of the finite ``grad_norm`` values per epoch, or None when the log has none."""
-    return _mean_grad_norms(_records(metrics_jsonl))
-
-
-def _mean_grad_norms(records: pd.DataFrame) -> pd.Series | None:
+def mean_grad_norms(records: pd.DataFrame) -> pd.Series | None:
+    """Mean of the finite ``grad_norm`` values per epoch, or None when the records have none."""
     if "grad_norm" not in records:
         return None
     norms = pd.to_numeric(records["grad_norm"], errors="coerce")
@@ -82,7 +79,7 @@ def _distillation_panels(kd: Axes, alpha: Axes, epochs: pd.DataFrame, parts: pd.
 
 def plot_curves(epochs_csv: Path, metrics_jsonl: Path | None, out_png: Path) -> Path:
     """Draw the panels from epochs.csv (and metrics.jsonl) and write ``out_png`` atomically."""
-    fig = curves_figure(pd.read_csv(epochs_csv), _records(metrics_jsonl))
+    fig = curves_figure(pd.read_csv(epochs_csv), metrics_records(metrics_jsonl))
     return atomic_write_with(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
@@ -105,7 +102,7 @@ def curves_figure(epochs: pd.DataFrame, records: pd.DataFrame) -> Figure:
     lr.plot(epochs["epoch"], epochs["learning_rate"], color="tab:green", **STYLE)
     lr.set_title("learning rate (end of epoch)")
     lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    norms = _mean_grad_norms(records)
+    norms = mean_grad_norms(records)
     if norms is not None:
         last.plot(norms.index, norms.to_numpy(), color="tab:red", **STYLE)
         last.set_title("gradient norm (mean per epoch)")
