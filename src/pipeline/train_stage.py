@@ -37,7 +37,7 @@ from src.pipeline.rundir import RunDirectory
 from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.logger import SPLIT_METRICS
-from src.utils.weights import file_sha256, save_weights, weights_sha256
+from src.utils.weights import file_sha256, save_weights, tensors_sha256
 from src.visualization.attention import save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
@@ -58,35 +58,42 @@ def load_error_detail(exc: BaseException, limit: int = 200) -> str:
     return detail if len(detail) <= limit else detail[: limit - 3] + "..."
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a model.safetensors into ``model``; a file of another architecture is a user error."""
+def load_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a model.safetensors (or its ``tensors``, already read) into ``model``; a file of another
+    architecture is a user error."""
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(load_file(str(path)) if tensors is None else tensors)
     except (RuntimeError, OSError, SafetensorError) as exc:  # SafetensorError: not a safetensors file
         raise UserError(f"weights {path} do not fit this model: {load_error_detail(exc)}") from None
 
 
-def verified_weights(run_dir: RunDirectory, stage: str, result: dict[str, Any]) -> tuple[Path, str]:
-    """A finished stage's model.safetensors and its sha256, checked against its result.json."""
+def verified_weights(run_dir: RunDirectory, stage: str,
+                     result: dict[str, Any]) -> tuple[Path, str, dict[str, torch.Tensor]]:
+    """A finished stage's model.safetensors, its sha256 and its tensors (read once), checked against
+    its result.json."""
     path = run_dir.weights_path(stage)
     if not path.is_file():
         raise UserError(f"{stage} weights {path} are missing; delete {run_dir.stage_dir(stage)} "
                         "and re-run the training command to train that stage again")
     recorded = result.get("weights_sha256")
+    try:
+        tensors: dict[str, torch.Tensor] | None = load_file(str(path))
+    except (OSError, SafetensorError):  # not a safetensors file (any more): it cannot match
+        tensors = None
     # the tensor identity; runs made before it recorded the file's bytes, which still match
-    if recorded not in (weights_sha256(path), file_sha256(path)):
+    if tensors is None or (tensors_sha256(tensors) != recorded and file_sha256(path) != recorded):
         raise UserError(f"{stage} weights {path} do not match the hash in its result.json (changed after "
                         f"training?); delete {run_dir.stage_dir(stage)} and re-run the training command to "
                         "train that stage again")
-    return path, str(recorded)
+    return path, str(recorded), tensors
 
 
 def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
                  result: dict[str, Any]) -> tuple[nn.Module, dict[str, str]]:
     """The teacher stage's final weights, verified against the hash its result.json recorded."""
-    path, sha = verified_weights(run_dir, teacher_stage, result)
+    path, sha, tensors = verified_weights(run_dir, teacher_stage, result)
     teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
-    load_weights(teacher, path)
+    load_weights(teacher, path, tensors)
     # relative to the run directory: a moved run directory still resumes; the hash is the identity
     fingerprint = {"teacher_stage": teacher_stage, "teacher_file": str(path.relative_to(run_dir.root)),
                    "teacher_sha256": sha}
