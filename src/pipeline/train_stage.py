@@ -10,6 +10,7 @@ checkpoint on the next run); then the checkpoints beyond ``train.keep_checkpoint
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def load_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] 
 
 
 def verified_weights(run_dir: RunDirectory, stage: str,
-                     result: dict[str, Any]) -> tuple[Path, str, dict[str, torch.Tensor]]:
+                     result: Mapping[str, Any]) -> tuple[Path, str, dict[str, torch.Tensor]]:
     """A finished stage's model.safetensors, its sha256 and its tensors (read once), checked against
     its result.json."""
     path = run_dir.weights_path(stage)
@@ -88,12 +89,21 @@ def verified_weights(run_dir: RunDirectory, stage: str,
     return path, str(recorded), tensors
 
 
+def load_stage_model(cfg: RunConfig, run_dir: RunDirectory, stage: str, num_classes: int,
+                     result: Mapping[str, Any]) -> tuple[nn.Module, Path, str]:
+    """A finished stage's final model on the CPU, with its weights file and their sha256: the weights
+    are verified against the hash its result.json recorded, so nothing measures or distils a file
+    that changed after training."""
+    path, sha, tensors = verified_weights(run_dir, stage, result)
+    model = build_model(cfg, stage, num_classes, initial=False)
+    load_weights(model, path, tensors)
+    return model, path, sha
+
+
 def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
                  result: dict[str, Any]) -> tuple[nn.Module, dict[str, str]]:
     """The teacher stage's final weights, verified against the hash its result.json recorded."""
-    path, sha, tensors = verified_weights(run_dir, teacher_stage, result)
-    teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
-    load_weights(teacher, path, tensors)
+    teacher, path, sha = load_stage_model(cfg, run_dir, teacher_stage, num_classes, result)
     # relative to the run directory: a moved run directory still resumes; the hash is the identity
     fingerprint = {"teacher_stage": teacher_stage, "teacher_file": str(path.relative_to(run_dir.root)),
                    "teacher_sha256": sha}
