@@ -124,14 +124,21 @@ def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, num_classe
     return objective.to(device)
 
 
+def first_val_batch(data: DataBundle, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` validation items as one model-ready CPU batch, each image read once:
+    exactly what ``data.val[i]`` gives, stacked."""
+    count = min(size, len(data.val))
+    images = data.val.model_input(data.val.store.read(range(count)))
+    return images, torch.tensor(data.val.targets[:count])
+
+
 def attention_callback(cfg: RunConfig, data: DataBundle, stage_dir: Path,
                        dist: DistributedContext) -> list[Any]:
     """ViT stages: attention maps of one fixed validation batch every N epochs, on rank 0."""
     every = cfg.runtime.attention_every
     if cfg.models.family != "vit" or every <= 0 or not dist.is_main:
         return []
-    count = min(4, len(data.val))
-    images = torch.stack([data.val[i][0] for i in range(count)])
+    images, _ = first_val_batch(data, 4)
 
     def on_epoch_end(epoch: int, model: nn.Module) -> None:
         if should_visualize(epoch, every):
@@ -162,9 +169,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     objective = make_objective(cfg, stage, run_dir, data.num_classes, device, teacher_result)
     lr = stage_lr(name, cfg.train.lr)
     data.to(device, cfg.runtime.vram_budget_gb)  # resident images first: the memory plan counts them
-    count = min(cfg.train.batch_size, len(data.val))
-    sample = (torch.stack([data.val[i][0] for i in range(count)]),
-              torch.tensor([data.val[i][1] for i in range(count)]))
+    sample = first_val_batch(data, cfg.train.batch_size)
     plan = plan_stage(model, objective, sample, cfg.train, device, cfg.runtime.vram_budget_gb,
                       model_name=name, dist=dist)  # ranks agree on one split
     del sample
