@@ -32,7 +32,7 @@ from torch.utils.data import Subset
 from src.data.build import DataBundle, build_datasets
 from src.deploy.onnx_runtime import EXPORT_PACKAGES, OnnxClassifier, require
 from src.engine.evaluation import evaluate_model
-from src.errors import KDPipelineError, UserError
+from src.errors import KDPipelineError, UserError, error_detail
 from src.pipeline.cli import OneLineParser
 from src.pipeline.evaluate import open_run
 from src.pipeline.rundir import RunDirectory
@@ -185,8 +185,7 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
         try:
             writer(model, data.image_size, tmp)
         except Exception as exc:  # the exporters raise many types; the first line says what failed
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExportCheckFailed(f"{fmt} export of {result.get('model')} failed: {first}; "
+            raise ExportCheckFailed(f"{fmt} export of {result.get('model')} failed: {error_detail(exc)}; "
                                     "try the other --format") from exc
         parity = compare(model, _load_exported(fmt, tmp), data, images, cfg.runtime.seed)
         if parity.agree != parity.images or parity.max_abs_diff > tolerance:

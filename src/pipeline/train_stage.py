@@ -28,7 +28,7 @@ from src.distillation.objective import DistillationObjective
 from src.engine.distributed import DistributedContext
 from src.engine.objective import CrossEntropyObjective, Objective
 from src.engine.trainer import Trainer
-from src.errors import UserError
+from src.errors import UserError, error_detail
 from src.memory.planner import plan_stage
 from src.models.checkpointing import enforce_gradient_checkpointing
 from src.models.factory import count_parameters
@@ -50,22 +50,13 @@ def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
     return {"stage": stage, "model": model_name(cfg, stage), "config": stage_identity(flatten(cfg), stage)}
 
 
-def load_error_detail(exc: BaseException, limit: int = 200) -> str:
-    """One informative line of a loading error: torch's first line is a bare "Error(s) in ...:" header."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
-
-
 def load_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Load a model.safetensors (or its ``tensors``, already read) into ``model``; a file of another
     architecture is a user error."""
     try:
         model.load_state_dict(load_file(str(path)) if tensors is None else tensors)
     except (RuntimeError, OSError, SafetensorError) as exc:  # SafetensorError: not a safetensors file
-        raise UserError(f"weights {path} do not fit this model: {load_error_detail(exc)}") from None
+        raise UserError(f"weights {path} do not fit this model: {error_detail(exc)}") from None
 
 
 def verified_weights(run_dir: RunDirectory, stage: str,
