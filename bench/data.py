@@ -29,13 +29,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision.transforms.v2.functional as F
-from _common import add_threads_flag, build_stage, family_config, machine_line, resolve_device_and_threads
-from throughput import training_runner
+from _common import (
+    add_threads_flag,
+    build_stage,
+    family_config,
+    machine_line,
+    resolve_device_and_threads,
+    synthetic_batch,
+)
+from throughput import alternating_rates, repeated, training_runner
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.datasets import ImageStore, TrainDataset
@@ -81,18 +87,6 @@ def batched_dataset(images: torch.Tensor, targets: list[int], image_size: int, s
     return TrainDataset(store, targets, [str(c) for c in range(10)], model_input, seed=seed)
 
 
-def timed(run: Callable[[], int], device: torch.device) -> float:
-    """Images per second of ``run`` (which returns how many images it made); see the module doc."""
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = clock()
-    count = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return count / (clock() - start)
-
-
 def data_runners(images: torch.Tensor, targets: list[int], size: int, batch: int, device: torch.device
                  ) -> dict[str, Callable[[], int]]:
     order = epoch_order(0, 1, len(targets))
@@ -119,16 +113,9 @@ def student_runner(size: int, batch: int, device: torch.device) -> tuple[str, Ca
     family, name = STUDENTS[size]
     cfg = family_config(family, image_size=size, batch=batch)
     stage = build_stage(cfg, "baseline", device)  # the student architecture, labels only
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, size, size, generator=gen).to(device)
-    labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    images, labels = synthetic_batch(batch, size, device)
     step = training_runner(stage.model, stage.objective, images, labels, cfg.train, device)
-
-    def run() -> int:
-        step()
-        return batch
-
-    return name, run
+    return name, repeated(step, 1, batch)
 
 
 def under_determinism(deterministic: bool, run: Callable[[], int]) -> Callable[[], int]:
@@ -143,12 +130,7 @@ def under_determinism(deterministic: bool, run: Callable[[], int]) -> Callable[[
 
 def median_rates(runners: dict[str, Callable[[], int]], rounds: int,
                  device: torch.device) -> dict[str, float]:
-    for run in runners.values():
-        run()  # warm-up: allocator, cuDNN autotuning, first-call overheads
-    rates: dict[str, list[float]] = {mode: [] for mode in runners}
-    for _ in range(rounds):
-        for mode, run in runners.items():
-            rates[mode].append(timed(run, device))
+    rates = alternating_rates(runners, rounds, device)  # bench/throughput.py's warm-up and rounds
     return {mode: statistics.median(values) for mode, values in rates.items()}
 
 

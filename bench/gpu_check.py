@@ -12,7 +12,7 @@ tqdm and matplotlib: no virtual environment, no network. In order it
    downloaded), 2 epochs of about 100 updates each at the configured effective batch, with
    ``--vram-budget 6`` and the configs' AMP setting (auto);
 3. runs ``pytest -m gpu``;
-4. runs the benchmarks: bench/data.py (when it exists), bench/throughput.py (kd/ideal, both
+4. runs the benchmarks: bench/data.py, bench/throughput.py (kd/ideal, both
    families) and bench/overhead.py (engine/bare).
 
 For every stage it prints micro-batch x accumulation steps, whether gradient checkpointing is
@@ -38,10 +38,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from src.config.schema import RunConfig
 
 GIB_MIB = 1024.0
 LIMIT_MIB = 5.5 * GIB_MIB  # the target: every stage's peak allocated memory under a 6 GiB cap
@@ -193,24 +196,12 @@ def training_rate(metrics_jsonl: Path) -> Optional[float]:
     return statistics.median(rates) if rates else None
 
 
-def configured_effective_batch(config_path: Path, sets: Sequence[str]) -> Optional[int]:
-    """batch_size x accumulation_steps of the config, after ``--set`` overrides of those keys."""
-    import yaml
+def configured_effective_batch(cfg: RunConfig, stage: str) -> int:
+    """batch_size x accumulation_steps the stage trains with (its stage_overrides on top of train)."""
+    from src.config.stage_overrides import stage_config
 
-    train = (yaml.safe_load(config_path.read_text()) or {}).get("train", {})
-    values = {"batch_size": train.get("batch_size", 64),
-              "accumulation_steps": train.get("accumulation_steps", 1)}
-    for item in sets:
-        key, _, value = item.partition("=")
-        if key.startswith("train.") and key[6:] in values:
-            values[key[6:]] = int(value)
-    return int(values["batch_size"]) * int(values["accumulation_steps"])
-
-
-def configured_stages(config_path: Path) -> list[str]:
-    import yaml
-
-    return list((yaml.safe_load(config_path.read_text()) or {}).get("stages", []))
+    train = stage_config(cfg, stage).train
+    return train.batch_size * train.accumulation_steps
 
 
 def stage_checks(rows: Sequence[StageRow], memory_measured: bool) -> list[Check]:
@@ -298,6 +289,8 @@ def cuda_available() -> bool:
 
 
 def run_families(args: argparse.Namespace, work: Path, logs: Path, report: Report) -> None:
+    from src.config.loader import load_config
+
     checksums = synthetic_cifar10(work / "data", args.train_images, args.test_images)
     (work / "cifar_checksums.json").write_text(json.dumps(checksums), encoding="utf-8")
     shim = work / "shim"
@@ -309,7 +302,8 @@ def run_families(args: argparse.Namespace, work: Path, logs: Path, report: Repor
         spec = FAMILIES[family]
         sets = [*spec["sets"], *(SMOKE_SETS[family] if args.cpu_smoke else [])]
         run_dir = work / "runs" / family
-        stages = args.stages or configured_stages(REPO / spec["config"])
+        cfg = load_config(REPO / spec["config"], sets)  # what the training command will read
+        stages = args.stages or list(cfg.stages)
         command = [sys.executable, spec["script"], "--config", spec["config"], "--dataset", "cifar10",
                    "--data-dir", str(work / "data"), "--output-dir", str(run_dir),
                    "--epochs", str(args.epochs), "--vram-budget", str(args.vram_budget),
@@ -318,8 +312,8 @@ def run_families(args: argparse.Namespace, work: Path, logs: Path, report: Repor
                    *[arg for item in sets for arg in ("--set", item)]]
         part, _ = run_part(f"{family} pipeline", command, logs, args.timeout, env)
         report.parts.append(part)
-        effective = configured_effective_batch(REPO / spec["config"], sets)
-        report.stages += [read_stage(run_dir, family, stage, effective) for stage in stages]
+        report.stages += [read_stage(run_dir, family, stage, configured_effective_batch(cfg, stage))
+                          for stage in stages]
 
 
 def run_pytest(args: argparse.Namespace, logs: Path, report: Report) -> None:
@@ -330,12 +324,10 @@ def run_pytest(args: argparse.Namespace, logs: Path, report: Report) -> None:
 
 
 def benchmark_commands(python: str) -> list[tuple[str, list[str], str, Optional[float]]]:
-    """(name, command, headline label, target) of each benchmark; bench/data.py only if it exists."""
-    commands: list[tuple[str, list[str], str, Optional[float]]] = []
-    if (REPO / "bench" / "data.py").is_file():
-        commands.append(("data", [python, "bench/data.py"], "batched/per-sample throughput ratio", None))
+    """(name, command, headline label, target) of each benchmark."""
     stages = "teacher,assistant,student"
-    commands += [
+    return [
+        ("data", [python, "bench/data.py"], "batched/per-sample throughput ratio", None),
         ("kd-ideal cnn", [python, "bench/throughput.py", "--device", "cuda", "--family", "cnn",
                           "--image-size", "32", "--batch", "128", "--stages", stages, "--steps", "20",
                           "--rounds", "5"], "kd/ideal throughput ratio", 0.95),
@@ -345,7 +337,6 @@ def benchmark_commands(python: str) -> list[tuple[str, list[str], str, Optional[
         ("engine-bare", [python, "bench/overhead.py", "--device", "cuda", "--steps", "200",
                          "--batch-size", "128"], "engine/bare throughput ratio", 0.97),
     ]
-    return commands
 
 
 def run_benchmarks(args: argparse.Namespace, logs: Path, report: Report) -> None:

@@ -34,6 +34,7 @@ import torch
 from _common import machine_line  # puts src on the path
 
 from src.evidence.stats import mean_and_std
+from src.pipeline.rundir import RunDirectory
 from src.pipeline.stages import STAGES
 from src.utils.atomic import atomic_write_json, atomic_write_text
 
@@ -140,9 +141,9 @@ def _results(run: Path) -> dict[int, dict[str, dict[str, Any]]]:
     """seed -> stage -> result.json of one run directory."""
     out: dict[int, dict[str, dict[str, Any]]] = {}
     for chain in sorted(run.glob("seed-*")):
-        seed = int(chain.name.removeprefix("seed-"))
-        out[seed] = {s: json.loads((chain / s / "result.json").read_text())
-                     for s in STAGES if (chain / s / "result.json").is_file()}
+        seed_run = RunDirectory(chain)
+        out[int(chain.name.removeprefix("seed-"))] = {stage: seed_run.read_result(stage)
+                                                      for stage in seed_run.finished_stages()}
     return out
 
 

@@ -44,6 +44,7 @@ from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
 from src.errors import UserError
 from src.memory.accounting import DeviceMemory
+from src.memory.cleanup import storage_bytes
 from src.memory.planner import choose_plan, plan_stage, set_checkpointing
 from src.memory.probe import probe_peaks
 from src.memory.search import GIB
@@ -53,14 +54,6 @@ from src.utils.training_guards import saved_activation_bytes
 MIB = 1 << 20
 
 
-def tensor_bytes(tensors: Any) -> int:
-    """Bytes of distinct storages (shared ones counted once)."""
-    seen: dict[int, int] = {}
-    for t in tensors:
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(seen.values())
-
-
 def optimizer_state_bytes(model: torch.nn.Module, cfg: Any) -> int:
     """State the stage's real optimizer holds after one step (SGD momentum: 1x, AdamW: 2x params)."""
     optimizer = build_optimizer(model, cfg)
@@ -68,8 +61,8 @@ def optimizer_state_bytes(model: torch.nn.Module, cfg: Any) -> int:
         if p.requires_grad:
             p.grad = torch.zeros_like(p)
     optimizer.step()
-    size = tensor_bytes(t for state in optimizer.state.values() for t in state.values()
-                        if torch.is_tensor(t) and t.dim() > 0)
+    size = storage_bytes(t for state in optimizer.state.values() for t in state.values()
+                         if torch.is_tensor(t) and t.dim() > 0)
     optimizer.zero_grad(set_to_none=True)
     return size
 
@@ -130,11 +123,11 @@ def cpu_rows(family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 per_model[setup.name][gc_on] = saved_per_image(setup.model, size, args.probe_batches)
             print(f"  measured {setup.name} at {size}px in {time.perf_counter() - start:.1f} s", flush=True)
         saved = per_model[setup.name]
-        weights = tensor_bytes([*setup.model.parameters(), *setup.model.buffers()])
-        grads = tensor_bytes(p for p in setup.model.parameters() if p.requires_grad)
+        weights = storage_bytes([*setup.model.parameters(), *setup.model.buffers()])
+        grads = storage_bytes(p for p in setup.model.parameters() if p.requires_grad)
         state = optimizer_state_bytes(setup.model, cfg.train)
-        teacher = 0 if setup.teacher is None else tensor_bytes([*setup.teacher.parameters(),
-                                                                *setup.teacher.buffers()])
+        teacher = 0 if setup.teacher is None else storage_bytes([*setup.teacher.parameters(),
+                                                                 *setup.teacher.buffers()])
         fixed = weights + grads + state + teacher
         rows.append({
             "family": family, "stage": stage, "model": setup.name, "teacher": setup.teacher_name or "-",

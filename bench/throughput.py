@@ -26,7 +26,8 @@ import argparse
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import pandas as pd
 import torch
@@ -50,6 +51,7 @@ from src.engine.step import UpdateStep, resolve_precision
 from src.pipeline.stages import STAGES, build_model
 
 Runner = Callable[[], None]
+Key = TypeVar("Key", bound=Hashable)
 
 
 def training_runner(model: torch.nn.Module, objective, images: torch.Tensor, labels: torch.Tensor,
@@ -82,19 +84,43 @@ def inference_runner(teacher: torch.nn.Module, images: torch.Tensor, cfg: Engine
     return run
 
 
-def images_per_second(run: Runner, steps: int, batch: int, device: torch.device) -> float:
-    """Wall-clock rate on CUDA. On the CPU the clock is this process's CPU time: on a shared
-    machine other processes stretch wall time at random, but not the work a step costs, and the
-    ratio compares work (a KD step's = the student's training + the teacher's forward)."""
+def images_per_second(run: Callable[[], int], device: torch.device) -> float:
+    """Images per second of ``run``, which returns how many images it covered. Wall-clock rate on
+    CUDA. On the CPU the clock is this process's CPU time: on a shared machine other processes
+    stretch wall time at random, but not the work a step costs, and the ratio compares work (a KD
+    step's = the student's training + the teacher's forward)."""
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = clock()
-    for _ in range(steps):
-        run()
+    count = run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return steps * batch / (clock() - start)
+    return count / (clock() - start)
+
+
+def repeated(run: Runner, steps: int, batch: int) -> Callable[[], int]:
+    """``steps`` calls of ``run`` on a ``batch``-image batch, counted for images_per_second."""
+    def counted() -> int:
+        for _ in range(steps):
+            run()
+        return steps * batch
+
+    return counted
+
+
+def alternating_rates(runners: dict[Key, Callable[[], int]], rounds: int,
+                      device: torch.device) -> dict[Key, list[float]]:
+    """Each runner's images/s in every round, after one warm-up call each (allocator, kernels,
+    optimizer state). Modes alternate within a round, so a neighbour's load spike hits every mode
+    alike; the median round counts."""
+    for run in runners.values():
+        run()
+    rates: dict[Key, list[float]] = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            rates[key].append(images_per_second(run, device))
+    return rates
 
 
 def build_runners(cfg, stages: list[str], batch: int, device: torch.device) -> dict[tuple[str, str], Runner]:
@@ -146,12 +172,8 @@ def main() -> None:
           f"{args.rounds} rounds x {args.steps} update(s) per mode; rates in {unit}", flush=True)
 
     runners = build_runners(cfg, stages, args.batch, device)
-    for run in runners.values():  # warm-up: allocator, kernels, optimizer state
-        run()
-    rates: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
-    for _ in range(args.rounds):
-        for key, run in runners.items():
-            rates[key].append(images_per_second(run, args.steps, args.batch, device))
+    rates = alternating_rates({key: repeated(run, args.steps, args.batch) for key, run in runners.items()},
+                              args.rounds, device)
     median = {key: statistics.median(r) for key, r in rates.items()}
 
     table = pd.DataFrame([{"stage": stage, "mode": mode, "images/s": median[(stage, mode)],

@@ -6,6 +6,17 @@ and the documented exit code, so no user ever sees a traceback for a mistake the
 from __future__ import annotations
 
 
+def error_detail(exc: BaseException, limit: int = 200) -> str:
+    """One informative line of an exception from a library (torch, an exporter, ONNX Runtime) for a
+    one-line error: its first non-blank line, or the second when the first is a bare header ending
+    in ":" (torch's "Error(s) in loading state_dict for ...:"), cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
+
+
 class KDPipelineError(Exception):
     """Base class: an error the command line reports without a traceback."""
 

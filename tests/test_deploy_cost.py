@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from src.config.loader import load_config
@@ -205,6 +206,15 @@ def small_run(tmp_path: Path) -> tuple[object, RunDirectory, dict[str, dict]]:
     return cfg, run, results
 
 
+def changed_weights(run: RunDirectory, stage: str) -> str:
+    """Other weights in the stage's model.safetensors (as a retrain leaves them); returns their hash."""
+    model = create_model("cnn", "resnet18", 10, 8)
+    model.load_state_dict(load_file(str(run.weights_path(stage))))
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    return save_weights(model, run.weights_path(stage), {"stage": stage})
+
+
 def test_costs_are_measured_together_once_then_reused_until_the_weights_change(
         small_run: tuple[object, RunDirectory, dict[str, dict]], monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, run, results = small_run
@@ -226,7 +236,8 @@ def test_costs_are_measured_together_once_then_reused_until_the_weights_change(
     assert first.stages["teacher"].flops == pytest.approx(2 * 0.0347e9, rel=0.01)
     again = run_costs(cfg, run, results, cpu, 10)  # a re-run of the finished command
     assert measured == [["teacher", "baseline"]] and again == first
-    retrained = {**results, "baseline": {**results["baseline"], "weights_sha256": "retrained"}}
+    sha = changed_weights(run, "baseline")
+    retrained = {**results, "baseline": {**results["baseline"], "weights_sha256": sha}}
     run_costs(cfg, run, retrained, cpu, 10)
     assert measured[-1] == ["teacher", "baseline"]  # every stage again: ratios from one measurement
     (run.root / COST_FILE).write_text("{damaged")
@@ -240,6 +251,19 @@ def test_missing_weights_of_a_finished_stage_is_a_user_error(
     run.weights_path("baseline").unlink()
     with pytest.raises(UserError, match=re.escape("--set report.benchmark=false")):
         run_costs(cfg, run, results, torch.device("cpu"), 10)
+
+
+def test_weights_changed_after_training_are_refused_not_measured(
+        small_run: tuple[object, RunDirectory, dict[str, dict]], monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, run, results = small_run
+    changed_weights(run, "baseline")  # result.json still records the trained weights' hash
+    monkeypatch.setattr(cost, "time_models", lambda *args, **kwargs: pytest.fail("measured changed weights"))
+    with pytest.raises(UserError) as refused:
+        run_costs(cfg, run, results, torch.device("cpu"), 10)
+    message = str(refused.value)
+    assert "\n" not in message and "baseline weights" in message and "do not match the hash" in message
+    assert "--set report.benchmark=false" in message  # one error line with its fixes
+    assert not (run.root / COST_FILE).exists()  # nothing cached under the recorded hash
 
 
 def test_turning_the_benchmark_off_never_blocks_a_resume() -> None:

@@ -12,7 +12,16 @@ import pytest
 import torch
 
 from bench import gpu_check
-from bench.gpu_check import Check, Report, StageRow, ratio_in, read_stage, stage_checks
+from bench.gpu_check import (
+    Check,
+    Report,
+    StageRow,
+    configured_effective_batch,
+    ratio_in,
+    read_stage,
+    stage_checks,
+)
+from src.config.loader import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,6 +90,13 @@ def test_verdicts_fail_a_missing_stage_one_over_the_limit_and_a_changed_effectiv
     assert Report(machine={}, checks=[Check("a", "t", "m", True), Check("b", "t", "m", None)]).ok
     markdown = gpu_check.markdown(report, 61.0)
     assert markdown.startswith("# gpu-check: FAIL") and "5700 (over)" in markdown
+
+
+def test_the_configured_effective_batch_is_the_stages_own_after_set_overrides() -> None:
+    cfg = load_config(REPO / gpu_check.FAMILIES["cnn"]["config"],
+                      ["train.accumulation_steps=2", "stage_overrides.teacher.batch_size=64"])
+    assert configured_effective_batch(cfg, "student") == 128 * 2
+    assert configured_effective_batch(cfg, "teacher") == 64 * 2  # its stage_overrides batch
 
 
 def test_benchmark_headlines_are_read_from_the_last_line_that_has_them() -> None:

@@ -12,7 +12,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from src.utils.weights import save_weights, tensors_sha256, weights_sha256
+from src.errors import UserError
+from src.pipeline import train_stage
+from src.pipeline.rundir import RunDirectory
+from src.pipeline.train_stage import verified_weights
+from src.utils.weights import file_sha256, save_weights, tensors_sha256, weights_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 METADATA = {"stage": "teacher", "arch": "resnet50", "family": "cnn", "num_classes": "10", "image_size": "8"}
@@ -54,3 +58,20 @@ def test_save_weights_returns_the_identity_of_what_it_wrote(tmp_path: Path) -> N
     model = nn.Linear(2, 2)
     sha = save_weights(model, tmp_path / "model.safetensors", METADATA)
     assert sha == weights_sha256(tmp_path / "model.safetensors") == tensors_sha256(model.state_dict())
+
+
+def test_a_finished_stage_is_verified_by_its_tensors_or_legacy_file_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RunDirectory(tmp_path)
+    sha = save_weights(nn.Linear(2, 2), run.weights_path("student"), METADATA)
+    hashed_files: list[Path] = []
+    monkeypatch.setattr(train_stage, "file_sha256",
+                        lambda path: hashed_files.append(path) or file_sha256(path))
+    path, recorded, tensors = verified_weights(run, "student", {"weights_sha256": sha})
+    assert recorded == sha and tensors_sha256(tensors) == sha
+    assert hashed_files == []  # the tensor identity matched: the file's bytes are not read again
+    legacy = file_sha256(path)  # what runs made before the tensor identity recorded
+    assert verified_weights(run, "student", {"weights_sha256": legacy})[1] == legacy
+    path.write_bytes(path.read_bytes()[:-4])  # truncated: no longer a safetensors file
+    with pytest.raises(UserError, match="do not match the hash in its result.json"):
+        verified_weights(run, "student", {"weights_sha256": sha})

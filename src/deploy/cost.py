@@ -32,8 +32,7 @@ from src.errors import UserError
 from src.memory.accounting import DeviceMemory
 from src.models.factory import count_parameters
 from src.pipeline.rundir import RunDirectory
-from src.pipeline.stages import build_model
-from src.pipeline.train_stage import load_weights
+from src.pipeline.train_stage import load_stage_model
 from src.utils.atomic import atomic_write_json
 
 LOGGER = logging.getLogger("kd_pipeline.cost")
@@ -133,13 +132,13 @@ def _cached(run_dir: RunDirectory, key: dict[str, Any]) -> CostTable | None:
 
 def _load_stage(cfg: RunConfig, run_dir: RunDirectory, stage: str, result: Mapping[str, Any],
                 num_classes: int) -> tuple[str, nn.Module, int]:
-    path = run_dir.weights_path(stage)
-    if not path.is_file():
-        raise UserError(f"weights {path} of the finished stage '{stage}' are missing; delete "
-                        f"{run_dir.stage_dir(stage)} and re-run to train that stage again "
-                        "(or --set report.benchmark=false to report without costs)")
-    model = build_model(cfg, stage, int(result.get("num_classes", num_classes)), initial=False)
-    load_weights(model, path)
+    """(architecture, model, weights file bytes) of a finished stage whose weights are what its
+    result.json recorded: cost.json is keyed by that hash, so a changed file is refused, not measured."""
+    classes = int(result.get("num_classes", num_classes))
+    try:
+        model, path, _ = load_stage_model(cfg, run_dir, stage, classes, result)
+    except UserError as exc:
+        raise UserError(f"{exc} (or --set report.benchmark=false to report without costs)") from None
     return str(result.get("model")), model, path.stat().st_size
 
 

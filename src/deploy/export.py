@@ -32,13 +32,13 @@ from torch.utils.data import Subset
 from src.data.build import DataBundle, build_datasets
 from src.deploy.onnx_runtime import EXPORT_PACKAGES, OnnxClassifier, require
 from src.engine.evaluation import evaluate_model
-from src.errors import KDPipelineError, UserError
+from src.errors import KDPipelineError, UserError, error_detail
 from src.pipeline.cli import OneLineParser
 from src.pipeline.evaluate import open_run
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.seeds import chain_for
-from src.pipeline.stages import STAGES, build_model
-from src.pipeline.train_stage import load_weights, verified_weights
+from src.pipeline.stages import STAGES
+from src.pipeline.train_stage import load_stage_model
 from src.utils.atomic import atomic_write_json, atomic_write_with
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -120,16 +120,14 @@ def _load_exported(fmt: str, path: Path) -> Any:
 
 
 def finished_stage(run: RunDirectory, stage: str) -> dict[str, Any]:
-    """The stage's result.json, once the stage has finished and its weights are what it recorded."""
+    """The stage's result.json, once the stage has finished (load_stage_model checks its weights)."""
     if not run.result_path(stage).is_file():
         done = run.finished_stages()
         hint = (f"export a finished one ({', '.join(done)})" if done
                 else "run the training command first")
         raise UserError(f"stage '{stage}' has not finished in {run.root} (no {stage}/result.json); "
                         f"re-run the training command to finish it, or {hint}")
-    result = run.read_result(stage)
-    verified_weights(run, stage, result)
-    return result
+    return run.read_result(stage)
 
 
 def input_contract(fmt: str, path: Path, stage: str, result: dict[str, Any], data: DataBundle,
@@ -178,8 +176,7 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
     run = chain_for(cfg, top, seed).run_dir  # the run itself, or seed-<n>/ of a run with several seeds
     result = finished_stage(run, stage)
     data = build_datasets(cfg.data, top.root, cfg.runtime.seed, write=False, models=cfg.models)
-    model = build_model(cfg, stage, data.num_classes, initial=False).eval()
-    load_weights(model, run.weights_path(stage))
+    model = load_stage_model(cfg, run, stage, data.num_classes, result)[0].eval()
     target = run.stage_dir(stage) / FORMATS[fmt]
     writer = _export_onnx if fmt == "onnx" else _export_torchscript
     checked: list[Parity] = []
@@ -188,8 +185,7 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
         try:
             writer(model, data.image_size, tmp)
         except Exception as exc:  # the exporters raise many types; the first line says what failed
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExportCheckFailed(f"{fmt} export of {result.get('model')} failed: {first}; "
+            raise ExportCheckFailed(f"{fmt} export of {result.get('model')} failed: {error_detail(exc)}; "
                                     "try the other --format") from exc
         parity = compare(model, _load_exported(fmt, tmp), data, images, cfg.runtime.seed)
         if parity.agree != parity.images or parity.max_abs_diff > tolerance:

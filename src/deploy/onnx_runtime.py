@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.errors import UserError
+from src.errors import UserError, error_detail
 
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 INSTALL_HINT = "python -m pip install -r requirements-export.txt"
@@ -44,8 +44,7 @@ class OnnxClassifier(nn.Module):
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"{path} is not a readable ONNX model: {first}") from None
+            raise UserError(f"{path} is not a readable ONNX model: {error_detail(exc)}") from None
         (self.input,), (self.output,) = self.session.get_inputs(), self.session.get_outputs()
         self.path = path
 

@@ -24,8 +24,11 @@ from src.utils.logger import announce
 _MB = 1e6  # decimal megabytes, as the other training guards print
 
 
-def _storage_bytes(tensors: Iterable[Any], seen: set[int], only_cuda: bool = False) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (non-tensors skipped), each counted once."""
+def storage_bytes(tensors: Iterable[Any], seen: Optional[set[int]] = None, only_cuda: bool = False) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (non-tensors skipped), each counted once:
+    tied weights and views share a storage. ``seen`` carries the storages already counted across
+    calls (bench/memory.py sizes a stage's weights, gradients and optimizer state with it too)."""
+    seen = set() if seen is None else seen
     total = 0
     for tensor in tensors:
         if not isinstance(tensor, torch.Tensor) or (only_cuda and not tensor.is_cuda):
@@ -43,7 +46,7 @@ def release_optimizer(optimizer: torch.optim.Optimizer, seen: set[int]) -> int:
     usable: its next step starts with fresh state, as a new optimizer would."""
     state_tensors = [value for param_state in optimizer.state.values() for value in param_state.values()]
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-    released = _storage_bytes([*state_tensors, *grads], seen)
+    released = storage_bytes([*state_tensors, *grads], seen)
     del state_tensors, grads
     optimizer.state.clear()
     optimizer.zero_grad(set_to_none=True)
@@ -54,11 +57,11 @@ def release_model(model: nn.Module, seen: set[int]) -> int:
     """Drop the model's gradients and move its parameters and buffers to the CPU; returns the
     bytes of gradients dropped plus those moved off a GPU."""
     grads = [p.grad for p in model.parameters()]
-    released = _storage_bytes(grads, seen)
+    released = storage_bytes(grads, seen)
     del grads
     for param in model.parameters():
         param.grad = None
-    released += _storage_bytes([*model.parameters(), *model.buffers()], seen, only_cuda=True)
+    released += storage_bytes([*model.parameters(), *model.buffers()], seen, only_cuda=True)
     model.to("cpu")
     return released
 

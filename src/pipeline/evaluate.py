@@ -21,12 +21,12 @@ from src.deploy.onnx_runtime import onnx_model_for
 from src.engine.checkpoint import CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
-from src.errors import UserError
+from src.errors import UserError, error_detail
 from src.pipeline.cli import OneLineParser, user_path
 from src.pipeline.rundir import RunDirectory
 from src.pipeline.seeds import run_dir_of
 from src.pipeline.stages import STAGES, build_model
-from src.pipeline.train_stage import load_error_detail, load_weights
+from src.pipeline.train_stage import load_weights
 from src.utils.logger import SPLIT_METRICS
 
 SPLITS = ("test", "val", "train")
@@ -77,7 +77,7 @@ def _load_into(model: nn.Module, checkpoint: Path) -> None:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise UserError(f"checkpoint {checkpoint} does not fit this run's model: "
-                        f"{load_error_detail(exc)}") from None
+                        f"{error_detail(exc)}") from None
 
 
 def open_run(run_dir: Path) -> tuple[RunDirectory, RunConfig]:

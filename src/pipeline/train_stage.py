@@ -10,6 +10,7 @@ checkpoint on the next run); then the checkpoints beyond ``train.keep_checkpoint
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from src.distillation.objective import DistillationObjective
 from src.engine.distributed import DistributedContext
 from src.engine.objective import CrossEntropyObjective, Objective
 from src.engine.trainer import Trainer
-from src.errors import UserError
+from src.errors import UserError, error_detail
 from src.memory.planner import plan_stage
 from src.models.checkpointing import enforce_gradient_checkpointing
 from src.models.factory import count_parameters
@@ -37,7 +38,7 @@ from src.pipeline.rundir import RunDirectory
 from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.logger import SPLIT_METRICS
-from src.utils.weights import file_sha256, save_weights, weights_sha256
+from src.utils.weights import file_sha256, save_weights, tensors_sha256
 from src.visualization.attention import save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
@@ -49,44 +50,51 @@ def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
     return {"stage": stage, "model": model_name(cfg, stage), "config": stage_identity(flatten(cfg), stage)}
 
 
-def load_error_detail(exc: BaseException, limit: int = 200) -> str:
-    """One informative line of a loading error: torch's first line is a bare "Error(s) in ...:" header."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a model.safetensors into ``model``; a file of another architecture is a user error."""
+def load_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a model.safetensors (or its ``tensors``, already read) into ``model``; a file of another
+    architecture is a user error."""
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(load_file(str(path)) if tensors is None else tensors)
     except (RuntimeError, OSError, SafetensorError) as exc:  # SafetensorError: not a safetensors file
-        raise UserError(f"weights {path} do not fit this model: {load_error_detail(exc)}") from None
+        raise UserError(f"weights {path} do not fit this model: {error_detail(exc)}") from None
 
 
-def verified_weights(run_dir: RunDirectory, stage: str, result: dict[str, Any]) -> tuple[Path, str]:
-    """A finished stage's model.safetensors and its sha256, checked against its result.json."""
+def verified_weights(run_dir: RunDirectory, stage: str,
+                     result: Mapping[str, Any]) -> tuple[Path, str, dict[str, torch.Tensor]]:
+    """A finished stage's model.safetensors, its sha256 and its tensors (read once), checked against
+    its result.json."""
     path = run_dir.weights_path(stage)
     if not path.is_file():
         raise UserError(f"{stage} weights {path} are missing; delete {run_dir.stage_dir(stage)} "
                         "and re-run the training command to train that stage again")
     recorded = result.get("weights_sha256")
+    try:
+        tensors: dict[str, torch.Tensor] | None = load_file(str(path))
+    except (OSError, SafetensorError):  # not a safetensors file (any more): it cannot match
+        tensors = None
     # the tensor identity; runs made before it recorded the file's bytes, which still match
-    if recorded not in (weights_sha256(path), file_sha256(path)):
+    if tensors is None or (tensors_sha256(tensors) != recorded and file_sha256(path) != recorded):
         raise UserError(f"{stage} weights {path} do not match the hash in its result.json (changed after "
                         f"training?); delete {run_dir.stage_dir(stage)} and re-run the training command to "
                         "train that stage again")
-    return path, str(recorded)
+    return path, str(recorded), tensors
+
+
+def load_stage_model(cfg: RunConfig, run_dir: RunDirectory, stage: str, num_classes: int,
+                     result: Mapping[str, Any]) -> tuple[nn.Module, Path, str]:
+    """A finished stage's final model on the CPU, with its weights file and their sha256: the weights
+    are verified against the hash its result.json recorded, so nothing measures or distils a file
+    that changed after training."""
+    path, sha, tensors = verified_weights(run_dir, stage, result)
+    model = build_model(cfg, stage, num_classes, initial=False)
+    load_weights(model, path, tensors)
+    return model, path, sha
 
 
 def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
                  result: dict[str, Any]) -> tuple[nn.Module, dict[str, str]]:
     """The teacher stage's final weights, verified against the hash its result.json recorded."""
-    path, sha = verified_weights(run_dir, teacher_stage, result)
-    teacher = build_model(cfg, teacher_stage, num_classes, initial=False)
-    load_weights(teacher, path)
+    teacher, path, sha = load_stage_model(cfg, run_dir, teacher_stage, num_classes, result)
     # relative to the run directory: a moved run directory still resumes; the hash is the identity
     fingerprint = {"teacher_stage": teacher_stage, "teacher_file": str(path.relative_to(run_dir.root)),
                    "teacher_sha256": sha}
@@ -107,14 +115,21 @@ def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, num_classe
     return objective.to(device)
 
 
+def first_val_batch(data: DataBundle, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` validation items as one model-ready CPU batch, each image read once:
+    exactly what ``data.val[i]`` gives, stacked."""
+    count = min(size, len(data.val))
+    images = data.val.model_input(data.val.store.read(range(count)))
+    return images, torch.tensor(data.val.targets[:count])
+
+
 def attention_callback(cfg: RunConfig, data: DataBundle, stage_dir: Path,
                        dist: DistributedContext) -> list[Any]:
     """ViT stages: attention maps of one fixed validation batch every N epochs, on rank 0."""
     every = cfg.runtime.attention_every
     if cfg.models.family != "vit" or every <= 0 or not dist.is_main:
         return []
-    count = min(4, len(data.val))
-    images = torch.stack([data.val[i][0] for i in range(count)])
+    images, _ = first_val_batch(data, 4)
 
     def on_epoch_end(epoch: int, model: nn.Module) -> None:
         if should_visualize(epoch, every):
@@ -145,9 +160,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     objective = make_objective(cfg, stage, run_dir, data.num_classes, device, teacher_result)
     lr = stage_lr(name, cfg.train.lr)
     data.to(device, cfg.runtime.vram_budget_gb)  # resident images first: the memory plan counts them
-    count = min(cfg.train.batch_size, len(data.val))
-    sample = (torch.stack([data.val[i][0] for i in range(count)]),
-              torch.tensor([data.val[i][1] for i in range(count)]))
+    sample = first_val_batch(data, cfg.train.batch_size)
     plan = plan_stage(model, objective, sample, cfg.train, device, cfg.runtime.vram_budget_gb,
                       model_name=name, dist=dist)  # ranks agree on one split
     del sample
