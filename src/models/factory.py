@@ -19,7 +19,7 @@ from timm.models.resnet import ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from src.errors import UserError
+from src.errors import UserError, error_detail
 from src.models.patches import vit_patch_size
 
 SHORT_NAMES: dict[str, str] = {
@@ -73,8 +73,7 @@ def _create_from_file(timm_name: str, weights_path: str | Path, **kwargs: Any) -
             timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
         )
     except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as exc:  # damaged file too
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"weights file {path} does not fit {timm_name}: {first_line}") from exc
+        raise UserError(f"weights file {path} does not fit {timm_name}: {error_detail(exc)}") from exc
     missing = _missing_from_file(model, file_keys)
     if missing:
         raise UserError(
