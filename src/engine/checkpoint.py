@@ -163,8 +163,8 @@ class CheckpointStore:
         keep_latest = keep >= 1 and self.latest_path.is_file()
         budget = keep - int(keep_latest)
         if self.best_path.is_file() and not (keep_latest and _same_file(self.best_path, self.latest_path)):
-            try:
-                best = self._read(self.best_path, "cpu", required=("model",))
+            try:  # mapped, not read: every run looks only at its keys (weights alone after the first prune)
+                best = self._read(self.best_path, "cpu", required=("model",), mmap=True)
             except _Damaged as err:  # nothing to gain from it; the stage's weights are in model.safetensors
                 log.warning("checkpoint %s is unusable (%s); removing it", self.best_path, err)
                 removed.append(self.best_path)
@@ -183,9 +183,9 @@ class CheckpointStore:
         return removed
 
     def _read(self, path: Path, map_location: str | torch.device,
-              required: Iterable[str] | None = None) -> dict[str, Any]:
+              required: Iterable[str] | None = None, *, mmap: bool = False) -> dict[str, Any]:
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = _load(path, map_location, mmap)
         except Exception as err:  # truncated zip, garbage bytes, unsafe pickle: all mean "damaged"
             raise _Damaged(_reason(err)) from err
         if not isinstance(state, dict):
@@ -194,6 +194,19 @@ class CheckpointStore:
         if missing:
             raise _Damaged(f"missing keys {missing}")
         return state
+
+
+def _load(path: Path, map_location: str | torch.device, mmap: bool) -> Any:
+    """``torch.load`` with weights_only. ``mmap``: tensors stay in the file until used, so looking
+    at a checkpoint's keys costs milliseconds, not a read of the whole file; a file that cannot be
+    mapped (torch's pre-zip format) is judged by a plain read, so mapping never changes what counts
+    as damaged."""
+    if mmap:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except Exception:  # the plain read below reports the real problem
+            pass
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:
