@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import torch
 import torchvision
 
 from src.errors import UserError
-from src.utils.atomic import atomic_write_with
+from src.utils.atomic import atomic_link_or_copy, atomic_write_with
 
 LATEST = "checkpoint_latest.pt"
 PREVIOUS = "checkpoint_previous.pt"
@@ -92,14 +91,7 @@ class CheckpointStore:
         """Make checkpoint_best.pt the state already saved in ``source``: a hard link instead
         of a second checkpoint-sized write (these files are only ever replaced by a rename,
         never rewritten in place, so the link keeps the state); a copy where links fail."""
-        def link(tmp: Path) -> None:
-            tmp.unlink()
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
-
-        return atomic_write_with(self.best_path, link)
+        return atomic_link_or_copy(source, self.best_path)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
         """The newest loadable state and its file, or None when the stage has no checkpoint yet.

@@ -14,7 +14,6 @@ Nothing is written until every check has passed.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from src.pipeline.rundir import RunDirectory
 from src.pipeline.seeds import Chain, seed_chains
 from src.pipeline.stages import model_name
 from src.pipeline.train_stage import verified_weights
-from src.utils.atomic import atomic_write_json, atomic_write_with
+from src.utils.atomic import atomic_link_or_copy, atomic_write_json, atomic_write_with
 
 LOGGER = logging.getLogger("kd_pipeline.runner")
 REUSABLE = ("teacher", "assistant", "baseline")
@@ -143,20 +142,6 @@ def reuse_data(plan: ReusePlan, cfg: RunConfig, top: RunDirectory) -> DataBundle
     return data
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where possible (files here are only ever replaced by rename, never changed
-    in place, so the two runs cannot diverge), else an atomic copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        atomic_write_with(target, lambda t: shutil.copyfile(source, t))
-        return
-    os.replace(tmp, target)
-
-
 def apply_reuse(plan: ReusePlan) -> None:
     """Copy each reused stage in; its result.json, written last, says where it came from."""
     for note in plan.notes:
@@ -165,7 +150,7 @@ def apply_reuse(plan: ReusePlan) -> None:
         source_dir = reuse.source.stage_dir(reuse.stage)
         for name in STAGE_FILES:
             if (source_dir / name).is_file():
-                _link_or_copy(source_dir / name, reuse.target.stage_dir(reuse.stage) / name)
+                atomic_link_or_copy(source_dir / name, reuse.target.stage_dir(reuse.stage) / name)
         result = reuse.source.read_result(reuse.stage)
         result["reused_from"] = str(source_dir.resolve())
         atomic_write_json(reuse.target.result_path(reuse.stage), result)
