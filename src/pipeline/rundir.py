@@ -119,6 +119,20 @@ class RunDirectory:
                             "or choose a new --output-dir") from None
 
 
+def open_run(root: Path, option: str = "--run-dir") -> tuple[RunDirectory, RunConfig]:
+    """A run directory whose config.yaml and split.json can rebuild its data exactly (evaluate.py,
+    export.py, --teacher-from); ``option`` is the flag that named it, for the advice."""
+    run = RunDirectory(root)
+    cfg = run.saved_config()
+    if cfg is None:
+        raise UserError(f"{root} is not a run directory (no config.yaml); pass a training run's "
+                        f"--output-dir as {option}")
+    if not run.split_path.is_file():
+        raise UserError(f"{root} has no {SPLIT_FILE}: the run never got as far as splitting its data; "
+                        f"re-run its training command, or pass another run's --output-dir as {option}")
+    return run, cfg
+
+
 def check_stage_plan(stages: list[str], finished: list[str]) -> None:
     """Every KD stage's teacher must be run in this invocation or already finished."""
     for stage in stages:
