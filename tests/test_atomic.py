@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from src.errors import DiskFullError, UserError
-from src.utils.atomic import atomic_link_or_copy, atomic_write_json, atomic_write_text, atomic_write_with
+from src.utils.atomic import (
+    atomic_link_or_copy,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    remove_temp_files,
+)
 
 
 def test_writes_replace_the_whole_file(tmp_path: Path) -> None:
@@ -108,3 +114,15 @@ def test_link_or_copy_copies_where_links_fail(tmp_path: Path, monkeypatch: pytes
     plain.write_text("x")
     assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_best.pt", "checkpoint_latest.pt", "plain"]
+
+
+def test_temp_files_of_named_targets_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    names = [".checkpoint_latest.pt.ab12.tmp", ".checkpoint_best.pt.cd34.tmp", ".epochs.csv.ef56.tmp",
+             "notes.tmp", "checkpoint_latest.pt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_temp_files(tmp_path, "checkpoint_*.pt")
+    assert sorted(path.name for path in removed) == sorted(names[:2])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
+    assert [path.name for path in remove_temp_files(tmp_path)] == [".epochs.csv.ef56.tmp"]
+    assert remove_temp_files(tmp_path / "missing") == []

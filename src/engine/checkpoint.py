@@ -37,11 +37,12 @@ import torch
 import torchvision
 
 from src.errors import UserError
-from src.utils.atomic import atomic_link_or_copy, atomic_write_with
+from src.utils.atomic import atomic_link_or_copy, atomic_write_with, remove_temp_files
 
 LATEST = "checkpoint_latest.pt"
 PREVIOUS = "checkpoint_previous.pt"
 BEST = "checkpoint_best.pt"
+CHECKPOINT_FILES = "checkpoint_*.pt"  # the three above, as a glob (their temporary files' names)
 
 log = logging.getLogger("kd_pipeline.checkpoint")  # under the pipeline logger: lands in pipeline.log
 
@@ -74,8 +75,7 @@ class CheckpointStore:
         Temporary files a killed process left behind (each as big as a checkpoint) are removed
         first: only the saving process (rank 0) writes here, so none can be in use.
         """
-        for stale in self.stage_dir.glob(".checkpoint_*.pt.*.tmp"):  # src.utils.atomic's temp names
-            stale.unlink(missing_ok=True)
+        remove_temp_files(self.stage_dir, CHECKPOINT_FILES)
 
         def write(tmp: Path) -> None:
             _save(state, tmp)
@@ -151,7 +151,7 @@ class CheckpointStore:
         previous. checkpoint_best.pt itself always stays, as a hard link to latest or, beyond the
         limit, as the best weights alone: evaluate.py and the best-weights restore of an extended
         stage read it. Temporary files a killed save left are removed too. Returns what it deleted."""
-        removed = list(self.stage_dir.glob(".checkpoint_*.pt.*.tmp"))
+        removed = remove_temp_files(self.stage_dir, CHECKPOINT_FILES)
         keep_latest = keep >= 1 and self.latest_path.is_file()
         budget = keep - int(keep_latest)
         if self.best_path.is_file() and not (keep_latest and _same_file(self.best_path, self.latest_path)):

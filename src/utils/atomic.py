@@ -154,12 +154,15 @@ def is_temp_file(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()
 
 
-def remove_temp_files(folder: Path) -> list[Path]:
-    """Delete the temporary files a killed writer left in ``folder``. Only safe while no other
-    process writes there: the run directory lock (src.pipeline.lock) guarantees that."""
-    if not Path(folder).is_dir():
+def remove_temp_files(folder: Path, targets: str | None = None) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``: all of them, or only those
+    of the files named by the glob ``targets`` (e.g. ``"checkpoint_*.pt"``). Only safe while no
+    other process writes them: the run directory lock (src.pipeline.lock) guarantees that."""
+    folder = Path(folder)
+    if not folder.is_dir():
         return []
-    stale = [path for path in Path(folder).iterdir() if is_temp_file(path)]
+    candidates = folder.iterdir() if targets is None else folder.glob(f".{targets}.*{TEMP_SUFFIX}")
+    stale = [path for path in candidates if is_temp_file(path)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
