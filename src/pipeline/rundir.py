@@ -29,7 +29,8 @@ from src.utils.atomic import atomic_write_text, is_temp_file, remove_temp_files
 LOGGER = logging.getLogger("kd_pipeline.rundir")
 # What the product itself puts in a run directory before config.yaml exists (a crash between
 # writing split.json and config.yaml); any other entry means the folder is not a run.
-OWN_ENTRIES = frozenset({"split.json", "pipeline.log", LOCK_FILE})
+OWN_ENTRIES = frozenset({SPLIT_FILE, "pipeline.log", LOCK_FILE})
+SEED_PREFIX = "seed-"  # a seed's chain folder: <run>/seed-<n>/ (src/pipeline/seeds.py)
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,13 @@ class RunDirectory:
             return "diverged" if has_diverged(folder) else "trained"
         return "fresh"
 
+    def seed_chain(self, seed: int) -> RunDirectory:
+        """The chain folder of ``seed`` in a run with several seeds."""
+        return RunDirectory(self.root / f"{SEED_PREFIX}{seed}")
+
     def chain_dirs(self) -> list[RunDirectory]:
         """This run directory and its seeds' chains (``seed-<n>/``, src/pipeline/seeds.py)."""
-        chains = sorted(folder for folder in self.root.glob("seed-*") if folder.is_dir())
+        chains = sorted(folder for folder in self.root.glob(f"{SEED_PREFIX}*") if folder.is_dir())
         return [self, *(RunDirectory(folder) for folder in chains)]
 
     def stage_statuses(self) -> dict[str, StageStatus]:
