@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from src.errors import DiskFullError, UserError
-from src.utils.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from src.utils.atomic import (
+    atomic_link_or_copy,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    remove_temp_files,
+)
 
 
 def test_writes_replace_the_whole_file(tmp_path: Path) -> None:
@@ -76,3 +82,47 @@ def test_other_write_failures_stay_what_they_were(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="a bug"):
         atomic_write_with(tmp_path / "x", broken)
+
+
+def test_link_or_copy_links_without_touching_the_source(tmp_path: Path) -> None:
+    """checkpoint_best.pt and a --teacher-from stage share the file; linking another run's file
+    must leave it as it was (its permissions are its owner's)."""
+    source = tmp_path / "other_run" / "model.safetensors"
+    source.parent.mkdir()
+    source.write_bytes(b"weights")
+    source.chmod(0o600)
+    target = tmp_path / "run" / "teacher" / "model.safetensors"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"older")
+    assert atomic_link_or_copy(source, target) == target
+    assert os.path.samefile(source, target) and target.read_bytes() == b"weights"
+    assert stat.S_IMODE(source.stat().st_mode) == 0o600
+    assert os.listdir(target.parent) == ["model.safetensors"]
+
+
+def test_link_or_copy_copies_where_links_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "checkpoint_latest.pt"
+    source.write_bytes(b"state")
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # another file system
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = atomic_link_or_copy(source, tmp_path / "checkpoint_best.pt")
+    assert target.read_bytes() == b"state" and not os.path.samefile(source, target)
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_best.pt", "checkpoint_latest.pt", "plain"]
+
+
+def test_temp_files_of_named_targets_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    names = [".checkpoint_latest.pt.ab12.tmp", ".checkpoint_best.pt.cd34.tmp", ".epochs.csv.ef56.tmp",
+             "notes.tmp", "checkpoint_latest.pt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_temp_files(tmp_path, "checkpoint_*.pt")
+    assert sorted(path.name for path in removed) == sorted(names[:2])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
+    assert [path.name for path in remove_temp_files(tmp_path)] == [".epochs.csv.ef56.tmp"]
+    assert remove_temp_files(tmp_path / "missing") == []

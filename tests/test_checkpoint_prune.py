@@ -79,3 +79,32 @@ def test_a_pruned_stage_continued_with_more_epochs_ends_on_its_best_weights(tmp_
     assert result.resumed_from == store.latest_path and result.epochs_run == 4
     restored = store.load_best()["model"] if result.best_epoch > 3 else best_weights
     assert all(torch.equal(extended.model.state_dict()[k], v) for k, v in restored.items())
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_pruning_a_pruned_stage_maps_best_instead_of_reading_it(tmp_path: Path, keep: int,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner prunes every finished stage on every run: finding there is nothing to do must not
+    read a checkpoint as big as the model (1 GB for a ViT-Base) into memory each time."""
+    store = _store(tmp_path, best_is_latest=False)
+    store.prune(keep)
+    real_load, loads = torch.load, []
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("mmap", False))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    before = _names(tmp_path)
+    assert store.prune(keep) == [] and _names(tmp_path) == before
+    assert loads == [True]  # best looked at once, through a memory map
+
+
+def test_a_best_that_cannot_be_mapped_is_read_and_kept(tmp_path: Path) -> None:
+    """torch's pre-zip format cannot be memory-mapped; that does not make it damaged."""
+    store = _store(tmp_path, best_is_latest=False)
+    store.best_path.unlink()
+    torch.save(_state(1), store.best_path, _use_new_zipfile_serialization=False)
+    store.prune(1)
+    best = store.load_best()
+    assert float(best["model"]["w"][0]) == 1 and "optimizer" not in best  # reduced, not removed

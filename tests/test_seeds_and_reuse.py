@@ -12,8 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from src.deploy.export import main as export_main
+from src.errors import UserError
 from src.pipeline.cli import main
 from src.pipeline.evaluate import main as evaluate_main
+from src.pipeline.rundir import RunDirectory
+from src.pipeline.seeds import seed_chains
+from src.pipeline.teacher_from import plan_reuse
 
 pytestmark = pytest.mark.slow
 
@@ -151,3 +155,31 @@ def test_teacher_from_mismatches_are_one_line_errors_that_write_nothing(
     result = tampered / "seed-42" / "teacher" / "result.json"
     result.write_text(json.dumps({**json.loads(result.read_text()), "num_classes": 11}))
     assert "num_classes 11 (this run: 10)" in _refused([*base, str(tampered), "--seeds", "42"], capsys, out)
+
+
+def test_teacher_from_refuses_a_stage_this_run_already_started(source: tuple[Path, str],
+                                                              tmp_path: Path) -> None:
+    """A stage holding any checkpoint (here only checkpoint_previous.pt: a save was interrupted
+    between its two renames) has trained here; reusing another run's would discard that work."""
+    src, _ = source
+    cfg = RunDirectory(src).saved_config()
+    top = RunDirectory(tmp_path / "started")
+    chains = seed_chains(cfg, top)
+    started = top.root / "seed-42" / "teacher"
+    started.mkdir(parents=True)
+    shutil.copy(src / "seed-42" / "teacher" / "checkpoint_latest.pt", started / "checkpoint_previous.pt")
+    with pytest.raises(UserError, match="seed-42/teacher was already started in this run"):
+        plan_reuse(cfg, top, chains, src)
+
+
+def test_teacher_from_a_run_without_its_split_says_what_to_pass(source: tuple[Path, str],
+                                                                tmp_path: Path) -> None:
+    src, _ = source
+    copy = tmp_path / "unsplit"
+    copy.mkdir()
+    shutil.copy(src / "config.yaml", copy / "config.yaml")
+    cfg = RunDirectory(src).saved_config()
+    top = RunDirectory(tmp_path / "new")
+    advice = r"re-run its training command, or pass another run's --output-dir as --teacher-from$"
+    with pytest.raises(UserError, match=r"^--teacher-from: .*unsplit has no split.json: .*" + advice):
+        plan_reuse(cfg, top, seed_chains(cfg, top), copy)

@@ -34,8 +34,7 @@ from src.deploy.onnx_runtime import EXPORT_PACKAGES, OnnxClassifier, require
 from src.engine.evaluation import evaluate_model
 from src.errors import KDPipelineError, UserError, error_detail
 from src.pipeline.cli import OneLineParser
-from src.pipeline.evaluate import open_run
-from src.pipeline.rundir import RunDirectory
+from src.pipeline.rundir import RunDirectory, open_run
 from src.pipeline.seeds import chain_for
 from src.pipeline.stages import STAGES
 from src.pipeline.train_stage import load_stage_model

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,12 @@ import torch
 import torchvision
 
 from src.errors import UserError
-from src.utils.atomic import atomic_write_with
+from src.utils.atomic import atomic_link_or_copy, atomic_write_with, remove_temp_files
 
 LATEST = "checkpoint_latest.pt"
 PREVIOUS = "checkpoint_previous.pt"
 BEST = "checkpoint_best.pt"
+CHECKPOINT_FILES = "checkpoint_*.pt"  # the three above, as a glob (their temporary files' names)
 
 log = logging.getLogger("kd_pipeline.checkpoint")  # under the pipeline logger: lands in pipeline.log
 
@@ -75,8 +75,7 @@ class CheckpointStore:
         Temporary files a killed process left behind (each as big as a checkpoint) are removed
         first: only the saving process (rank 0) writes here, so none can be in use.
         """
-        for stale in self.stage_dir.glob(".checkpoint_*.pt.*.tmp"):  # src.utils.atomic's temp names
-            stale.unlink(missing_ok=True)
+        remove_temp_files(self.stage_dir, CHECKPOINT_FILES)
 
         def write(tmp: Path) -> None:
             _save(state, tmp)
@@ -92,14 +91,7 @@ class CheckpointStore:
         """Make checkpoint_best.pt the state already saved in ``source``: a hard link instead
         of a second checkpoint-sized write (these files are only ever replaced by a rename,
         never rewritten in place, so the link keeps the state); a copy where links fail."""
-        def link(tmp: Path) -> None:
-            tmp.unlink()
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
-
-        return atomic_write_with(self.best_path, link)
+        return atomic_link_or_copy(source, self.best_path)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
         """The newest loadable state and its file, or None when the stage has no checkpoint yet.
@@ -159,12 +151,12 @@ class CheckpointStore:
         previous. checkpoint_best.pt itself always stays, as a hard link to latest or, beyond the
         limit, as the best weights alone: evaluate.py and the best-weights restore of an extended
         stage read it. Temporary files a killed save left are removed too. Returns what it deleted."""
-        removed = list(self.stage_dir.glob(".checkpoint_*.pt.*.tmp"))
+        removed = remove_temp_files(self.stage_dir, CHECKPOINT_FILES)
         keep_latest = keep >= 1 and self.latest_path.is_file()
         budget = keep - int(keep_latest)
         if self.best_path.is_file() and not (keep_latest and _same_file(self.best_path, self.latest_path)):
-            try:
-                best = self._read(self.best_path, "cpu", required=("model",))
+            try:  # mapped, not read: every run looks only at its keys (weights alone after the first prune)
+                best = self._read(self.best_path, "cpu", required=("model",), mmap=True)
             except _Damaged as err:  # nothing to gain from it; the stage's weights are in model.safetensors
                 log.warning("checkpoint %s is unusable (%s); removing it", self.best_path, err)
                 removed.append(self.best_path)
@@ -183,9 +175,9 @@ class CheckpointStore:
         return removed
 
     def _read(self, path: Path, map_location: str | torch.device,
-              required: Iterable[str] | None = None) -> dict[str, Any]:
+              required: Iterable[str] | None = None, *, mmap: bool = False) -> dict[str, Any]:
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = _load(path, map_location, mmap)
         except Exception as err:  # truncated zip, garbage bytes, unsafe pickle: all mean "damaged"
             raise _Damaged(_reason(err)) from err
         if not isinstance(state, dict):
@@ -194,6 +186,19 @@ class CheckpointStore:
         if missing:
             raise _Damaged(f"missing keys {missing}")
         return state
+
+
+def _load(path: Path, map_location: str | torch.device, mmap: bool) -> Any:
+    """``torch.load`` with weights_only. ``mmap``: tensors stay in the file until used, so looking
+    at a checkpoint's keys costs milliseconds, not a read of the whole file; a file that cannot be
+    mapped (torch's pre-zip format) is judged by a plain read, so mapping never changes what counts
+    as damaged."""
+    if mmap:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except Exception:  # the plain read below reports the real problem
+            pass
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:

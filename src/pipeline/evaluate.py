@@ -15,7 +15,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from src.config.schema import RunConfig
 from src.data.build import build_datasets
 from src.deploy.onnx_runtime import onnx_model_for
 from src.engine.checkpoint import CheckpointStore
@@ -23,7 +22,7 @@ from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError, error_detail
 from src.pipeline.cli import OneLineParser, user_path
-from src.pipeline.rundir import RunDirectory
+from src.pipeline.rundir import open_run
 from src.pipeline.seeds import run_dir_of
 from src.pipeline.stages import STAGES, build_model
 from src.pipeline.train_stage import load_weights
@@ -78,18 +77,6 @@ def _load_into(model: nn.Module, checkpoint: Path) -> None:
     except RuntimeError as exc:
         raise UserError(f"checkpoint {checkpoint} does not fit this run's model: "
                         f"{error_detail(exc)}") from None
-
-
-def open_run(run_dir: Path) -> tuple[RunDirectory, RunConfig]:
-    """A run directory whose config.yaml and split.json can rebuild its data exactly."""
-    run = RunDirectory(run_dir)
-    cfg = run.saved_config()
-    if cfg is None:
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass a training run's "
-                        "--output-dir as --run-dir")
-    if not (run.root / "split.json").is_file():
-        raise UserError(f"{run_dir} has no split.json; the run never got as far as splitting its data")
-    return run, cfg
 
 
 def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage: str | None = None,

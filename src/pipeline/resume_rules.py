@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from src.config.loader import flatten
 from src.config.schema import RunConfig
+from src.config.stage_overrides import PREFIX as STAGE_OVERRIDES
 from src.engine.compat import BATCH_SPLIT, ENGINE_RULES, FREE, RECOVERY, TRAINING, effective_batch
 from src.pipeline.stages import KD_STAGES, STAGES
 
@@ -39,7 +40,6 @@ SPLIT_KEYS = frozenset({"data.name", "data.val_fraction", "data.test_fraction", 
                         "runtime.seed"})
 ROLE_KEYS = {"models.teacher": "teacher", "models.assistant": "assistant", "models.student": "student"}
 TEACHER_ONLY_KEYS = frozenset({"models.pretrained", "models.teacher_weights"})  # the teacher's start
-STAGE_OVERRIDES = "stage_overrides."
 
 
 @dataclass(frozen=True)

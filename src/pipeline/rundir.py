@@ -29,7 +29,8 @@ from src.utils.atomic import atomic_write_text, is_temp_file, remove_temp_files
 LOGGER = logging.getLogger("kd_pipeline.rundir")
 # What the product itself puts in a run directory before config.yaml exists (a crash between
 # writing split.json and config.yaml); any other entry means the folder is not a run.
-OWN_ENTRIES = frozenset({"split.json", "pipeline.log", LOCK_FILE})
+OWN_ENTRIES = frozenset({SPLIT_FILE, "pipeline.log", LOCK_FILE})
+SEED_PREFIX = "seed-"  # a seed's chain folder: <run>/seed-<n>/ (src/pipeline/seeds.py)
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,13 @@ class RunDirectory:
             return "diverged" if has_diverged(folder) else "trained"
         return "fresh"
 
+    def seed_chain(self, seed: int) -> RunDirectory:
+        """The chain folder of ``seed`` in a run with several seeds."""
+        return RunDirectory(self.root / f"{SEED_PREFIX}{seed}")
+
     def chain_dirs(self) -> list[RunDirectory]:
         """This run directory and its seeds' chains (``seed-<n>/``, src/pipeline/seeds.py)."""
-        chains = sorted(folder for folder in self.root.glob("seed-*") if folder.is_dir())
+        chains = sorted(folder for folder in self.root.glob(f"{SEED_PREFIX}*") if folder.is_dir())
         return [self, *(RunDirectory(folder) for folder in chains)]
 
     def stage_statuses(self) -> dict[str, StageStatus]:
@@ -117,6 +122,20 @@ class RunDirectory:
         except UserError as exc:
             raise UserError(f"the saved {self.config_path} cannot be read ({exc}); fix or restore it, "
                             "or choose a new --output-dir") from None
+
+
+def open_run(root: Path, option: str = "--run-dir") -> tuple[RunDirectory, RunConfig]:
+    """A run directory whose config.yaml and split.json can rebuild its data exactly (evaluate.py,
+    export.py, --teacher-from); ``option`` is the flag that named it, for the advice."""
+    run = RunDirectory(root)
+    cfg = run.saved_config()
+    if cfg is None:
+        raise UserError(f"{root} is not a run directory (no config.yaml); pass a training run's "
+                        f"--output-dir as {option}")
+    if not run.split_path.is_file():
+        raise UserError(f"{root} has no {SPLIT_FILE}: the run never got as far as splitting its data; "
+                        f"re-run its training command, or pass another run's --output-dir as {option}")
+    return run, cfg
 
 
 def check_stage_plan(stages: list[str], finished: list[str]) -> None:

@@ -20,6 +20,7 @@ from src.engine.checkpoint import CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.distributed import DistributedContext
 from src.errors import UserError
+from src.memory.cleanup import cleanup_training_state
 from src.pipeline.lock import RunLock
 from src.pipeline.rundir import RunDirectory, check_output_dir, check_stage_plan, prepare_run_directory
 from src.pipeline.seeds import Chain, seed_chains
@@ -28,7 +29,6 @@ from src.pipeline.teacher_from import apply_reuse, plan_reuse, reuse_data
 from src.pipeline.train_stage import train_stage
 from src.utils.logger import setup_logging
 from src.utils.reproducibility import determinism_note, setup_reproducibility
-from src.utils.training_guards import cleanup_training_state
 
 LOGGER = logging.getLogger("kd_pipeline.runner")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from src.config.schema import RunConfig
 from src.errors import UserError
-from src.pipeline.rundir import RunDirectory
+from src.pipeline.rundir import SEED_PREFIX, RunDirectory
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def seed_chains(cfg: RunConfig, top: RunDirectory) -> list[Chain]:
     """The chains ``cfg`` asks for, in ``runtime.seeds`` order (one chain at the top without it)."""
     if cfg.runtime.seeds is None:
         return [Chain(cfg.runtime.seed, cfg, top)]
-    return [Chain(seed, chain_config(cfg, seed), RunDirectory(top.root / f"seed-{seed}"))
+    return [Chain(seed, chain_config(cfg, seed), top.seed_chain(seed))
             for seed in cfg.runtime.seeds]
 
 
@@ -58,4 +58,5 @@ def run_dir_of(stage_file: Path) -> Path:
     ``<run>/seed-<n>/<stage>/file`` in a run with several seeds (config.yaml and split.json are
     at the top)."""
     chain = stage_file.resolve().parents[1]
-    return chain.parent if chain.name.startswith("seed-") and not (chain / "config.yaml").exists() else chain
+    in_seed_chain = chain.name.startswith(SEED_PREFIX) and not (chain / "config.yaml").exists()
+    return chain.parent if in_seed_chain else chain

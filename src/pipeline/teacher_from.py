@@ -14,21 +14,19 @@ Nothing is written until every check has passed.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.config.schema import RunConfig
 from src.data.build import DataBundle, build_datasets
-from src.data.split import SPLIT_FILE
 from src.errors import UserError
 from src.pipeline.resume_rules import compare_configs
-from src.pipeline.rundir import RunDirectory
+from src.pipeline.rundir import RunDirectory, open_run
 from src.pipeline.seeds import Chain, seed_chains
 from src.pipeline.stages import model_name
 from src.pipeline.train_stage import verified_weights
-from src.utils.atomic import atomic_write_json, atomic_write_with
+from src.utils.atomic import atomic_link_or_copy, atomic_write_json, atomic_write_with
 
 LOGGER = logging.getLogger("kd_pipeline.runner")
 REUSABLE = ("teacher", "assistant", "baseline")
@@ -63,22 +61,20 @@ def _fail(source: Path, problem: str, fix: str) -> UserError:
 
 def plan_reuse(cfg: RunConfig, top: RunDirectory, chains: list[Chain], source: Path) -> ReusePlan:
     """Decide what to reuse from ``source`` for each chain; every mismatch is a UserError."""
-    src = RunDirectory(source.expanduser())
     drop = "or drop --teacher-from to train a teacher in this run"
-    if not src.config_path.is_file() or not (src.root / SPLIT_FILE).is_file():
-        raise _fail(source, "not a run directory (it needs config.yaml and split.json)",
-                    "pass the --output-dir of a finished run")
+    try:
+        src, src_cfg = open_run(source.expanduser(), option="--teacher-from")
+    except UserError as exc:
+        raise UserError(f"--teacher-from: {exc}") from None
     if src.root.resolve() == top.root.resolve():
         raise _fail(source, "that is this run's own --output-dir", "pass another run's directory")
-    src_cfg = src.saved_config()
-    assert src_cfg is not None
     # no stage of ours holds anything yet: only the keys that made split.json can differ
     split_keys, _ = compare_configs(src_cfg, cfg, {}, split_exists=True)
     if split_keys:
         raise _fail(source, "its split was made with other settings: " + "; ".join(split_keys),
                     "use the same data settings and --seed")
-    ours = top.root / SPLIT_FILE
-    if ours.is_file() and ours.read_bytes() != (src.root / SPLIT_FILE).read_bytes():
+    ours = top.split_path
+    if ours.is_file() and ours.read_bytes() != src.split_path.read_bytes():
         raise _fail(source, f"its split.json differs from {ours}", "reuse from a run with the same split")
     src_chains = {chain.seed: chain for chain in seed_chains(src_cfg, src)}
     plan = ReusePlan(src)
@@ -109,7 +105,7 @@ def _plan_stage(plan: ReusePlan, stage: str, chain: Chain, src_chain: Chain, sou
         plan.notes.append(f"{stage} (seed {chain.seed}) is trained here, not reused from {where}: "
                           + "; ".join(breaking))
         return
-    if (chain.run_dir.stage_dir(stage) / "checkpoint_latest.pt").exists():
+    if chain.run_dir.stage_status(stage) != "fresh":  # a checkpoint: latest, or previous alone
         raise _fail(source, f"{chain.run_dir.stage_dir(stage)} was already started in this run",
                     "let it finish (drop --teacher-from) or delete that folder to reuse the other run's")
     plan.reuses.append(Reuse(stage, src_chain.run_dir, chain.run_dir))
@@ -137,24 +133,10 @@ def reuse_data(plan: ReusePlan, cfg: RunConfig, top: RunDirectory) -> DataBundle
     split is adopted (copied to ``top`` when this run has none yet). The first write."""
     data = build_datasets(cfg.data, plan.source.root, cfg.runtime.seed, write=False, models=cfg.models)
     check_fingerprints(plan, cfg, data)
-    ours, theirs = top.root / SPLIT_FILE, plan.source.root / SPLIT_FILE
+    ours, theirs = top.split_path, plan.source.split_path
     if not ours.is_file():
         atomic_write_with(ours, lambda tmp: shutil.copyfile(theirs, tmp))
     return data
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where possible (files here are only ever replaced by rename, never changed
-    in place, so the two runs cannot diverge), else an atomic copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        atomic_write_with(target, lambda t: shutil.copyfile(source, t))
-        return
-    os.replace(tmp, target)
 
 
 def apply_reuse(plan: ReusePlan) -> None:
@@ -165,7 +147,7 @@ def apply_reuse(plan: ReusePlan) -> None:
         source_dir = reuse.source.stage_dir(reuse.stage)
         for name in STAGE_FILES:
             if (source_dir / name).is_file():
-                _link_or_copy(source_dir / name, reuse.target.stage_dir(reuse.stage) / name)
+                atomic_link_or_copy(source_dir / name, reuse.target.stage_dir(reuse.stage) / name)
         result = reuse.source.read_result(reuse.stage)
         result["reused_from"] = str(source_dir.resolve())
         atomic_write_json(reuse.target.result_path(reuse.stage), result)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,37 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None
     (``torch.save``, ``safetensors.torch.save_file``, ``matplotlib``'s ``savefig``) work too.
     On any failure the temporary file is removed and the old ``path`` is left untouched.
     """
+    def written(tmp: Path) -> bool:
+        write(tmp)
+        return True
+
+    return _replace_with(path, written)
+
+
+def atomic_link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Make ``target`` the file ``source``, atomically: a hard link where the file system allows
+    (no second write of a file that may be as big as a checkpoint), else a copy.
+
+    Only for files that are replaced by a rename, never rewritten in place (everything written
+    here), so the two names cannot diverge. A link is not fsynced or chmodded: it is the source's
+    own file, already on disk, and its permissions are its owner's (another user's run may be the
+    source); the folder is fsynced either way.
+    """
+    def link_or_copy(tmp: Path) -> bool:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(source, tmp)
+            return True
+        return False
+
+    return _replace_with(target, link_or_copy)
+
+
+def _replace_with(path: str | os.PathLike[str], make: Callable[[Path], bool]) -> Path:
+    """``make(tmp_path)`` produces the file (True: new data, to be fsynced and given plain
+    permissions), then it is moved over ``path``; see :func:`atomic_write_with`."""
     # Absolute, so a library that expands "~" itself (pandas, matplotlib) writes the file we mean.
     target = Path(path).absolute()
     tmp: Path | None = None
@@ -68,10 +100,10 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
         os.close(fd)
         tmp = Path(tmp_name)
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
+        if make(tmp):
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
     except BaseException as exc:
         if tmp is not None:
@@ -122,12 +154,15 @@ def is_temp_file(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()
 
 
-def remove_temp_files(folder: Path) -> list[Path]:
-    """Delete the temporary files a killed writer left in ``folder``. Only safe while no other
-    process writes there: the run directory lock (src.pipeline.lock) guarantees that."""
-    if not Path(folder).is_dir():
+def remove_temp_files(folder: Path, targets: str | None = None) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``: all of them, or only those
+    of the files named by the glob ``targets`` (e.g. ``"checkpoint_*.pt"``). Only safe while no
+    other process writes them: the run directory lock (src.pipeline.lock) guarantees that."""
+    folder = Path(folder)
+    if not folder.is_dir():
         return []
-    stale = [path for path in Path(folder).iterdir() if is_temp_file(path)]
+    candidates = folder.iterdir() if targets is None else folder.glob(f".{targets}.*{TEMP_SUFFIX}")
+    stale = [path for path in candidates if is_temp_file(path)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
