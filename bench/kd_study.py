@@ -34,7 +34,7 @@ import torch
 from _common import machine_line  # puts src on the path
 
 from src.evidence.stats import mean_and_std
-from src.pipeline.rundir import RunDirectory
+from src.pipeline.rundir import SEED_PREFIX, RunDirectory
 from src.pipeline.stages import STAGES
 from src.utils.atomic import atomic_write_json, atomic_write_text
 
@@ -139,12 +139,10 @@ def run_study(args: argparse.Namespace, commands: dict[str, list[str]]) -> list[
 
 def _results(run: Path) -> dict[int, dict[str, dict[str, Any]]]:
     """seed -> stage -> result.json of one run directory."""
-    out: dict[int, dict[str, dict[str, Any]]] = {}
-    for chain in sorted(run.glob("seed-*")):
-        seed_run = RunDirectory(chain)
-        out[int(chain.name.removeprefix("seed-"))] = {stage: seed_run.read_result(stage)
-                                                      for stage in seed_run.finished_stages()}
-    return out
+    chains = RunDirectory(run).chain_dirs()[1:]  # the seed-<n> folders
+    return {int(chain.root.name.removeprefix(SEED_PREFIX)): {stage: chain.read_result(stage)
+                                                             for stage in chain.finished_stages()}
+            for chain in chains}
 
 
 def _cell(values: list[float]) -> str:
