@@ -86,6 +86,11 @@ def test_micro_batch_boundaries_never_change_an_image() -> None:
     assert not torch.equal(other_epoch, whole)
 
 
+def test_a_batch_mixing_epochs_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"one epoch, got epochs \[1, 2\]"):
+        next(cifar_like(32).batches([[(1, 0), (2, 1)]], CPU))
+
+
 def test_batches_leave_the_global_rng_untouched() -> None:
     dataset = cifar_like(32)
     state = torch.get_rng_state()
