@@ -114,6 +114,20 @@ def test_streamed_batches_equal_resident_ones(num_workers: int) -> None:
             assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
 
 
+def test_another_seeds_bundle_shares_the_images_and_draws_its_own_augmentation(tmp_path: Path) -> None:
+    cfg = DataConfig(image_size=16, subset=40)
+    bundle = build_datasets(cfg, tmp_path, seed=5)  # the run's split.json, made with the run's seed
+    other = bundle.with_seed(6)
+    assert other.train.store is bundle.train.store and (other.val, other.test) == (bundle.val, bundle.test)
+    assert other.train.store.on(CPU).data_ptr() == bundle.train.store.on(CPU).data_ptr()  # one copy
+    assert (other.split, other.mean, other.train.targets) == (bundle.split, bundle.mean, bundle.train.targets)
+    keys = [[(1, i) for i in range(40)]]
+    mine, theirs = next(bundle.train.batches(keys, CPU))[0], next(other.train.batches(keys, CPU))[0]
+    assert not torch.equal(mine, theirs)  # the seed reaches the augmentation
+    rebuilt = build_datasets(cfg, tmp_path, seed=6, write=False).train  # what each extra seed rebuilt
+    assert torch.equal(theirs, next(rebuilt.batches(keys, CPU))[0])
+
+
 def test_cifar_sized_data_is_stored_native_and_resized_per_batch() -> None:
     bundle = build_datasets(DataConfig(image_size=32, subset=30), None, seed=0)
     assert bundle.train.store.size == 8  # digits are 8 px: stored so, upsampled per batch

@@ -36,6 +36,11 @@ class DataBundle:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def with_seed(self, seed: int) -> DataBundle:
+        """This bundle for another seed's chain: the same split and images (one resident copy, on
+        the host and on the device), only the training set's seed (its augmentation) differs."""
+        return dataclasses.replace(self, train=self.train.with_seed(seed))
+
     def to(self, device: torch.device, budget_gb: float | None = None) -> DataBundle:
         """Copy the resident datasets' uint8 images to ``device`` now (they stay there), so the
         memory planner measures a stage with them in place. On CUDA they may take at most half of

@@ -141,6 +141,14 @@ class TrainDataset(ImageDataset):
             raise ValueError(f"a training batch must come from one epoch, got epochs {sorted(epochs)}")
         return self._epoch_table(epochs.pop(), device).take(index)
 
+    def with_seed(self, seed: int) -> TrainDataset:
+        """These training images under another seed (its augmentation): the same store, labels and
+        feeds, so no image is decoded, copied to a device or streamed by a second set of workers
+        again (a feed holds no seed)."""
+        twin = TrainDataset(self.store, self.targets, self.class_names, self.model_input, seed=seed)
+        twin._feeds = self._feeds
+        return twin
+
     def _epoch_table(self, epoch: int, device: torch.device) -> Draws:
         """The epoch's draws on ``device``, kept while that epoch lasts."""
         if self._table is None or self._table[:2] != (epoch, device):
