@@ -19,6 +19,7 @@ QUICK = ["--subset", "20", "--epochs", "1", "--image-size", "8", "--device", "cp
         # torch's clip_grad_norm_ with a negative max norm flips the gradient's sign
         (["train.grad_clip=-1"], "'train.grad_clip': must be positive (or null for no clipping), got -1.0"),
         (["train.grad_clip=0"], "'train.grad_clip': must be positive"),
+        (["data.device_cache_gb=-1"], "data.device_cache_gb must be a number of GiB, 0 or more"),
         (["train.weight_decay=-0.1"], "'train.weight_decay': must be 0 or more, got -0.1"),
         (["train.checkpoint_every_steps=0"], "'train.checkpoint_every_steps': must be at least 1"),
         (["train.checkpoint_every_steps=-5"], "'train.checkpoint_every_steps': must be at least 1"),
@@ -71,4 +72,14 @@ def test_an_infinite_flag_value_is_refused_before_anything_is_written(
     assert main(family, [*QUICK, *extra, "--output-dir", str(out)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert not out.exists()
+
+
+def test_a_negative_device_cache_is_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main("cnn", [*QUICK, "--set", "data.device_cache_gb=-1", "--output-dir", str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["error: data.device_cache_gb must be a number of GiB, 0 or more "
+                     "(0 decodes every batch in --num-workers processes), got -1.0"]
     assert not out.exists()

@@ -1,8 +1,11 @@
 """The batched input path: the images it makes, whatever the batching, the storage or the caller.
 
 The reference for "the per-sample path" is torchvision's own per-image functional ops applied to
-one image at a time with the same draws; 7cccdd2's per-sample code resized first and cropped at the
-model's size, which differs only in resampling near the crop and padding edges (last test here).
+one image at a time with the same draws, in the product's order (crop and flip, normalise, resize
+the float image). Resizing the uint8 image before normalising (the earlier order) rounds the
+upsampled pixels to uint8: it differs by less than one uint8 level. 7cccdd2's
+per-sample code resized first and cropped at the model's size, which differs beyond that only in
+resampling near the crop and padding edges (last test here).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from src.errors import UserError
 
 CPU = torch.device("cpu")
 CIFAR = DATASET_STATS["cifar10"]
+ONE_LEVEL = 1 / 255 / min(CIFAR.std)  # one uint8 step after normalisation, in the widest channel
 
 
 def cifar_like(image_size: int, count: int = 24, seed: int = 3) -> TrainDataset:
@@ -40,8 +44,9 @@ def cifar_like(image_size: int, count: int = 24, seed: int = 3) -> TrainDataset:
     return TrainDataset(store, targets, [str(c) for c in range(10)], model_input, seed=seed)
 
 
-def per_sample(dataset: TrainDataset, key: tuple[int, int]) -> torch.Tensor:
-    """One image through torchvision's per-image ops, with the dataset's draws for ``key``."""
+def per_sample(dataset: TrainDataset, key: tuple[int, int], resize_uint8: bool = False) -> torch.Tensor:
+    """One image through torchvision's per-image ops, with the dataset's draws for ``key``
+    (``resize_uint8``: resized before normalising, rounded to uint8 at the model's size)."""
     epoch, index = key
     augment = dataset.augment
     draws = augment.draws(dataset.seed, epoch, len(dataset))
@@ -49,8 +54,11 @@ def per_sample(dataset: TrainDataset, key: tuple[int, int]) -> torch.Tensor:
     image = dataset.store.read([index])[0]
     image = F.crop(F.pad(image, [augment.padding]), top, left, 32, 32)
     image = F.horizontal_flip(image) if flip else image
-    image = F.resize(image, [dataset.model_input.image_size] * 2, antialias=True)
-    return F.normalize(F.to_dtype(image, torch.float32, scale=True), list(CIFAR.mean), list(CIFAR.std))
+    size = [dataset.model_input.image_size] * 2
+    if resize_uint8:
+        image = F.resize(image, size, antialias=True)
+    image = F.normalize(F.to_dtype(image, torch.float32, scale=True), list(CIFAR.mean), list(CIFAR.std))
+    return F.resize(image, size, antialias=True)
 
 
 @pytest.mark.parametrize("image_size", [32, 224])
@@ -62,6 +70,8 @@ def test_batched_images_equal_per_sample_ops_for_the_same_keys(image_size: int) 
     assert torch.equal(images, torch.stack([per_sample(dataset, key) for key in keys]))
     assert labels.tolist() == [i % 10 for _, i in keys]
     assert torch.equal(dataset[keys[2]][0], images[2])  # item access is the same code
+    rounded = torch.stack([per_sample(dataset, key, resize_uint8=True) for key in keys])
+    assert (images - rounded).abs().max() < ONE_LEVEL  # measured: 0.0138 at 224 px, 0 at 32 px
 
 
 def test_micro_batch_boundaries_never_change_an_image() -> None:
@@ -74,6 +84,11 @@ def test_micro_batch_boundaries_never_change_an_image() -> None:
         assert torch.equal(torch.cat([images for images, _ in dataset.batches(pieces, CPU)]), whole)
     other_epoch = torch.cat([images for images, _ in dataset.batches([[(4, i) for _, i in keys]], CPU)])
     assert not torch.equal(other_epoch, whole)
+
+
+def test_a_batch_mixing_epochs_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"one epoch, got epochs \[1, 2\]"):
+        next(cifar_like(32).batches([[(1, 0), (2, 1)]], CPU))
 
 
 def test_batches_leave_the_global_rng_untouched() -> None:
@@ -97,6 +112,20 @@ def test_streamed_batches_equal_resident_ones(num_workers: int) -> None:
             got = list(getattr(streamed, dataset_name).batches(keys, CPU, num_workers))
             pairs = zip(got, expected, strict=True)
             assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
+
+
+def test_another_seeds_bundle_shares_the_images_and_draws_its_own_augmentation(tmp_path: Path) -> None:
+    cfg = DataConfig(image_size=16, subset=40)
+    bundle = build_datasets(cfg, tmp_path, seed=5)  # the run's split.json, made with the run's seed
+    other = bundle.with_seed(6)
+    assert other.train.store is bundle.train.store and (other.val, other.test) == (bundle.val, bundle.test)
+    assert other.train.store.on(CPU).data_ptr() == bundle.train.store.on(CPU).data_ptr()  # one copy
+    assert (other.split, other.mean, other.train.targets) == (bundle.split, bundle.mean, bundle.train.targets)
+    keys = [[(1, i) for i in range(40)]]
+    mine, theirs = next(bundle.train.batches(keys, CPU))[0], next(other.train.batches(keys, CPU))[0]
+    assert not torch.equal(mine, theirs)  # the seed reaches the augmentation
+    rebuilt = build_datasets(cfg, tmp_path, seed=6, write=False).train  # what each extra seed rebuilt
+    assert torch.equal(theirs, next(rebuilt.batches(keys, CPU))[0])
 
 
 def test_cifar_sized_data_is_stored_native_and_resized_per_batch() -> None:
@@ -133,8 +162,10 @@ def test_weights_of_an_unknown_pretrained_tag_are_a_user_error() -> None:
 def test_the_order_of_7cccdd2_differs_only_near_crop_and_padding_edges() -> None:
     """7cccdd2 resized CIFAR to 224 px first and cropped there (padding 28, offsets in 7 px steps);
     now the crop happens at 32 px and the resize after it. Bilinear resizing commutes with whole
-    7 px shifts, so the two agree exactly except within 4 px of the crop's border and of the edge
-    between image and zero padding, where the resize now blends in the padding."""
+    7 px shifts, so the two agree except within 4 px of the crop's border and of the edge between
+    image and zero padding, where the resize now blends in the padding. "Agree" is below one uint8
+    level: 7cccdd2 rounded the resized image to uint8, the normalised float image is resized now
+    (measured: at most 0.0138 inside, up to 2.7 near the edges)."""
     dataset = cifar_like(224, count=8)
     images = torch.cat([images for images, _ in dataset.batches([[(1, i) for i in range(8)]], CPU)])
     draws = dataset.augment.draws(dataset.seed, 1, 8)
@@ -149,7 +180,7 @@ def test_the_order_of_7cccdd2_differs_only_near_crop_and_padding_edges() -> None
         cols = near[1].flip(0) if flip else near[1]
         interior = ~(near[0][:, None] | cols[None, :])
         assert interior.float().mean() > 0.85
-        assert torch.equal(images[i][:, interior], old[:, interior])
+        assert (images[i][:, interior] - old[:, interior]).abs().max() < ONE_LEVEL
 
 
 class Recording(CrossEntropyObjective):
@@ -189,9 +220,10 @@ def test_the_trainer_uses_the_batched_path_and_an_oom_replan_sees_the_same_image
 @pytest.mark.gpu
 def test_device_batches_match_the_cpu_ones() -> None:
     """On CUDA the whole store lives on the GPU; at the stored size the images are the same bits,
-    resized ones may differ by one level (torchvision resizes uint8 in float on CUDA)."""
+    resized ones agree to float rounding (the normalised float batch is resized on either device,
+    never rounded to uint8), far below one uint8 level."""
     cuda = torch.device("cuda", 0)
-    for size, tolerance in ((32, 0), (224, 1 / 255 / min(CIFAR.std) + 1e-6)):
+    for size, tolerance in ((32, 0), (224, 1e-4)):
         dataset = cifar_like(size)
         keys = [[(1, i) for i in range(24)]]
         on_cpu, _ = next(dataset.batches(keys, CPU))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from src.data.datasets import ImageStore
 from src.deploy.export import main as export_main
 from src.errors import UserError
 from src.pipeline.cli import main
@@ -31,10 +33,29 @@ STAGES = ["--stages", "teacher,baseline,direct"]
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def stores_made() -> list[int]:
+    """How many images each ImageStore of the ``source`` run decoded or held."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory, stores_made: list[int]) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("seeds") / "run"
-    assert main("cnn", ["--output-dir", str(out), *TINY, *STAGES, "--seeds", "42,43"]) == 0
+    make_store = ImageStore.__init__
+
+    def counted(store: ImageStore, *args: Any, **kwargs: Any) -> None:
+        make_store(store, *args, **kwargs)
+        stores_made.append(len(store))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ImageStore, "__init__", counted)
+        assert main("cnn", ["--output-dir", str(out), *TINY, *STAGES, "--seeds", "42,43"]) == 0
     return out, (out / "summary.md").read_text()
+
+
+def test_every_seed_chain_trains_on_the_one_set_of_images(stores_made: list[int],
+                                                           source: tuple[Path, str]) -> None:
+    assert len(stores_made) == 3  # train, val, test once: seed 43 reuses seed 42's images
 
 
 def test_seeds_run_one_chain_per_seed_on_one_split_and_report_the_verdict(source: tuple[Path, str]) -> None:

@@ -241,8 +241,11 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate_data(d: DataConfig) -> None:
-    """The data rules (also checked by ``src.data.split`` for a DataConfig built in Python)."""
+    """The data rules (also checked by ``src.data.build.build_datasets`` for a DataConfig built in Python)."""
     _check(d.image_size >= 8, f"config key 'data.image_size': must be at least 8, got {d.image_size}")
+    _check(0 <= d.device_cache_gb < math.inf,  # also refuses NaN
+           f"data.device_cache_gb must be a number of GiB, 0 or more "
+           f"(0 decodes every batch in --num-workers processes), got {d.device_cache_gb}")
     for key, value in (("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
         _check(0.0 < value < 1.0, f"config key '{key}': must be between 0 and 1 (exclusive), got {value}")
     _check(d.val_fraction + d.test_fraction < 1.0,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from src.config.loader import validate_data
 from src.config.schema import DataConfig, ModelsConfig
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
 from src.data.imagefolder import load_imagefolder_source
@@ -35,6 +35,11 @@ class DataBundle:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    def with_seed(self, seed: int) -> DataBundle:
+        """This bundle for another seed's chain: the same split and images (one resident copy, on
+        the host and on the device), only the training set's seed (its augmentation) differs."""
+        return dataclasses.replace(self, train=self.train.with_seed(seed))
 
     def to(self, device: torch.device, budget_gb: float | None = None) -> DataBundle:
         """Copy the resident datasets' uint8 images to ``device`` now (they stay there), so the
@@ -73,11 +78,7 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
     ``cfg.image_size``; all three splits are decoded into memory (and later kept on the training
     device) when together they take at most ``cfg.device_cache_gb``, else read per batch.
     """
-    if cfg.image_size < 8:
-        raise UserError(f"data.image_size must be at least 8 pixels, got {cfg.image_size}")
-    if not 0 <= cfg.device_cache_gb < math.inf:
-        raise UserError(f"data.device_cache_gb must be a number of GiB, 0 or more (0 decodes every batch "
-                        f"in --num-workers processes), got {cfg.device_cache_gb}")
+    validate_data(cfg)  # the config loader's rules: a DataConfig built in Python gets them too
     source = load_source(cfg)
     # a new split is saved only once its images have been read: a broken image file must not
     # leave a split.json behind that the corrected data no longer matches

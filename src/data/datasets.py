@@ -134,15 +134,20 @@ class TrainDataset(ImageDataset):
         return int(key[1]) if isinstance(key, (tuple, list)) else int(key)
 
     def _draws(self, keys: list[Any], index: torch.Tensor, device: torch.device) -> Draws | None:
-        augment = self.augment
-        if augment is None or not keys or not isinstance(keys[0], (tuple, list)):
+        if self.augment is None or not keys or not isinstance(keys[0], (tuple, list)):
             return None
         epochs = {int(key[0]) for key in keys}
-        if len(epochs) == 1:
-            return self._epoch_table(epochs.pop(), device).take(index)
-        tables = {epoch: augment.draws(self.seed, epoch, len(self)) for epoch in epochs}
-        picked = [tables[int(epoch)].take(torch.tensor([int(i)])) for epoch, i in keys]
-        return Draws(torch.cat([d.offsets for d in picked]), torch.cat([d.flips for d in picked])).to(device)
+        if len(epochs) != 1:  # the trainer's batches (sampling.train_keys) hold one epoch each
+            raise ValueError(f"a training batch must come from one epoch, got epochs {sorted(epochs)}")
+        return self._epoch_table(epochs.pop(), device).take(index)
+
+    def with_seed(self, seed: int) -> TrainDataset:
+        """These training images under another seed (its augmentation): the same store, labels and
+        feeds, so no image is decoded, copied to a device or streamed by a second set of workers
+        again (a feed holds no seed)."""
+        twin = TrainDataset(self.store, self.targets, self.class_names, self.model_input, seed=seed)
+        twin._feeds = self._feeds
+        return twin
 
     def _epoch_table(self, epoch: int, device: torch.device) -> Draws:
         """The epoch's draws on ``device``, kept while that epoch lasts."""

@@ -29,8 +29,10 @@ class Feed(Protocol):
         """uint8 images, labels and the positions as a tensor, all on ``device``, per batch."""
 
 
-def _positions(batch: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(batch, dtype=torch.long).to(device, non_blocking=True)
+def _positions(positions: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Each batch's positions as a tensor on ``device``: one copy for the whole pass, then split."""
+    flat = torch.tensor([p for batch in positions for p in batch], dtype=torch.long)
+    return flat.to(device, non_blocking=True).split([len(batch) for batch in positions])
 
 
 class ResidentFeed:
@@ -41,8 +43,7 @@ class ResidentFeed:
         self.labels = labels
 
     def batches(self, positions: Sequence[Sequence[int]], device: torch.device) -> Iterator[RawBatch]:
-        for batch in positions:
-            index = _positions(batch, device)
+        for index in _positions(positions, device):
             yield self.images.index_select(0, index), self.labels.index_select(0, index), index
 
 
@@ -94,6 +95,6 @@ class StreamFeed:
 
     def batches(self, positions: Sequence[Sequence[int]], device: torch.device) -> Iterator[RawBatch]:
         self._plan.batches = [list(batch) for batch in positions]
-        for batch, (images, labels) in zip(self._plan.batches, self.loader, strict=True):
-            yield (images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
-                   _positions(batch, device))
+        indexes = _positions(self._plan.batches, device)
+        for index, (images, labels) in zip(indexes, self.loader, strict=True):
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), index

@@ -18,7 +18,6 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
-from src.config.loader import validate_data
 from src.config.schema import DataConfig
 from src.data.sources import Source
 from src.errors import IncompatibleResumeError, UserError
@@ -82,7 +81,6 @@ def _settings(cfg: DataConfig) -> dict[str, Any]:
 
 def make_split(source: Source, cfg: DataConfig, seed: int) -> dict[str, Any]:
     """A fresh split record: official parts where the source has them, stratified carving otherwise."""
-    validate_data(cfg)  # the config loader's rules: a DataConfig built in Python gets them too
     pool_part = "all" if "all" in source.parts else "train"
     pool = list(range(len(source.parts[pool_part].targets)))
     labels_of = source.parts[pool_part].targets

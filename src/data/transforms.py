@@ -1,4 +1,4 @@
-"""Batched image transforms: random crop with padding, flip, resize to the model's size, normalise.
+"""Batched image transforms: random crop with padding, flip, normalise, resize to the model's size.
 
 Every operation takes a whole uint8 batch ``[B, C, s, s]`` on whatever device it lives on, so the
 same code augments on the GPU and on the CPU (the tests use the CPU). Per-sample randomness comes
@@ -8,9 +8,12 @@ like is therefore a pure function of (seed, epoch, index), whatever the batch it
 out-of-memory re-batching, a resumed run, another worker count), and the global RNG (which the
 trainer checkpoints for dropout) is never touched.
 
-Order: crop and flip at the stored size, then resize to the model's size, then normalise. A
-dataset stored at its native size (CIFAR's 32 px) and trained at 224 px is therefore shifted in
-steps of 224/32 = 7 px, and its zero padding is blended into the image by the bilinear upsampling.
+Order: crop and flip at the stored size, then normalise (still at the stored size), then resize
+the float batch to the model's size. Both normalising and bilinear resizing are linear, so the
+order between them changes nothing but rounding: the upsampled image is never rounded to uint8,
+only one full-size buffer is made, and CPU and GPU agree to float precision. A dataset stored at
+its native size (CIFAR's 32 px) and trained at 224 px is therefore shifted in steps of 224/32 = 7
+px, and its zero padding is blended into the image by the bilinear upsampling.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class Normalize:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """Stored uint8 batches -> the model's input: (augment), resize to ``image_size``, normalise."""
+    """Stored uint8 batches -> the model's input: (augment), normalise, resize to ``image_size``."""
 
     image_size: int
     normalize: Normalize
@@ -93,9 +96,10 @@ class ModelInput:
     def __call__(self, images: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
         if draws is not None and self.augment is not None:
             images = self.augment(images, draws)
+        images = self.normalize(images)  # at the stored size: fewer pixels to convert
         if images.shape[-1] != self.image_size:  # stored below the model's size: upsample per batch
             images = F.resize(images, [self.image_size, self.image_size], antialias=True)
-        return self.normalize(images)
+        return images
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:

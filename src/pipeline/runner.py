@@ -130,9 +130,8 @@ def _run_chains(cfg: RunConfig, run_dir: RunDirectory, resume: str, checkpoint: 
     for chain in chains:
         if len(chains) > 1:
             LOGGER.info("seed %d: chain in %s", chain.seed, chain.run_dir.root)
-        # the run's split, this seed's augmentation and order
-        chain_data = data if chain.seed == cfg.runtime.seed else build_datasets(
-            cfg.data, run_dir.root, chain.seed, write=False, models=cfg.models)
+        # the run's split and images (one copy for every chain), this seed's augmentation
+        chain_data = data if chain.seed == cfg.runtime.seed else data.with_seed(chain.seed)
         checkpoint = _run_chain(chain, chain_data, device, dist, checkpoint)
         results[chain.seed] = {s: chain.run_dir.read_result(s) for s in chain.run_dir.finished_stages()}
     if dist.is_main:
