@@ -3,16 +3,15 @@
     python evaluate.py --checkpoint runs/cnn-digits/student/model.safetensors --split test
     python evaluate.py --checkpoint runs/cnn-digits/student/model.onnx --split test   # ONNX Runtime
 
-Thin entry point; the work is in src/pipeline/evaluate.py.
+Thin entry point, the same as `kd-pipeline evaluate`; the command is src/cli/evaluate.py.
 """
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `src` importable as a script
-
-from src.pipeline.evaluate import main  # noqa: E402
+try:
+    from src.cli.evaluate import main
+except ModuleNotFoundError as missing:  # a checkout that was never installed
+    print(f"error: {missing}; install kd-pipeline first: pip install -e . (make does it)", file=sys.stderr)
+    raise SystemExit(2) from None
 
 if __name__ == "__main__":
     raise SystemExit(main())

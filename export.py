@@ -2,16 +2,15 @@
 
     python export.py --run-dir runs/cnn-digits --stage student [--format onnx|torchscript]
 
-Thin entry point; the work is in src/deploy/export.py.
+Thin entry point, the same as `kd-pipeline export`; the command is src/cli/export.py.
 """
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `src` importable as a script
-
-from src.deploy.export import main  # noqa: E402
+try:
+    from src.cli.export import main
+except ModuleNotFoundError as missing:  # a checkout that was never installed
+    print(f"error: {missing}; install kd-pipeline first: pip install -e . (make does it)", file=sys.stderr)
+    raise SystemExit(2) from None
 
 if __name__ == "__main__":
     raise SystemExit(main())

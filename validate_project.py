@@ -20,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # the top-level names the product card promises (DESIGN.md, "Layout")
 LAYOUT = [

@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from src.config.loader import config_from_dict, read_yaml  # noqa: E402
-from src.config.schema import RunConfig  # noqa: E402
-from src.distillation.objective import DistillationObjective  # noqa: E402
-from src.engine.device import resolve_device as resolve_run_device  # noqa: E402
-from src.engine.layout import to_training_layout  # noqa: E402
-from src.engine.objective import CrossEntropyObjective, Objective  # noqa: E402
-from src.errors import UserError  # noqa: E402
-from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name  # noqa: E402
-from src.utils.training_guards import enforce_gradient_checkpointing  # noqa: E402
+from src.config.loader import config_from_dict, read_yaml
+from src.config.schema import RunConfig
+from src.config.stage_settings import model_name
+from src.config.stages import STAGES
+from src.distillation.distiller import DistillationObjective
+from src.engine.device import resolve_device as resolve_run_device
+from src.engine.layout import to_training_layout
+from src.engine.objective import CrossEntropyObjective, Objective
+from src.errors import UserError
+from src.runs.stage_models import build_model, is_vit_base
+from src.utils.training_guards import enforce_gradient_checkpointing
 
 NUM_CLASSES = 10  # CIFAR-10 shapes; the class count barely moves memory or speed
 

@@ -12,17 +12,13 @@ GPU peak that checkpointing shrinks; weights, gradients and optimizer state come
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.utils.training_guards import enforce_gradient_checkpointing, saved_activation_bytes  # noqa: E402
+from src.utils.training_guards import enforce_gradient_checkpointing, saved_activation_bytes
 
 MODELS = {  # short name -> timm name, ImageNet-shaped as the DESIGN's teacher/assistant/student
     "vit_base": "vit_base_patch16_224",

@@ -25,9 +25,10 @@ from _common import (  # puts src on the path
     resolve_device_and_threads,
 )
 
+from src.config.stage_settings import model_name
 from src.deploy.benchmark import FLOP_CONVENTION
 from src.deploy.cost import CostTable, measure_costs
-from src.pipeline.stages import build_model, model_name
+from src.runs.stage_models import build_model
 
 CHAIN = ("teacher", "assistant", "student")
 REPO = Path(__file__).resolve().parents[1]

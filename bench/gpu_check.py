@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 if TYPE_CHECKING:
     from src.config.schema import RunConfig
@@ -198,7 +197,7 @@ def training_rate(metrics_jsonl: Path) -> Optional[float]:
 
 def configured_effective_batch(cfg: RunConfig, stage: str) -> int:
     """batch_size x accumulation_steps the stage trains with (its stage_overrides on top of train)."""
-    from src.config.stage_overrides import stage_config
+    from src.config.stage_settings import stage_config
 
     train = stage_config(cfg, stage).train
     return train.batch_size * train.accumulation_steps
@@ -297,7 +296,7 @@ def run_families(args: argparse.Namespace, work: Path, logs: Path, report: Repor
     shim.mkdir(exist_ok=True)
     (shim / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
     env = {**os.environ, "KD_GPU_CHECK_CIFAR": str(work / "cifar_checksums.json"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), str(REPO), os.environ.get("PYTHONPATH")]))}
     for family in args.families:
         spec = FAMILIES[family]
         sets = [*spec["sets"], *(SMOKE_SETS[family] if args.cpu_smoke else [])]

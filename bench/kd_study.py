@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from _common import machine_line  # puts src on the path
 
+from src.config.stages import STAGES
 from src.evidence.stats import mean_and_std
-from src.pipeline.rundir import SEED_PREFIX, RunDirectory
-from src.pipeline.stages import STAGES
+from src.runs.rundir import SEED_PREFIX, RunDirectory
 from src.utils.atomic import atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]

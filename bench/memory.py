@@ -40,15 +40,15 @@ from _common import (  # puts src on the path
     synthetic_batch,
 )
 
+from src.engine.device_memory import DeviceMemory
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
 from src.errors import UserError
-from src.memory.accounting import DeviceMemory
 from src.memory.cleanup import storage_bytes
 from src.memory.planner import choose_plan, plan_stage, set_checkpointing
 from src.memory.probe import probe_peaks
 from src.memory.search import GIB
-from src.pipeline.stages import is_vit_base
+from src.runs.stage_models import is_vit_base
 from src.utils.training_guards import saved_activation_bytes
 
 MIB = 1 << 20

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,13 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.engine import trainer as trainer_module  # noqa: E402
-from src.engine.config import EngineConfig  # noqa: E402
-from src.engine.device import resolve_device  # noqa: E402
-from src.engine.objective import CrossEntropyObjective  # noqa: E402
-from src.engine.optim import build_optimizer  # noqa: E402
+from src.engine import trainer as trainer_module
+from src.engine.device import resolve_device
+from src.engine.objective import CrossEntropyObjective
+from src.engine.optim import build_optimizer
+from src.engine.settings import TrainConfig
 
 
 class Synthetic(Dataset):
@@ -69,7 +66,7 @@ def elapsed(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def bare_loop(data: Synthetic, cfg: EngineConfig, device: torch.device) -> tuple[float, float]:
+def bare_loop(data: Synthetic, cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
     """The loop people write by hand; returns seconds for one pass over ``data``."""
     model = make_model(device)
     optimizer = build_optimizer(model, cfg)
@@ -90,7 +87,7 @@ def bare_loop(data: Synthetic, cfg: EngineConfig, device: torch.device) -> tuple
     return elapsed(start)
 
 
-def engine_fit(data: Synthetic, val: Synthetic, cfg: EngineConfig, device: torch.device,
+def engine_fit(data: Synthetic, val: Synthetic, cfg: TrainConfig, device: torch.device,
                folder: Path) -> tuple[float, float]:
     """``Trainer.fit`` for one epoch over ``data``; returns (wall, CPU) seconds."""
     trainer = trainer_module.Trainer(make_model(device), CrossEntropyObjective(), data, val, cfg, folder,
@@ -119,7 +116,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     trainer_module.plot_curves = lambda *paths: None  # the benchmark measures training, not plotting
-    cfg = EngineConfig(epochs=1, batch_size=args.batch_size, lr=0.05, scheduler="constant", amp="auto",
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05, scheduler="constant", amp="auto",
                        progress="off", patience=None)
     data = Synthetic(args.steps * args.batch_size, args.image_size)
     val = Synthetic(args.batch_size, args.image_size)

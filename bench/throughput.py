@@ -42,20 +42,20 @@ from _common import (  # puts src on the path
     synthetic_batch,
 )
 
-from src.config.schema import STAGE_NAMES
-from src.engine.config import EngineConfig
+from src.config.stages import STAGE_NAMES, STAGES
 from src.engine.layout import to_training_layout
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
+from src.engine.settings import TrainConfig
 from src.engine.step import UpdateStep, resolve_precision
-from src.pipeline.stages import STAGES, build_model
+from src.runs.stage_models import build_model
 
 Runner = Callable[[], None]
 Key = TypeVar("Key", bound=Hashable)
 
 
 def training_runner(model: torch.nn.Module, objective, images: torch.Tensor, labels: torch.Tensor,
-                    cfg: EngineConfig, device: torch.device) -> Runner:
+                    cfg: TrainConfig, device: torch.device) -> Runner:
     """One optimizer update of ``model`` on the batch, exactly as the trainer runs it."""
     dtype, scaler = resolve_precision(cfg.amp, device)
     channels_last = to_training_layout(model, cfg, device)  # as the planner and the Trainer do
@@ -70,7 +70,7 @@ def training_runner(model: torch.nn.Module, objective, images: torch.Tensor, lab
     return run
 
 
-def inference_runner(teacher: torch.nn.Module, images: torch.Tensor, cfg: EngineConfig,
+def inference_runner(teacher: torch.nn.Module, images: torch.Tensor, cfg: TrainConfig,
                      device: torch.device) -> Runner:
     """The frozen teacher's forward as the distillation objective runs it inside a KD step."""
     dtype, _ = resolve_precision(cfg.amp, device)

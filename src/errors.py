@@ -1,6 +1,6 @@
 """Exceptions that carry the process exit code the command-line contract promises.
 
-The entry points catch these (see ``src.pipeline.cli``) and turn them into one line on stderr
+The entry points catch these (see ``src.cli.train``) and turn them into one line on stderr
 and the documented exit code, so no user ever sees a traceback for a mistake they can fix.
 """
 from __future__ import annotations

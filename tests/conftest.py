@@ -1,13 +1,20 @@
 """Shared test set-up: skip ``gpu`` tests without CUDA (markers are declared in pyproject.toml),
-and give every test the ``kd_pipeline`` logger as it found it."""
+give every test the ``kd_pipeline`` logger as it found it, and make the commands the tests start
+(``python cnn_distillation/train.py``...) import this checkout, as the tests themselves do
+(pyproject's ``pythonpath``), whatever copy of the package is installed."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from fake_cuda import fake_cuda, make_fake_cuda  # noqa: F401  (fixtures: tests without a GPU run CUDA paths)
+
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")]))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -18,8 +18,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import Dataset
 
-from src.engine.config import EngineConfig
 from src.engine.objective import CrossEntropyObjective, Objective, StepOutput
+from src.engine.settings import TrainConfig
 from src.utils.reproducibility import derive_seed
 
 NUM_CLASSES = 10
@@ -134,11 +134,11 @@ def tiny_vit(seed: int = 0, drop: float = 0.0) -> nn.Module:
                              drop_rate=drop)
 
 
-def engine_config(**overrides: Any) -> EngineConfig:
+def engine_config(**overrides: Any) -> TrainConfig:
     base = dict(epochs=2, batch_size=16, lr=0.05, scheduler="cosine", warmup_epochs=0.0, log_interval=2,
                 progress="off", patience=None, weight_decay=1e-4)
     base.update(overrides)
-    return EngineConfig(**base)
+    return TrainConfig(**base)
 
 
 def fingerprint(**extra: Any) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     the final weights to ``stage_dir/final.pt``; used as a real process by the tests."""
     parser = argparse.ArgumentParser()
     parser.add_argument("stage_dir", type=Path)
-    parser.add_argument("--config", default="{}", help="EngineConfig overrides as JSON")
+    parser.add_argument("--config", default="{}", help="TrainConfig overrides as JSON")
     parser.add_argument("--train", type=int, default=192)
     parser.add_argument("--val", type=int, default=64)
     parser.add_argument("--ddp", action="store_true")
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         "augmentation on, at most --train samples per split)")
     args = parser.parse_args(argv)
 
-    from src.config.schema import DataConfig, RuntimeConfig
+    from src.config.schema import RuntimeConfig
     from src.data.build import build_datasets
+    from src.data.settings import DataConfig
     from src.engine.distributed import DistributedContext
     from src.engine.trainer import Trainer
     from src.errors import KDPipelineError

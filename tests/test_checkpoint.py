@@ -10,9 +10,9 @@ from torch import nn
 
 import src.engine.checkpoint as checkpoint_module
 from src.engine.checkpoint import CheckpointStore, library_versions
-from src.engine.config import EngineConfig
 from src.engine.early_stopping import EarlyStopping
 from src.engine.optim import build_optimizer, build_schedule
+from src.engine.settings import TrainConfig
 from src.errors import UserError
 
 
@@ -26,7 +26,7 @@ def _tag(state: dict) -> float:
 
 def test_full_training_state_loads_with_weights_only(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    cfg = EngineConfig(epochs=2, scheduler="onecycle")
+    cfg = TrainConfig(epochs=2, scheduler="onecycle")
     optimizer = build_optimizer(model, cfg)
     schedule = build_schedule(optimizer, cfg, 3)
     model(torch.randn(5, 4)).sum().backward()

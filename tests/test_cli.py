@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.cli import train as cli
+from src.cli.train import build_parser, default_config_path, load_run_config, main
 from src.config.loader import load_config
 from src.errors import IncompatibleResumeError, TrainingInterrupted, UserError
-from src.pipeline import cli
-from src.pipeline.cli import build_parser, default_config_path, load_run_config, main
-from src.pipeline.rundir import RunDirectory, check_stage_plan, prepare_run_directory
 from src.pipeline.runner import resolve_device, resume_target
+from src.runs.rundir import RunDirectory, check_stage_plan, prepare_run_directory
 from src.utils.training_guards import NonFiniteLossError
 
 

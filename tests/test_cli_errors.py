@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from src.cli import evaluate
+from src.cli.train import build_parser, load_run_config, main
 from src.config.loader import load_config
 from src.data.build import build_datasets
-from src.pipeline import evaluate
-from src.pipeline.cli import build_parser, load_run_config, main
-from src.pipeline.rundir import RunDirectory, compare_configs, prepare_run_directory
-from src.pipeline.stages import build_model
 from src.pipeline.train_stage import save_weights
+from src.runs.rundir import RunDirectory, compare_configs, prepare_run_directory
+from src.runs.stage_models import build_model
 
 QUICK = ["--subset", "20", "--epochs", "1", "--image-size", "8", "--device", "cpu", "--stages", "teacher"]
 

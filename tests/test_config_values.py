@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from src.cli.train import main
 from src.config.loader import load_config
 from src.errors import UserError
-from src.pipeline.cli import main
 
 QUICK = ["--subset", "20", "--epochs", "1", "--image-size", "8", "--device", "cpu", "--stages", "baseline"]
 

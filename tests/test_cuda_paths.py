@@ -27,14 +27,14 @@ from fake_cuda import GIB, MIB, FakeCuda, SimulatedStep, StepMemory
 import src.deploy.benchmark as benchmark_module
 import src.memory.probe as probe_module
 from src.deploy.cost import describe_device
-from src.engine.config import EngineConfig
 from src.engine.device import resolve_device
+from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
 from src.engine.objective import CrossEntropyObjective, StepOutput
+from src.engine.settings import TrainConfig
 from src.engine.step import resolve_precision
 from src.engine.trainer import Trainer
 from src.errors import UserError
-from src.memory.accounting import DeviceMemory
 from src.memory.allocator import configure_cuda_allocator
 from src.memory.planner import plan_stage
 from src.utils.reproducibility import capture_rng_state, restore_rng_state
@@ -107,7 +107,7 @@ def plan_on_fake(fake: FakeCuda, monkeypatch: pytest.MonkeyPatch, model: torch.n
     device = resolve_device("cuda")
     fake.allocator().hold(param_bytes(model), model)  # the weights are on the card
     sample = (torch.randn(2, 3, image_size, image_size), torch.tensor([0, 1]))
-    cfg = EngineConfig(batch_size=32, accumulation_steps=2)
+    cfg = TrainConfig(batch_size=32, accumulation_steps=2)
     plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, device, budget_gb,
                       model_name=type(model).__name__, dist=dist)
     return plan, step
@@ -422,10 +422,10 @@ COVERED_BY = {
     ("src/engine/device.py", "resolve_device"): "devices",
     ("src/engine/distributed.py", "from_env"): "devices",
     ("src/engine/step.py", "resolve_precision"): "precision",
-    ("src/memory/accounting.py", "reset_peaks"): "planner",
-    ("src/memory/accounting.py", "peaks"): "planner",
-    ("src/memory/accounting.py", "release_cached"): "planner",
-    ("src/memory/accounting.py", "reset_peak_memory_stats"): "seed peak reset",
+    ("src/engine/device_memory.py", "reset_peaks"): "planner",
+    ("src/engine/device_memory.py", "peaks"): "planner",
+    ("src/engine/device_memory.py", "release_cached"): "planner",
+    ("src/engine/device_memory.py", "reset_peak_memory_stats"): "seed peak reset",
     ("src/memory/allocator.py", "configure_cuda_allocator"): "allocator",
     ("src/memory/cleanup.py", "_cuda_memory_mb"): "cleanup",
     ("src/memory/cleanup.py", "cleanup_training_state"): "cleanup",

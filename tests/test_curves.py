@@ -7,9 +7,9 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from src.engine.curves import mean_grad_norms, metrics_records, plot_curves
-from src.engine.run_log import MetricsLog
+from src.engine.run_log import MetricsLog, read_records
 from src.utils.logger import REQUIRED_COLUMNS
+from src.visualization.curves import mean_grad_norms, plot_curves
 
 
 def _epochs_csv(path, n: int):
@@ -24,6 +24,10 @@ def _epochs_csv(path, n: int):
     ]
     pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)).to_csv(path, index=False)
     return path
+
+
+def _frame(path) -> pd.DataFrame:
+    return pd.DataFrame(read_records(path))
 
 
 def _metrics(path, epochs: int):
@@ -41,7 +45,8 @@ def _metrics(path, epochs: int):
 def test_writes_a_valid_png(tmp_path, epochs, with_metrics):
     csv = _epochs_csv(tmp_path / "epochs.csv", epochs)
     metrics = _metrics(tmp_path / "metrics.jsonl", epochs) if with_metrics else None
-    out = plot_curves(csv, metrics, tmp_path / "stage" / "curves.png")
+    records = read_records(metrics) if metrics else []
+    out = plot_curves(pd.read_csv(csv), records, tmp_path / "stage" / "curves.png")
     assert out == tmp_path / "stage" / "curves.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = matplotlib.image.imread(out)
@@ -50,7 +55,7 @@ def test_writes_a_valid_png(tmp_path, epochs, with_metrics):
 
 
 def test_grad_norm_is_the_mean_of_finite_values_per_epoch(tmp_path):
-    norms = mean_grad_norms(metrics_records(_metrics(tmp_path / "metrics.jsonl", 2)))
+    norms = mean_grad_norms(_frame(_metrics(tmp_path / "metrics.jsonl", 2)))
     assert norms.to_dict() == {1: 2.0, 2: 4.0}
 
 
@@ -58,12 +63,11 @@ def test_no_grad_norm_falls_back(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.append({"step": 1, "epoch": 1, "loss": 0.3})
     log.flush()
-    assert mean_grad_norms(metrics_records(tmp_path / "metrics.jsonl")) is None
+    assert mean_grad_norms(_frame(tmp_path / "metrics.jsonl")) is None
     log.append({"step": 2, "epoch": 1, "grad_norm": math.inf})  # only skipped (non-finite) steps
     log.flush()
-    assert mean_grad_norms(metrics_records(tmp_path / "metrics.jsonl")) is None
-    assert mean_grad_norms(metrics_records(tmp_path / "missing.jsonl")) is None
-    assert mean_grad_norms(metrics_records(None)) is None
+    assert mean_grad_norms(_frame(tmp_path / "metrics.jsonl")) is None
+    assert mean_grad_norms(pd.DataFrame()) is None  # no metrics.jsonl
 
 
 def test_a_distillation_stage_plots_cross_entropy_against_validation_and_its_kd_term_apart(tmp_path):
@@ -73,10 +77,10 @@ def test_a_distillation_stage_plots_cross_entropy_against_validation_and_its_kd_
     import torch
     from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_vit
 
-    from src.distillation.objective import DistillationObjective
-    from src.engine.curves import curves_figure
+    from src.distillation.distiller import DistillationObjective
     from src.engine.run_log import read_records
     from src.engine.trainer import Trainer
+    from src.visualization.curves import curves_figure
 
     objective = DistillationObjective(tiny_vit(seed=5))  # kd, T = 4
     trainer = Trainer(tiny_vit(), objective, KeyedTrain(48), PlainEval(16), engine_config(log_interval=50),
@@ -110,8 +114,8 @@ def test_a_labels_only_stage_keeps_two_by_two_panels_and_plots_cross_entropy(tmp
     for epoch in (1, 2):
         log.append({"event": "epoch", "step": epoch, "epoch": epoch, "train_ce": 1.5 / epoch})
     log.flush()
-    from src.engine.curves import curves_figure
     from src.engine.run_log import read_records
+    from src.visualization.curves import curves_figure
 
     fig = curves_figure(pd.read_csv(csv), pd.DataFrame(read_records(tmp_path / "metrics.jsonl")))
     assert len(fig.axes) == 4 and list(fig.axes[0].get_lines()[0].get_ydata()) == [1.5, 0.75]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from src.config.schema import DataConfig
 from src.data.build import build_datasets
+from src.data.settings import DataConfig
 from src.data.transforms import Augment, Normalize
 
 

@@ -16,8 +16,8 @@ import torch
 import torchvision
 
 from bench.cifar_files import write_cifar10, write_cifar100
-from src.config.schema import DataConfig
 from src.data.build import build_datasets
+from src.data.settings import DataConfig
 from src.errors import UserError
 
 

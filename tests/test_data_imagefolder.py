@@ -12,11 +12,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from src.config.schema import DataConfig
+from src.cli.train import main
 from src.data.build import build_datasets
 from src.data.imagefolder import ScannedImageFolder, load_image
+from src.data.settings import DataConfig
 from src.errors import UserError
-from src.pipeline.cli import main
 
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "fox": (30, 30, 200)}
 

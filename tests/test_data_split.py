@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from src.config.schema import DataConfig
 from src.data.build import build_datasets
+from src.data.settings import DataConfig
 from src.data.split import SPLIT_FILE, split_hash
 from src.errors import IncompatibleResumeError, UserError
 

@@ -21,8 +21,8 @@ from test_data_cifar import cifar10_files
 from test_data_imagefolder import write_class_folders
 from torch.utils.data import DataLoader
 
-from src.config.schema import DataConfig
 from src.data.build import build_datasets
+from src.data.settings import DataConfig
 
 CPU = torch.device("cpu")
 # every test starts fresh interpreters (about 3 s each): make test runs them, the pre-commit check

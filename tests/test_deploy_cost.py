@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from src.config.change_rules import compare_configs
 from src.config.loader import load_config
 from src.deploy import benchmark, cost
 from src.deploy.benchmark import (
@@ -33,9 +34,8 @@ from src.deploy.cost_report import COST_COLUMNS, PLOT_NAME, cost_sentences
 from src.errors import UserError
 from src.models.factory import create_model
 from src.pipeline.report import print_summary, write_report
-from src.pipeline.resume_rules import compare_configs
-from src.pipeline.rundir import RunDirectory
 from src.pipeline.train_stage import run_fingerprint, save_weights
+from src.runs.rundir import RunDirectory
 
 # Published figures, as MACs (one per multiply-add); torch counts 2 FLOPs per multiply-add.
 # torchvision's ResNet-18 model card: 1.81 "GFLOPS" at 224 px, counted as MACs.

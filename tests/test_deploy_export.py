@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
+from src.cli.evaluate import main as evaluate_main
+from src.cli.export import main as export_main
+from src.cli.train import main as train_main
 from src.data.build import build_datasets
 from src.deploy import export as export_module
-from src.deploy.export import main as export_main
-from src.pipeline.cli import main as train_main
-from src.pipeline.evaluate import main as evaluate_main
-from src.pipeline.rundir import RunDirectory
+from src.runs.rundir import RunDirectory
 
 # A 4-epoch labels-only ResNet-18 (the student's architecture) on 8 px digits (30% test accuracy):
 # trained, so its predictions are spread over the classes and "the same accuracy" means something.

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import torch
 
+from src.cli.train import main
 from src.engine.checkpoint import CheckpointStore
 from src.pipeline import train_stage
-from src.pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--subset", "30", "--image-size", "8", "--device", "cpu", "--stages", "baseline",

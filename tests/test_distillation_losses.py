@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from src.config.loader import load_config
-from src.distillation.config import DistillationConfig, check_distillation
 from src.distillation.losses import _non_target, dist_loss, dkd_loss, kd_loss, standardize_logits
+from src.distillation.settings import DistillationConfig, check_distillation
 from src.errors import UserError
 
 LOSSES = ("kd", "dkd", "dist")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.distillation.config import DistillationConfig, DKDConfig
+from src.distillation.distiller import DistillationObjective, dkd_warmup
 from src.distillation.losses import dist_loss, dkd_loss, kd_loss
-from src.distillation.objective import DistillationObjective, dkd_warmup
+from src.distillation.settings import DistillationConfig, DKDConfig
 from src.errors import UserError
 from src.models.factory import create_model
 

@@ -13,8 +13,8 @@ from src.errors import UserError
 from src.evidence.seeds_report import seed_table, write_seeds_report
 from src.evidence.stats import Interval
 from src.evidence.verdict import Comparison, compare_run, evidence_text
-from src.pipeline.rundir import RunDirectory
-from src.pipeline.seeds import Chain, chain_config
+from src.runs.rundir import RunDirectory
+from src.runs.seeds import Chain, chain_config
 
 IMAGES = 200
 

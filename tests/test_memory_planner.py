@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from src.distillation.objective import DistillationObjective
-from src.engine.config import EngineConfig
+from src.distillation.distiller import DistillationObjective
 from src.engine.device import resolve_device
 from src.engine.objective import CrossEntropyObjective
+from src.engine.settings import TrainConfig
 from src.errors import UserError
 from src.memory.allocator import configure_cuda_allocator
 from src.memory.planner import MemoryPlan, agree_across_ranks, choose_plan, plan_stage, search_micro_batch
@@ -140,7 +140,7 @@ def test_nothing_fits_even_with_checkpointing_is_a_user_error_listing_the_tries(
 def test_plan_on_cpu_keeps_the_configured_split() -> None:
     model = create_model("cnn", "resnet18", num_classes=3, image_size=8)
     sample = (torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
-    cfg = EngineConfig(batch_size=16, accumulation_steps=4)
+    cfg = TrainConfig(batch_size=16, accumulation_steps=4)
     cpu = torch.device("cpu")
     plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cpu, 6.0, model_name="resnet18")
     assert (plan.micro_batch, plan.accumulation_steps, plan.gradient_checkpointing) == (16, 4, False)
@@ -153,7 +153,7 @@ def test_plan_on_cpu_keeps_the_configured_split() -> None:
 
 def test_checkpointing_asked_for_is_switched_on_and_kept_even_on_cpu() -> None:
     model = create_model("vit", "vit_tiny", num_classes=3, image_size=16)
-    cfg = EngineConfig(batch_size=8)
+    cfg = TrainConfig(batch_size=8)
     sample = (torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
     cpu = torch.device("cpu")
     plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cpu, 6.0, force_checkpointing=True)
@@ -210,7 +210,7 @@ def test_probe_trains_then_leaves_model_teacher_and_rng_exactly_as_before(optimi
     before = {k: v.clone() for k, v in model.state_dict().items()}
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
-    cfg = EngineConfig(optimizer=optimizer, lr=0.5, grad_clip=1.0)
+    cfg = TrainConfig(optimizer=optimizer, lr=0.5, grad_clip=1.0)
     rng = torch.get_rng_state()
     run_probe_steps(model, objective, images, labels, cfg, torch.device("cpu"), accumulation_steps=4)
     assert objective.calls == 4  # two windows of two micro-batches: gradients alive across a window
@@ -240,7 +240,7 @@ def test_real_probe_fits_the_budget_and_leaves_the_model_untouched() -> None:
     model = create_model("cnn", "resnet18", num_classes=10, image_size=32).to(device)
     before = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     sample = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
-    cfg = EngineConfig(batch_size=256, accumulation_steps=1)
+    cfg = TrainConfig(batch_size=256, accumulation_steps=1)
     try:
         plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, device, 1.0, model_name="resnet18")
         assert plan.fits and plan.micro_batch * plan.accumulation_steps == 256

@@ -18,7 +18,7 @@ from src.models.factory import (
     get_vit_model,
     resolve_model_name,
 )
-from src.models.patches import default_patch_size
+from src.models.vit_patches import default_patch_size
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ import timm
 import torch
 from torch import nn
 
-from src.engine.config import EngineConfig
 from src.engine.optim import build_optimizer, build_schedule
+from src.engine.settings import TrainConfig
 from src.errors import IncompatibleResumeError, UserError
 
 
 def _schedule(updates_per_epoch: int = 5, **overrides):
-    cfg = EngineConfig(**{"epochs": 4, "lr": 1.0, **overrides})
+    cfg = TrainConfig(**{"epochs": 4, "lr": 1.0, **overrides})
     model = nn.Linear(2, 2)
     optimizer = build_optimizer(model, cfg)
     return optimizer, build_schedule(optimizer, cfg, updates_per_epoch)
@@ -41,7 +41,7 @@ def _decay_flags(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str
 def test_resnet18_no_decay_on_norms_and_biases_and_frozen_params_left_out():
     model = timm.create_model("resnet18", num_classes=3)
     model.conv1.weight.requires_grad_(False)
-    cfg = EngineConfig(optimizer="sgd", nesterov=True, weight_decay=1e-4)
+    cfg = TrainConfig(optimizer="sgd", nesterov=True, weight_decay=1e-4)
     optimizer = build_optimizer(model, cfg, lr=0.2)
     flags = _decay_flags(model, optimizer)
     assert "conv1.weight" not in flags
@@ -54,7 +54,7 @@ def test_resnet18_no_decay_on_norms_and_biases_and_frozen_params_left_out():
 
 def test_vit_no_decay_on_pos_embed_cls_token_and_layernorm():
     model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, num_classes=3, depth=2)
-    optimizer = build_optimizer(model, EngineConfig(optimizer="adamw", weight_decay=0.05, lr=1e-3))
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.05, lr=1e-3))
     flags = _decay_flags(model, optimizer)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert not flags["pos_embed"] and not flags["cls_token"]
@@ -63,7 +63,7 @@ def test_vit_no_decay_on_pos_embed_cls_token_and_layernorm():
 
 
 def test_sgd_without_nesterov():
-    optimizer = build_optimizer(nn.Linear(2, 2), EngineConfig(nesterov=False))
+    optimizer = build_optimizer(nn.Linear(2, 2), TrainConfig(nesterov=False))
     assert not any(g["nesterov"] for g in optimizer.param_groups)
 
 
@@ -135,7 +135,7 @@ def test_constant_without_warmup_stays():
 
 
 def test_lr_override_is_the_base_of_the_schedule():
-    cfg = EngineConfig(epochs=2, lr=1.0, scheduler="cosine")
+    cfg = TrainConfig(epochs=2, lr=1.0, scheduler="cosine")
     optimizer = build_optimizer(nn.Linear(2, 2), cfg, lr=0.2)
     schedule = build_schedule(optimizer, cfg, 3)
     assert schedule.current_lr() == pytest.approx(0.2)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from src.pipeline.cli import main
+from src.cli.train import main
 from src.utils.logger import REQUIRED_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]

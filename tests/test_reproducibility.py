@@ -147,8 +147,8 @@ def test_speed_is_the_default_and_the_log_says_what_each_choice_costs(restore_gl
 def test_strict_determinism_accepts_every_operation_of_the_models(restore_global_torch_flags, family, name):
     """Under use_deterministic_algorithms(True) an op without a deterministic kernel raises; the
     models' training step (forward, backward, the data path's gather and resize) must not."""
-    from src.config.schema import DataConfig
     from src.data.build import build_datasets
+    from src.data.settings import DataConfig
     from src.models.factory import create_model
 
     setup_reproducibility(0, deterministic=True)
@@ -159,8 +159,8 @@ def test_strict_determinism_accepts_every_operation_of_the_models(restore_global
 
 
 def _train_twice_on_cuda(family: str, name: str) -> list[dict[str, torch.Tensor]]:
-    from src.config.schema import DataConfig
     from src.data.build import build_datasets
+    from src.data.settings import DataConfig
     from src.models.factory import create_model
 
     device = torch.device("cuda", 0)

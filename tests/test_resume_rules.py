@@ -12,17 +12,17 @@ import pytest
 import torch
 from engine_fixtures import CrossEntropyAt, KeyedTrain, PlainEval, engine_config, fingerprint, tiny_vit
 
+from src.config.change_rules import compare_configs, key_rule
 from src.config.loader import load_config, schema_keys
-from src.engine.compat import ENGINE_RULES, check_resume
-from src.engine.config import EngineConfig
 from src.engine.divergence import DIVERGED_FILE, NonFiniteLossError
 from src.engine.objective import CrossEntropyObjective, StepOutput
+from src.engine.resume_rules import ENGINE_RULES, check_resume
+from src.engine.settings import TrainConfig
 from src.engine.trainer import Trainer
 from src.errors import IncompatibleResumeError
-from src.pipeline.resume_rules import compare_configs, key_rule
 
 CPU = torch.device("cpu")
-# a legal new value for every EngineConfig field (the default config's values are the old ones)
+# a legal new value for every TrainConfig field (the default config's values are the old ones)
 NEW_VALUES: dict[str, Any] = {
     "epochs": 20, "batch_size": 32, "accumulation_steps": 2, "lr": 0.01, "optimizer": "adamw",
     "momentum": 0.8, "nesterov": False, "weight_decay": 0.01, "scheduler": "step", "warmup_epochs": 1.0,
@@ -35,7 +35,7 @@ NEW_VALUES: dict[str, Any] = {
 
 
 def test_every_config_key_has_exactly_one_rule() -> None:
-    assert set(NEW_VALUES) == {f.name for f in dataclasses.fields(EngineConfig)}
+    assert set(NEW_VALUES) == {f.name for f in dataclasses.fields(TrainConfig)}
     for key in schema_keys():
         rule = key_rule(key)
         assert rule.stages, key

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from src.cli.evaluate import main as evaluate_main
+from src.cli.export import main as export_main
+from src.cli.train import main
 from src.data.datasets import ImageStore
-from src.deploy.export import main as export_main
 from src.errors import UserError
-from src.pipeline.cli import main
-from src.pipeline.evaluate import main as evaluate_main
-from src.pipeline.rundir import RunDirectory
-from src.pipeline.seeds import seed_chains
 from src.pipeline.teacher_from import plan_reuse
+from src.runs.rundir import RunDirectory
+from src.runs.seeds import seed_chains
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src.cli.train import default_config_path
 from src.config.loader import config_from_dict, dump_config, load_config
-from src.config.stage_overrides import stage_config
+from src.config.presets import PRESETS
+from src.config.stage_settings import stage_config
 from src.errors import IncompatibleResumeError, UserError
-from src.pipeline.cli import REPO_ROOT, default_config_path
-from src.pipeline.rundir import RunDirectory, prepare_run_directory
 from src.pipeline.train_stage import run_fingerprint
+from src.runs.rundir import RunDirectory, prepare_run_directory
 
 
 def test_an_override_changes_its_stage_only_and_config_yaml_lists_only_what_was_set() -> None:
@@ -67,7 +68,7 @@ def test_an_override_change_breaks_a_resume_only_for_its_own_started_stage(tmp_p
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_vit_cifar_configs_fine_tune_the_pretrained_teacher_briefly_at_a_low_rate(name: str) -> None:
-    cfg = load_config(REPO_ROOT / "vit_distillation" / "configs" / f"{name}.yaml")
+    cfg = load_config(PRESETS["vit"].config_path(name))
     assert cfg.models.pretrained
     teacher, student = stage_config(cfg, "teacher").train, stage_config(cfg, "student").train
     assert teacher.lr < 0.2 * student.lr and teacher.epochs <= student.epochs / 5

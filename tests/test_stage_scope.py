@@ -18,7 +18,8 @@ from src.config.loader import load_config
 from src.data.build import build_datasets
 from src.engine.device import resolve_device
 from src.engine.distributed import DistributedContext
-from src.pipeline.rundir import RunDirectory, prepare_run_directory
+from src.runs import stage_models
+from src.runs.rundir import RunDirectory, prepare_run_directory
 from src.utils.training_guards import cleanup_training_state
 
 TINY = ["models.teacher=resnet18", "stages=teacher,direct", "train.epochs=1", "train.batch_size=16",
@@ -48,7 +49,8 @@ def _spy_on_stage_objects(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref]:
             refs.append(weakref.ref(self))
             refs.append(weakref.ref(self.optimizer))
 
-    monkeypatch.setattr(train_stage_module, "build_model", build_model)
+    monkeypatch.setattr(train_stage_module, "build_model", build_model)  # the stage's own model
+    monkeypatch.setattr(stage_models, "build_model", build_model)  # its teacher, read back from disk
     monkeypatch.setattr(train_stage_module, "Trainer", Trainer)
     return refs
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from engine_fixtures import KeyedTrain, PlainEval, digits_tensors, engine_config, fingerprint, tiny_vit
 
-from src.distillation.objective import DistillationObjective
+from src.distillation.distiller import DistillationObjective
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
 from src.engine.progress import Progress

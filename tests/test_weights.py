@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from src.errors import UserError
-from src.pipeline import train_stage
-from src.pipeline.rundir import RunDirectory
-from src.pipeline.train_stage import verified_weights
+from src.runs import stage_models
+from src.runs.rundir import RunDirectory
+from src.runs.stage_models import verified_weights
 from src.utils.weights import file_sha256, save_weights, tensors_sha256, weights_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_a_finished_stage_is_verified_by_its_tensors_or_legacy_file_bytes(
     run = RunDirectory(tmp_path)
     sha = save_weights(nn.Linear(2, 2), run.weights_path("student"), METADATA)
     hashed_files: list[Path] = []
-    monkeypatch.setattr(train_stage, "file_sha256",
+    monkeypatch.setattr(stage_models, "file_sha256",
                         lambda path: hashed_files.append(path) or file_sha256(path))
     path, recorded, tensors = verified_weights(run, "student", {"weights_sha256": sha})
     assert recorded == sha and tensors_sha256(tensors) == sha

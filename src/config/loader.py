@@ -18,13 +18,16 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from src.config.schema import MAX_SEED, MIN_SUBSET, STAGE_NAMES, DataConfig, RunConfig
-from src.config.stage_overrides import check_stage_overrides, drop_unset
-from src.distillation.config import check_distillation
-from src.engine.config import EngineConfig
+from src.config.schema import MAX_SEED, RunConfig
+from src.config.stage_overrides import drop_unset
+from src.config.stage_settings import check_stage_overrides
+from src.config.stages import STAGE_NAMES
+from src.data.settings import validate_data
+from src.distillation.settings import check_distillation
+from src.engine.settings import TrainConfig
 from src.errors import UserError
 from src.models.lr_scale import stage_lr
-from src.models.patches import vit_patch_size
+from src.models.vit_patches import vit_patch_size
 from src.utils.logger import MONITORABLE, better_mode
 
 _NONE_WORDS = ("none", "null", "~")
@@ -240,21 +243,7 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def validate_data(d: DataConfig) -> None:
-    """The data rules (also checked by ``src.data.build.build_datasets`` for a DataConfig built in Python)."""
-    _check(d.image_size >= 8, f"config key 'data.image_size': must be at least 8, got {d.image_size}")
-    _check(0 <= d.device_cache_gb < math.inf,  # also refuses NaN
-           f"data.device_cache_gb must be a number of GiB, 0 or more "
-           f"(0 decodes every batch in --num-workers processes), got {d.device_cache_gb}")
-    for key, value in (("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
-        _check(0.0 < value < 1.0, f"config key '{key}': must be between 0 and 1 (exclusive), got {value}")
-    _check(d.val_fraction + d.test_fraction < 1.0,
-           "config keys 'data.val_fraction' + 'data.test_fraction' must leave data to train on (sum < 1)")
-    _check(d.subset is None or d.subset >= MIN_SUBSET,
-           f"config key 'data.subset': must be at least {MIN_SUBSET} samples per split, got {d.subset}")
-
-
-def _validate_train(t: EngineConfig, stage_lrs: list[float]) -> None:
+def _validate_train(t: TrainConfig, stage_lrs: list[float]) -> None:
     for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
                        ("train.accumulation_steps", t.accumulation_steps),
                        ("train.log_interval", t.log_interval), ("train.step_size", t.step_size)):
@@ -308,7 +297,7 @@ def validate(cfg: RunConfig) -> None:
     if m.family == "vit":
         vit_patch_size(cfg.data.image_size, m.patch_size)  # a UserError saying which sizes fit
     _check(0.0 <= m.drop_path_rate < 1.0, "config key 'models.drop_path_rate': must be in [0, 1)")
-    from src.pipeline.stages import model_name  # the stage table needs timm: imported on use
+    from src.config.stage_settings import model_name  # the stage table needs timm: imported on use
 
     _validate_train(cfg.train, [stage_lr(model_name(cfg, s), cfg.train.lr) for s in cfg.stages])
     check_distillation(cfg.distillation)

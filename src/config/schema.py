@@ -5,46 +5,16 @@ YAML files and ``--set key=value`` overrides are validated against these types b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from src.config.stage_overrides import StageOverrides
-from src.distillation.config import DistillationConfig
-from src.engine.config import EngineConfig
+from src.data.settings import DataConfig
+from src.distillation.settings import DistillationConfig
+from src.engine.settings import TrainConfig
+from src.models.settings import ModelsConfig
 
-STAGE_NAMES = ("teacher", "assistant", "student", "baseline", "direct")
-MIN_SUBSET = 2  # samples per split: a one-sample training batch breaks batch norm
 MAX_SEED = 2**63 - 1  # what every seeded library (torch, NumPy via a modulo, random) accepts
-
-
-@dataclass
-class DataConfig:
-    """Which images, how they are split and how they are shown to the model."""
-
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
-    data_dir: str = "data"
-    download: bool = False
-    image_size: int = 16
-    val_fraction: float = 0.15  # of the data (digits) or of the official train split (cifar, imagefolder)
-    test_fraction: float = 0.15  # digits, and imagefolder without test/: carved from train
-    subset: Optional[int] = None  # at most N samples per split (MIN_SUBSET or more), stratified
-    augment: bool = True  # random crop with padding (+ horizontal flip where it makes sense)
-    device_cache_gb: float = 1.0  # uint8 images up to this size live on the training device; larger: workers
-
-
-@dataclass
-class ModelsConfig:
-    """The timm architectures of each role and how they are initialised."""
-
-    family: Literal["cnn", "vit"] = "cnn"
-    teacher: str = "resnet50"
-    assistant: str = "resnet34"
-    student: str = "resnet18"
-    small_input: Optional[bool] = None  # None: on when image_size < 64 (3x3 stem / small patches)
-    patch_size: Optional[int] = None  # ViT only; None: follows the image size
-    pretrained: bool = False  # teacher only: timm hub where online, or teacher_weights
-    teacher_weights: Optional[str] = None  # local .safetensors/.pth/.bin file for the teacher
-    drop_path_rate: float = 0.0
 
 
 @dataclass
@@ -74,10 +44,8 @@ class RunConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     stages: list[str] = field(default_factory=lambda: ["teacher", "assistant", "student", "baseline"])
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
-    train: EngineConfig = field(default_factory=EngineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     stage_overrides: StageOverrides = field(default_factory=StageOverrides)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
-
-assert tuple(f.name for f in fields(StageOverrides)) == STAGE_NAMES, "one override section per stage"

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import torch
 
-from src.config.loader import validate_data
-from src.config.schema import DataConfig, ModelsConfig
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
 from src.data.imagefolder import load_imagefolder_source
-from src.data.normalization import run_normalization
+from src.data.normalization import DATASET_STATS
+from src.data.settings import DataConfig, validate_data
 from src.data.sources import HFLIP, Source, load_cifar_source, load_digits_source
 from src.data.split import SplitInfo, load_or_create_split, save_split
-from src.data.transforms import Augment, ModelInput, crop_padding
+from src.data.transforms import Augment, ModelInput, Normalize, crop_padding
 from src.errors import UserError
 
 GIB = 1 << 30
@@ -67,13 +66,13 @@ def load_source(cfg: DataConfig) -> Source:
 
 
 def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: bool = True,
-                   models: ModelsConfig | None = None) -> DataBundle:
+                   normalize: Normalize | None = None) -> DataBundle:
     """Load ``cfg.name``, reuse or make ``run_dir/split.json`` and return the three datasets.
 
     With ``run_dir=None`` or ``write=False`` nothing is written (evaluation, benchmarks); an
     existing split.json in ``run_dir`` is still reused so evaluation sees the run's test split.
-    ``models`` decides the input normalisation (src/data/normalization.py); without it, the
-    dataset's own statistics. Images are stored at their native size when they share one and it
+    ``normalize`` standardises the model's input (the run's choice, src/runs/inputs.py); without
+    it, the dataset's own statistics. Images are stored at their native size when they share one and it
     is not above ``cfg.image_size`` (CIFAR at 224 px: stored at 32, resized per batch), else at
     ``cfg.image_size``; all three splits are decoded into memory (and later kept on the training
     device) when together they take at most ``cfg.device_cache_gb``, else read per batch.
@@ -83,7 +82,7 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
     # a new split is saved only once its images have been read: a broken image file must not
     # leave a split.json behind that the corrected data no longer matches
     record, info = load_or_create_split(source, cfg, seed, run_dir, write=False)
-    normalize = run_normalization(source.name, models)
+    normalize = normalize or DATASET_STATS[source.name]
     size = min(source.native_size or cfg.image_size, cfg.image_size)
     total = sum(len(entry["indices"]) for entry in record["splits"].values()) * 3 * size * size
     resident = total <= cfg.device_cache_gb * GIB

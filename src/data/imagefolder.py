@@ -23,7 +23,7 @@ import torchvision
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from src.config.schema import DataConfig
+from src.data.settings import DataConfig
 from src.data.sources import Source, SourcePart
 from src.data.transforms import resize_square
 from src.errors import UserError

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchvision
 
-from src.config.schema import DataConfig
+from src.data.settings import DataConfig
 from src.data.transforms import resize_square
 from src.errors import UserError
 

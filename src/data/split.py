@@ -18,7 +18,7 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
-from src.config.schema import DataConfig
+from src.data.settings import DataConfig
 from src.data.sources import Source
 from src.errors import IncompatibleResumeError, UserError
 from src.utils.atomic import atomic_write_json

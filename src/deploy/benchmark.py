@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from src.engine.device_memory import DeviceMemory
 from src.errors import UserError
-from src.memory.accounting import DeviceMemory
 
 FLOP_CONVENTION = "FLOPs as torch.utils.flop_counter counts them: a multiply-add is 2 FLOPs"
 

@@ -28,11 +28,11 @@ from src.deploy.benchmark import (
     fitting_batch,
     time_models,
 )
+from src.engine.device_memory import DeviceMemory
 from src.errors import UserError
-from src.memory.accounting import DeviceMemory
 from src.models.factory import count_parameters
-from src.pipeline.rundir import RunDirectory
-from src.pipeline.train_stage import load_stage_model
+from src.runs.rundir import RunDirectory
+from src.runs.stage_models import load_stage_model
 from src.utils.atomic import atomic_write_json
 
 LOGGER = logging.getLogger("kd_pipeline.cost")

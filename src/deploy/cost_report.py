@@ -1,4 +1,4 @@
-"""The cost table in the run report: columns, the "what the student buys" sentences, a plot.
+"""The cost table in the run report: its columns and the "what the student buys" sentences.
 
 Everything here reads one ``CostTable`` (one interleaved measurement), so every ratio in a
 sentence compares numbers taken side by side in the same process.
@@ -6,16 +6,9 @@ sentence compares numbers taken side by side in the same process.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from src.utils.atomic import atomic_write_with  # noqa: E402
+import pandas as pd
 
 if TYPE_CHECKING:
     from src.deploy.cost import CostTable
@@ -87,24 +80,3 @@ def cost_sentences(table: pd.DataFrame, costs: CostTable | None) -> list[str]:
                      "torch counts them (a multiply-add is 2 FLOPs), latency at batch 1, throughput at batch "
                      f"{any_stage.device.batch} (CPU: {any_stage.cpu.batch}).")
     return sentences
-
-
-def plot_accuracy_vs_latency(table: pd.DataFrame, costs: CostTable, path: Path) -> Path:
-    """Test accuracy against median batch-1 latency per stage; the bar reaches the p90 latency."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    records: list[dict[str, Any]] = table.dropna(subset=["latency ms"]).to_dict("records")
-    for i, row in enumerate(records):
-        latency, accuracy = row["latency ms"], 100 * row["test accuracy"]
-        tail = row["latency p90 ms"] - latency
-        ax.errorbar([latency], [accuracy], xerr=[[0.0], [tail]], fmt="o", capsize=3)
-        ax.annotate(f"{row['stage']}\n{row['architecture']}", (latency, accuracy), fontsize=8,
-                    textcoords="offset points", xytext=(6, 4 if i % 2 == 0 else -18))  # neighbours alternate
-    ax.set_xscale("log")
-    ax.set_xlabel(f"batch-1 latency, ms (median; bar to p90), log scale\n{costs.device}")
-    ax.set_ylabel("test accuracy, %")
-    ax.set_title("Accuracy against inference latency per stage")
-    ax.margins(x=0.25, y=0.15)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path

@@ -15,10 +15,7 @@ of ``--batch-size`` to prove the batch dimension really is free.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -29,15 +26,14 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from src.data.build import DataBundle, build_datasets
+from src.data.build import DataBundle
 from src.deploy.onnx_runtime import EXPORT_PACKAGES, OnnxClassifier, require
 from src.engine.evaluation import evaluate_model
 from src.errors import KDPipelineError, UserError, error_detail
-from src.pipeline.cli import OneLineParser
-from src.pipeline.rundir import RunDirectory, open_run
-from src.pipeline.seeds import chain_for
-from src.pipeline.stages import STAGES
-from src.pipeline.train_stage import load_stage_model
+from src.runs.inputs import run_data
+from src.runs.rundir import RunDirectory, open_run
+from src.runs.seeds import chain_for
+from src.runs.stage_models import load_stage_model
 from src.utils.atomic import atomic_write_json, atomic_write_with
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -174,7 +170,7 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
     top, cfg = open_run(run_dir)
     run = chain_for(cfg, top, seed).run_dir  # the run itself, or seed-<n>/ of a run with several seeds
     result = finished_stage(run, stage)
-    data = build_datasets(cfg.data, top.root, cfg.runtime.seed, write=False, models=cfg.models)
+    data = run_data(cfg, top.root)
     model = load_stage_model(cfg, run, stage, data.num_classes, result)[0].eval()
     target = run.stage_dir(stage) / FORMATS[fmt]
     writer = _export_onnx if fmt == "onnx" else _export_torchscript
@@ -199,40 +195,3 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
     atomic_write_json(target.with_name(target.name + ".json"),
                       input_contract(fmt, target, stage, result, data, cfg.data.name, checked[0]))
     return target, checked[0]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="export.py",
-        description="Export a finished stage's model.safetensors to ONNX (dynamic batch, opset "
-        f"{ONNX_OPSET}) or TorchScript, checked against PyTorch on the run's test images.",
-        epilog="Exit codes: 0 exported and checked, 1 the export does not match PyTorch (nothing "
-        "written), 2 bad input.",
-    )
-    parser.add_argument("--run-dir", type=Path, required=True, help="the training run's --output-dir")
-    parser.add_argument("--stage", choices=tuple(STAGES), default="student")
-    parser.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default="onnx")
-    parser.add_argument("--seed", type=int,
-                        help="in a run with several seeds (--seeds): whose chain (default: the first seed)")
-    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
-                        help=f"test images to check the export on (default {DEFAULT_IMAGES})")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help=f"largest logit difference accepted (default {DEFAULT_TOLERANCE:g})")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        path, parity = export_stage(args.run_dir, args.stage, args.fmt, images=args.images,
-                                    tolerance=args.tolerance, seed=args.seed)
-    except KDPipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    detail = f"ONNX opset {ONNX_OPSET}" if args.fmt == "onnx" else "TorchScript (traced)"
-    print(f"exported stage {args.stage} to {path} ({detail}, dynamic batch dimension)")
-    print(f"checked against PyTorch on {parity.images} test images: largest logit difference "
-          f"{parity.max_abs_diff:.3g}, top-1 agrees on {parity.agree}/{parity.images} "
-          f"(accuracy {100 * parity.accuracy:.2f}%)")
-    print(f"input contract: {path.with_name(path.name + '.json')}")
-    return 0

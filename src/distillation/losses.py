@@ -26,7 +26,7 @@ Conventions, because frameworks disagree and the numbers are not comparable with
 - Everything is computed in float32 even under autocast: log-softmax of half-precision logits
   divided by T loses the small probabilities that carry the teacher's "dark knowledge".
 - The functions are pure maths; the settings are validated once, by
-  ``src.distillation.config.check_distillation``.
+  ``src.distillation.settings.check_distillation``.
 
 Every function returns ``(loss, parts)``: ``parts`` are detached 0-dim float32 tensors on the
 logits' device (``ce`` and ``kd`` always; the teacher term ``kd`` is reported before its schedule

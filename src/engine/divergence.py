@@ -5,7 +5,7 @@ The error tells the user to lower the learning rate, clip gradients or change th
 and re-run. Those settings normally may not change under a started stage (its checkpoint was
 trained with the old ones), so the engine writes ``diverged.json`` into the stage folder when
 it stops on a non-finite loss; while that file is there, a resume accepts new values of the
-recovery settings (``src.engine.compat.RECOVERY``) and continues from the last checkpoint.
+recovery settings (``src.engine.resume_rules.RECOVERY``) and continues from the last checkpoint.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from src.engine.config import EngineConfig
+from src.engine.settings import TrainConfig
 
 
 def is_cnn(model: nn.Module) -> bool:
@@ -18,12 +18,12 @@ def is_cnn(model: nn.Module) -> bool:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
-def wants_channels_last(model: nn.Module, cfg: EngineConfig, device: torch.device) -> bool:
+def wants_channels_last(model: nn.Module, cfg: TrainConfig, device: torch.device) -> bool:
     """The rule: ``cfg.channels_last`` asks for it, and only CNNs on CUDA get it."""
     return cfg.channels_last and device.type == "cuda" and is_cnn(model)
 
 
-def to_training_layout(model: nn.Module, cfg: EngineConfig, device: torch.device) -> bool:
+def to_training_layout(model: nn.Module, cfg: TrainConfig, device: torch.device) -> bool:
     """Put ``model``'s weights in the layout it trains in; returns whether its inputs must be
     channels-last too."""
     channels_last = wants_channels_last(model, cfg, device)

@@ -23,13 +23,13 @@ from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 
-from src.engine.config import EngineConfig
+from src.engine.settings import TrainConfig
 from src.errors import IncompatibleResumeError, UserError
 
 ONECYCLE_DEFAULT_WARMUP = 0.3  # fraction of the run spent rising when no warmup is configured
 
 
-def build_optimizer(model: nn.Module, cfg: EngineConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov per ``cfg.nesterov``) or AdamW over the trainable parameters.
 
     Pass the bare model, not a DDP wrapper, so timm sees its ``no_weight_decay()`` names.
@@ -66,7 +66,7 @@ class LRSchedule:
       it also cycles momentum, which the optimizer's state_dict carries).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: EngineConfig, updates_per_epoch: int) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int) -> None:
         if updates_per_epoch < 1:
             raise ValueError(f"updates_per_epoch must be >= 1, got {updates_per_epoch}")
         self.optimizer = optimizer
@@ -115,7 +115,7 @@ class LRSchedule:
                 f"unknown scheduler {cfg.scheduler!r}; choose cosine, step, plateau, onecycle or constant"
             )
 
-    def _build_onecycle(self, optimizer: torch.optim.Optimizer, cfg: EngineConfig, base: float) -> OneCycleLR:
+    def _build_onecycle(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, base: float) -> OneCycleLR:
         total = self.total_updates
         if total < 3:
             raise UserError(f"the onecycle schedule needs at least 3 optimizer updates, this run has {total}")
@@ -203,6 +203,6 @@ class LRSchedule:
                 group["initial_lr"] *= ratio
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: EngineConfig, updates_per_epoch: int) -> LRSchedule:
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int) -> LRSchedule:
     """The schedule for ``cfg.scheduler``; ``updates_per_epoch`` counts optimizer updates."""
     return LRSchedule(optimizer, cfg, updates_per_epoch)

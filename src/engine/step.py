@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from src.engine.config import EngineConfig
 from src.engine.objective import Objective, StepOutput
+from src.engine.settings import TrainConfig
 from src.errors import UserError
 
 
@@ -54,7 +54,7 @@ class UpdateStep:
     DDP the trainer averages them over ranks between the last micro-batch and ``apply``."""
 
     def __init__(self, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
-                 cfg: EngineConfig, device: torch.device, autocast_dtype: Optional[torch.dtype],
+                 cfg: TrainConfig, device: torch.device, autocast_dtype: Optional[torch.dtype],
                  scaler: Optional[torch.amp.GradScaler], channels_last: bool) -> None:
         self.model = model
         self.objective = objective

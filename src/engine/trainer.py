@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Optional, Union
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from src.engine.checkpoint import CheckpointStore
-from src.engine.config import EngineConfig
-from src.engine.curves import plot_curves
+from src.engine.checkpoint import LATEST, CheckpointStore
+from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
 from src.engine.divergence import NonFiniteLossError, clear_divergence, record_divergence, validate_loss
 from src.engine.early_stopping import EarlyStopping
@@ -31,16 +31,17 @@ from src.engine.layout import to_training_layout
 from src.engine.objective import Objective
 from src.engine.optim import build_optimizer, build_schedule
 from src.engine.progress import Progress
-from src.engine.resume import RESUME_KEYS, TrainingState
-from src.engine.run_log import MetricsLog, open_tensorboard
+from src.engine.run_log import MetricsLog, open_tensorboard, read_records
 from src.engine.sampling import MicroBatch, load_batches, plan_micro_batches, train_keys, window_sizes
+from src.engine.settings import TrainConfig
 from src.engine.signals import StopSignals
 from src.engine.step import UpdateStep, resolve_precision
 from src.engine.tally import Tally, micro_batch_contribution
+from src.engine.training_state import RESUME_KEYS, TrainingState
 from src.errors import DiskFullError, TrainingInterrupted, UserError
-from src.memory.accounting import DeviceMemory
 from src.utils.logger import MONITORABLE, SPLIT_METRICS, EpochLogger
 from src.utils.metrics import PredictionAccumulator
+from src.visualization.curves import plot_curves
 
 ResumeMode = Union[Literal["auto", "never"], Path]
 EpochCallback = Callable[[int, nn.Module], None]
@@ -82,7 +83,7 @@ class Trainer:
     validating on ``val_dataset`` (int keys); files go to ``stage_dir`` (rank 0 only)."""
 
     def __init__(self, model: nn.Module, objective: Objective, train_dataset: Dataset[Any],
-                 val_dataset: Dataset[Any], config: EngineConfig, stage_dir: Path, *, device: torch.device,
+                 val_dataset: Dataset[Any], config: TrainConfig, stage_dir: Path, *, device: torch.device,
                  seed: int, run_fingerprint: dict[str, Any], dist: Optional[DistributedContext] = None,
                  epoch_callbacks: Sequence[EpochCallback] = (), resume: ResumeMode = "auto",
                  lr: Optional[float] = None, logger: Optional[logging.Logger] = None) -> None:
@@ -118,7 +119,7 @@ class Trainer:
         self.schedule = build_schedule(self.optimizer, config, updates_per_epoch)
         self.early = EarlyStopping(config.monitor, config.mode, config.patience, config.min_delta)
         self.store = CheckpointStore(self.stage_dir, required_keys=RESUME_KEYS)
-        self.checkpoint_state = TrainingState(self)  # what checkpoint_latest.pt holds (src/engine/resume.py)
+        self.checkpoint_state = TrainingState(self)  # what checkpoint_latest.pt holds
         self.epochs_log: Optional[EpochLogger] = None
         self.num_classes = num_classes_of(val_dataset, fallback=_output_classes(model))
 
@@ -329,7 +330,7 @@ class Trainer:
         """The error for a stop request, raised once checkpoint_latest.pt is saved. A rank that
         did not get the signal itself reports SIGTERM, which is what torchrun forwards."""
         signum = signum or signal.SIGTERM
-        latest = self.stage_dir / "checkpoint_latest.pt"
+        latest = self.stage_dir / LATEST
         name = signal.Signals(signum).name
         return TrainingInterrupted(signum, f"interrupted by {name}; checkpoint saved to {latest}; "
                                            "re-run the same command to resume")
@@ -456,7 +457,9 @@ class Trainer:
         here, before the weights would fail to save."""
         folder = self.stage_dir
         try:
-            plot_curves(folder / "epochs.csv", folder / "metrics.jsonl", folder / "curves.png")
+            metrics = folder / "metrics.jsonl"
+            records = read_records(metrics) if metrics.exists() else []
+            plot_curves(pd.read_csv(folder / "epochs.csv"), records, folder / "curves.png")
         except DiskFullError:
             raise
         except Exception as exc:  # noqa: BLE001 (matplotlib and pandas raise many kinds)

@@ -14,26 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from src.deploy.cost_report import cost_sentences  # noqa: E402
-from src.evidence.stats import mean_and_std  # noqa: E402
-from src.evidence.verdict import (  # noqa: E402
+from src.config.stages import STAGES
+from src.deploy.cost_report import cost_sentences
+from src.evidence.stats import mean_and_std
+from src.evidence.verdict import (
     Comparison,
     compare_run,
     evidence_markdown,
     evidence_text,
     write_evidence,
 )
-from src.pipeline.report import markdown_table  # noqa: E402
-from src.pipeline.rundir import RunDirectory  # noqa: E402
-from src.pipeline.seeds import Chain  # noqa: E402
-from src.pipeline.stages import STAGES  # noqa: E402
-from src.utils.atomic import atomic_write_text, atomic_write_with  # noqa: E402
+from src.runs.rundir import RunDirectory
+from src.runs.seeds import Chain
+from src.utils.atomic import atomic_write_text, atomic_write_with
+from src.utils.tables import markdown_table
+from src.visualization.report_figures import IntervalPoint, plot_seed_spread
 
 if TYPE_CHECKING:
     from src.deploy.cost import CostTable
@@ -109,37 +106,6 @@ def render_markdown(summary: SeedsSummary) -> str:
     return text + ("\n" + "\n".join(summary.cost_sentences) + "\n" if summary.cost_sentences else "")
 
 
-def plot_spread(table: pd.DataFrame, comparisons: list[Comparison], path: Path) -> None:
-    """Left: each seed's test accuracy per stage (dots) with the mean; right: each comparison's
-    difference with its 95% interval, against zero."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
-    seed_columns = [c for c in table.columns if c.startswith("accuracy seed ")]
-    for x, (_, row) in enumerate(table.iterrows()):
-        values = [100 * row[c] for c in seed_columns if not math.isnan(row[c])]
-        left.scatter([x] * len(values), values, color="tab:blue", alpha=0.7, zorder=3)
-        left.hlines(100 * row["test accuracy mean"], x - 0.3, x + 0.3, color="black", zorder=4)
-    left.set_xticks(range(len(table)), [f"{s}\n{a}" for s, a in zip(table["stage"], table["architecture"],
-                                                                     strict=True)], fontsize=8)
-    left.set_ylabel("test accuracy (%)")
-    left.set_title("Test accuracy per seed (dots) and mean (bar)")
-    colors = {"helped": "tab:green", "hurt": "tab:red", "no difference": "tab:gray"}
-    for y, comparison in enumerate(comparisons):
-        i = comparison.interval
-        whiskers = [[100 * (i.estimate - i.low)], [100 * (i.high - i.estimate)]]
-        right.errorbar(100 * i.estimate, y, xerr=whiskers, fmt="o", capsize=5,
-                       color=colors[comparison.outcome])
-    right.axvline(0, color="black", linewidth=0.8)
-    labels = [f"{c.label}\nvs {c.reference}" for c in comparisons]
-    right.set_yticks(range(len(comparisons)), labels, fontsize=8)
-    right.set_ylim(-0.7, max(len(comparisons), 1) - 0.3)
-    right.invert_yaxis()  # the first comparison (the TAKD student) on top
-    right.set_xlabel("accuracy difference, points (95% CI)")
-    right.set_title("Did distillation help?")
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-
-
 def write_seeds_report(top: RunDirectory, chains: list[Chain], results: Results,
                        costs: CostTable | None = None) -> SeedsSummary:
     """summary.csv, summary.md, evidence.json and comparison.png at the top of the run; with
@@ -154,7 +120,9 @@ def write_seeds_report(top: RunDirectory, chains: list[Chain], results: Results,
     atomic_write_text(md, render_markdown(summary))
     summary.files = [csv, md, write_evidence(top.root / "evidence.json", summary.comparisons)]
     if not table.empty:
-        plot_spread(table, summary.comparisons, top.root / "comparison.png")
+        points = [IntervalPoint(c.label, c.reference, c.interval.estimate, c.interval.low, c.interval.high,
+                                c.outcome) for c in summary.comparisons]
+        plot_seed_spread(table, points, top.root / "comparison.png")
         summary.files.append(top.root / "comparison.png")
     return summary
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from src.errors import UserError
 from src.evidence.stats import Interval, McNemar, mcnemar_exact, paired_difference_interval
-from src.pipeline.rundir import RunDirectory
+from src.runs.rundir import RunDirectory
 from src.utils.atomic import atomic_write_json
 
 # (distilled stage, labels-only reference, how the report names the distilled stage)

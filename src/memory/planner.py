@@ -22,12 +22,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from src.engine.config import EngineConfig
+from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
 from src.engine.layout import to_training_layout
 from src.engine.objective import Objective
+from src.engine.settings import TrainConfig
 from src.errors import UserError
-from src.memory.accounting import DeviceMemory
 from src.memory.allocator import configure_cuda_allocator
 from src.memory.probe import measure_peak
 from src.memory.search import GIB, Measure, MemoryPlan, search_micro_batch
@@ -123,7 +123,7 @@ def plan_stage(
     model: nn.Module,
     objective: Objective,
     sample_batch: tuple[torch.Tensor, torch.Tensor],
-    engine_cfg: EngineConfig,
+    engine_cfg: TrainConfig,
     device: torch.device,
     budget_gb: Optional[float],
     *,

@@ -12,12 +12,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from src.engine.config import EngineConfig
+from src.engine.device_memory import DeviceMemory
 from src.engine.layout import wants_channels_last
 from src.engine.objective import Objective
 from src.engine.optim import build_optimizer
+from src.engine.settings import TrainConfig
 from src.engine.step import UpdateStep, resolve_precision
-from src.memory.accounting import DeviceMemory
 
 PROBE_WINDOWS = 2  # the second window runs with optimizer state alive: the steady-state peak
 
@@ -31,7 +31,7 @@ def micro_batch_of(images: torch.Tensor, labels: torch.Tensor,
 
 
 def run_probe_steps(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
-                    cfg: EngineConfig, device: torch.device, accumulation_steps: int = 1,
+                    cfg: TrainConfig, device: torch.device, accumulation_steps: int = 1,
                     windows: int = PROBE_WINDOWS) -> None:
     """Train ``windows`` optimizer updates through the engine's own ``UpdateStep`` (autocast,
     scaler, channels-last input, clipping, step), each over ``min(accumulation_steps, 2)``
@@ -64,7 +64,7 @@ def run_probe_steps(model: nn.Module, objective: Objective, images: torch.Tensor
 
 
 def probe_peaks(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
-                micro_batch: int, accumulation_steps: int, cfg: EngineConfig,
+                micro_batch: int, accumulation_steps: int, cfg: TrainConfig,
                 device: torch.device) -> Optional[tuple[int, int]]:
     """(peak allocated, peak reserved) CUDA bytes of the probe at ``micro_batch``; None on OOM."""
     memory = DeviceMemory(device)
@@ -83,7 +83,7 @@ def probe_peaks(model: nn.Module, objective: Objective, images: torch.Tensor, la
 
 
 def measure_peak(model: nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
-                 micro_batch: int, effective_batch: int, cfg: EngineConfig,
+                 micro_batch: int, effective_batch: int, cfg: TrainConfig,
                  device: torch.device) -> Optional[int]:
     """Peak allocated bytes at ``micro_batch`` (the planner's measure); None when it ran out of memory."""
     peaks = probe_peaks(model, objective, images, labels, micro_batch, effective_batch // micro_batch,

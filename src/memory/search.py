@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from src.engine.config import EngineConfig
+from src.engine.settings import TrainConfig
 
 GIB = 1 << 30
 
@@ -44,7 +44,7 @@ class MemoryPlan:
         """The most a step may use: the budget less the safety margin."""
         return None if self.budget_bytes is None else int(self.budget_bytes * (1.0 - self.margin))
 
-    def apply(self, cfg: EngineConfig) -> EngineConfig:
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
         """A copy of ``cfg`` with this plan's split (the product of the two never changes)."""
         return dataclasses.replace(cfg, batch_size=self.micro_batch,
                                    accumulation_steps=self.accumulation_steps)

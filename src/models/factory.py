@@ -20,7 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from src.errors import UserError, error_detail
-from src.models.patches import vit_patch_size
+from src.models.vit_patches import vit_patch_size
 
 SHORT_NAMES: dict[str, str] = {
     "resnet50": "resnet50",

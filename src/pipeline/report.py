@@ -13,25 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-
-from src.deploy.cost_report import (  # noqa: E402
+from src.deploy.cost_report import (
     PLOT_NAME,
     add_cost_columns,
     cost_sentences,
     format_cost_columns,
-    plot_accuracy_vs_latency,
 )
-from src.evidence import verdict  # noqa: E402
-from src.pipeline.rundir import RunDirectory  # noqa: E402
-from src.utils.atomic import atomic_write_text, atomic_write_with  # noqa: E402
-from src.utils.metrics import confusion, per_class_report  # noqa: E402
+from src.evidence import verdict
+from src.runs.rundir import RunDirectory
+from src.utils.atomic import atomic_write_text, atomic_write_with
+from src.utils.metrics import confusion, per_class_report
+from src.utils.tables import markdown_table
+from src.visualization.report_figures import plot_accuracy_vs_latency, plot_confusion, plot_stage_bars
 
 if TYPE_CHECKING:
     from src.deploy.cost import CostTable
@@ -107,14 +102,6 @@ def with_reference_deltas(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of already formatted cells (pandas needs tabulate for this)."""
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
 def _display(table: pd.DataFrame, deltas: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Human formatting: percentages, thousands separators, n/a for unknown numbers."""
     def fmt(fn: Any) -> Any:
@@ -158,43 +145,15 @@ def render_markdown(summary: Summary) -> str:
     return text
 
 
-def plot_comparison(table: pd.DataFrame, path: Path) -> None:
-    """Grouped bars: test accuracy and macro F1 per stage."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(table) + 2), 4))
-    x = np.arange(len(table))
-    width = 0.38
-    for offset, col in ((-width / 2, "test accuracy"), (width / 2, "macro F1")):
-        bars = ax.bar(x + offset, table[col] * 100, width, label=col)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    labels = [f"{s}\n{a}" for s, a in zip(table["stage"], table["architecture"], strict=True)]
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylabel("% on the test split")
-    ax.set_ylim(0, 122)  # headroom so the legend never covers a bar
-    ax.set_yticks(range(0, 101, 20))
-    ax.set_title("Test accuracy and macro F1 per stage")
-    ax.legend(loc="upper center", ncols=2, frameon=False)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-
-
 def write_confusion(run_dir: RunDirectory, stage: str, class_names: Sequence[str]) -> list[Path]:
     """``<stage>_confusion_matrix.png`` and ``<stage>_per_class.csv`` from the stage's test predictions."""
     source = run_dir.predictions_path(stage)
     if not source.is_file():
         return []
     frame = pd.read_csv(source)
-    labels = list(range(len(class_names)))
     matrix = confusion(frame["y_true"], frame["y_pred"], len(class_names))
-    size = max(5.0, 0.45 * len(labels))
-    fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(matrix, display_labels=list(class_names)).plot(
-        ax=ax, colorbar=False, include_values=len(labels) <= 20, xticks_rotation="vertical")
-    ax.set_title(f"{stage}: confusion matrix on the test split")
-    fig.tight_layout()
-    png = run_dir.root / f"{stage}_confusion_matrix.png"
-    atomic_write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    png = plot_confusion(matrix, class_names, f"{stage}: confusion matrix on the test split",
+                         run_dir.root / f"{stage}_confusion_matrix.png")
     per_class = per_class_report(frame["y_true"], frame["y_pred"], class_names).rename_axis("class")
     csv = run_dir.root / f"{stage}_per_class.csv"
     atomic_write_with(csv, lambda tmp: per_class.to_csv(tmp))
@@ -216,12 +175,12 @@ def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]]
     if summary.evidence:
         summary.files.append(verdict.write_evidence(run_dir.root / "evidence.json", summary.evidence))
     if not table.empty:
-        plot_comparison(table, run_dir.root / "comparison.png")
+        plot_stage_bars(table, run_dir.root / "comparison.png")
         summary.files.append(run_dir.root / "comparison.png")
     if CONFUSION_STAGE in results:
         summary.files += write_confusion(run_dir, CONFUSION_STAGE, class_names)
     if costs is not None:
-        summary.files.append(plot_accuracy_vs_latency(table, costs, run_dir.root / PLOT_NAME))
+        summary.files.append(plot_accuracy_vs_latency(table, costs.device, run_dir.root / PLOT_NAME))
     return summary
 
 

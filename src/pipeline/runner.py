@@ -15,18 +15,20 @@ from typing import Any
 import torch
 
 from src.config.schema import RunConfig
-from src.data.build import DataBundle, build_datasets
+from src.config.stage_settings import model_name
+from src.config.stages import STAGES
+from src.data.build import DataBundle
 from src.engine.checkpoint import CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.distributed import DistributedContext
 from src.errors import UserError
 from src.memory.cleanup import cleanup_training_state
-from src.pipeline.lock import RunLock
-from src.pipeline.rundir import RunDirectory, check_output_dir, check_stage_plan, prepare_run_directory
-from src.pipeline.seeds import Chain, seed_chains
-from src.pipeline.stages import STAGES, model_name
 from src.pipeline.teacher_from import apply_reuse, plan_reuse, reuse_data
 from src.pipeline.train_stage import train_stage
+from src.runs.inputs import run_data
+from src.runs.lock import RunLock
+from src.runs.rundir import RunDirectory, check_output_dir, check_stage_plan, prepare_run_directory
+from src.runs.seeds import Chain, seed_chains
 from src.utils.logger import setup_logging
 from src.utils.reproducibility import determinism_note, setup_reproducibility
 
@@ -60,7 +62,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
             reused = reuse.stages_for(chain) if reuse is not None else []
             check_stage_plan(cfg.stages, chain.run_dir.finished_stages() + reused)
         if reuse is None:
-            data = build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=True, models=cfg.models)
+            data = run_data(cfg, run_dir.root, write=True)
         else:
             data = reuse_data(reuse, cfg, run_dir)
         notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
@@ -74,7 +76,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         return data
     dist.barrier()
     prepare_run_directory(run_dir, cfg, resume="auto", write=False)
-    return build_datasets(cfg.data, run_dir.root, cfg.runtime.seed, write=False, models=cfg.models)
+    return run_data(cfg, run_dir.root)
 
 
 def _run_chain(chain: Chain, data: DataBundle, device: torch.device, dist: DistributedContext,

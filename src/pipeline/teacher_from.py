@@ -18,14 +18,15 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from src.config.change_rules import compare_configs
 from src.config.schema import RunConfig
-from src.data.build import DataBundle, build_datasets
+from src.config.stage_settings import model_name
+from src.data.build import DataBundle
 from src.errors import UserError
-from src.pipeline.resume_rules import compare_configs
-from src.pipeline.rundir import RunDirectory, open_run
-from src.pipeline.seeds import Chain, seed_chains
-from src.pipeline.stages import model_name
-from src.pipeline.train_stage import verified_weights
+from src.runs.inputs import run_data
+from src.runs.rundir import RunDirectory, open_run
+from src.runs.seeds import Chain, seed_chains
+from src.runs.stage_models import verified_weights
 from src.utils.atomic import atomic_link_or_copy, atomic_write_json, atomic_write_with
 
 LOGGER = logging.getLogger("kd_pipeline.runner")
@@ -131,7 +132,7 @@ def check_fingerprints(plan: ReusePlan, cfg: RunConfig, data: DataBundle) -> Non
 def reuse_data(plan: ReusePlan, cfg: RunConfig, top: RunDirectory) -> DataBundle:
     """The datasets on the source run's split, checked against the reused stages; then the
     split is adopted (copied to ``top`` when this run has none yet). The first write."""
-    data = build_datasets(cfg.data, plan.source.root, cfg.runtime.seed, write=False, models=cfg.models)
+    data = run_data(cfg, plan.source.root)
     check_fingerprints(plan, cfg, data)
     ours, theirs = top.split_path, plan.source.split_path
     if not ours.is_file():

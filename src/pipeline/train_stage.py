@@ -10,35 +10,33 @@ checkpoint on the next run); then the checkpoints beyond ``train.keep_checkpoint
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
+from src.config.change_rules import stage_identity
 from src.config.loader import flatten
 from src.config.schema import RunConfig
-from src.config.stage_overrides import stage_config
+from src.config.stage_settings import model_name, stage_config
+from src.config.stages import STAGES
 from src.data.build import DataBundle
-from src.distillation.objective import DistillationObjective
+from src.distillation.distiller import DistillationObjective
+from src.engine.checkpoint import LATEST
 from src.engine.distributed import DistributedContext
 from src.engine.objective import CrossEntropyObjective, Objective
 from src.engine.trainer import Trainer
-from src.errors import UserError, error_detail
 from src.memory.planner import plan_stage
 from src.models.checkpointing import enforce_gradient_checkpointing
 from src.models.factory import count_parameters
 from src.models.lr_scale import stage_lr
-from src.pipeline.resume_rules import stage_identity
-from src.pipeline.rundir import RunDirectory
-from src.pipeline.stages import STAGES, build_model, is_vit_base, model_name, stage_seed
+from src.runs.rundir import RunDirectory
+from src.runs.stage_models import build_model, is_vit_base, load_stage_model, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.logger import SPLIT_METRICS
-from src.utils.weights import file_sha256, save_weights, tensors_sha256
+from src.utils.weights import save_weights
 from src.visualization.attention import save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
@@ -46,49 +44,8 @@ LOGGER = logging.getLogger("kd_pipeline.stage")
 
 def run_fingerprint(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """What a stage's checkpoint must agree with to be continued, besides the engine settings the
-    engine compares itself: the settings that change this stage's results (src/pipeline/resume_rules.py)."""
+    engine compares itself: the settings that change this stage's results (src/config/change_rules.py)."""
     return {"stage": stage, "model": model_name(cfg, stage), "config": stage_identity(flatten(cfg), stage)}
-
-
-def load_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Load a model.safetensors (or its ``tensors``, already read) into ``model``; a file of another
-    architecture is a user error."""
-    try:
-        model.load_state_dict(load_file(str(path)) if tensors is None else tensors)
-    except (RuntimeError, OSError, SafetensorError) as exc:  # SafetensorError: not a safetensors file
-        raise UserError(f"weights {path} do not fit this model: {error_detail(exc)}") from None
-
-
-def verified_weights(run_dir: RunDirectory, stage: str,
-                     result: Mapping[str, Any]) -> tuple[Path, str, dict[str, torch.Tensor]]:
-    """A finished stage's model.safetensors, its sha256 and its tensors (read once), checked against
-    its result.json."""
-    path = run_dir.weights_path(stage)
-    if not path.is_file():
-        raise UserError(f"{stage} weights {path} are missing; delete {run_dir.stage_dir(stage)} "
-                        "and re-run the training command to train that stage again")
-    recorded = result.get("weights_sha256")
-    try:
-        tensors: dict[str, torch.Tensor] | None = load_file(str(path))
-    except (OSError, SafetensorError):  # not a safetensors file (any more): it cannot match
-        tensors = None
-    # the tensor identity; runs made before it recorded the file's bytes, which still match
-    if tensors is None or (tensors_sha256(tensors) != recorded and file_sha256(path) != recorded):
-        raise UserError(f"{stage} weights {path} do not match the hash in its result.json (changed after "
-                        f"training?); delete {run_dir.stage_dir(stage)} and re-run the training command to "
-                        "train that stage again")
-    return path, str(recorded), tensors
-
-
-def load_stage_model(cfg: RunConfig, run_dir: RunDirectory, stage: str, num_classes: int,
-                     result: Mapping[str, Any]) -> tuple[nn.Module, Path, str]:
-    """A finished stage's final model on the CPU, with its weights file and their sha256: the weights
-    are verified against the hash its result.json recorded, so nothing measures or distils a file
-    that changed after training."""
-    path, sha, tensors = verified_weights(run_dir, stage, result)
-    model = build_model(cfg, stage, num_classes, initial=False)
-    load_weights(model, path, tensors)
-    return model, path, sha
 
 
 def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_classes: int,
@@ -152,7 +109,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     teacher_result = run_dir.read_result(spec.teacher_stage) if spec.teacher_stage else None
     # a stage continued from a checkpoint gets its weights from there: no pretrained download
     continuing = isinstance(resume, Path) or (resume == "auto"
-                                              and (stage_dir / "checkpoint_latest.pt").exists())
+                                              and (stage_dir / LATEST).exists())
     model = build_model(cfg, stage, data.num_classes, initial=not continuing)
     if is_vit_base(name):
         enforce_gradient_checkpointing(model, "vit_base", verbose=False)

@@ -15,7 +15,7 @@ This module is their import surface; each guard lives next to the code that uses
     enforce_gradient_checkpointing,
     saved_activation_bytes                src/models/checkpointing.py
     cleanup_training_state                src/memory/cleanup.py
-    reset_peak_memory_stats               src/memory/accounting.py
+    reset_peak_memory_stats               src/engine/device_memory.py
 
 Verbose summaries go to the ``kd_pipeline`` logger when ``setup_logging`` configured it
 (so they land in ``pipeline.log``), otherwise they are printed (``src.utils.logger.announce``).
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from src.distillation.alpha_schedule import schedule_kd_alpha
 from src.distillation.frozen_teacher import FreezeReport, freeze_teacher
+from src.engine.device_memory import reset_peak_memory_stats
 from src.engine.divergence import NonFiniteLossError, validate_loss
-from src.memory.accounting import reset_peak_memory_stats
 from src.memory.cleanup import cleanup_training_state
 from src.models.checkpointing import enforce_gradient_checkpointing, saved_activation_bytes
 from src.models.lr_scale import get_model_specific_lr

@@ -14,7 +14,9 @@ stages a process plots, and no display backend is needed (PNG output renders wit
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,17 +24,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from src.engine.run_log import read_records
 from src.utils.atomic import atomic_write_with
 
 STYLE = {"marker": "o", "markersize": 3}  # a single epoch still shows as a point
-
-
-def metrics_records(metrics_jsonl: Path | None) -> pd.DataFrame:
-    """metrics.jsonl as a frame, one row per record; empty when there is no log."""
-    if metrics_jsonl is None or not Path(metrics_jsonl).exists():
-        return pd.DataFrame()
-    return pd.DataFrame(read_records(Path(metrics_jsonl)))
 
 
 def mean_grad_norms(records: pd.DataFrame) -> pd.Series | None:
@@ -77,9 +71,10 @@ def _distillation_panels(kd: Axes, alpha: Axes, epochs: pd.DataFrame, parts: pd.
     alpha.set_ylim(-0.05, 1.05)
 
 
-def plot_curves(epochs_csv: Path, metrics_jsonl: Path | None, out_png: Path) -> Path:
-    """Draw the panels from epochs.csv (and metrics.jsonl) and write ``out_png`` atomically."""
-    fig = curves_figure(pd.read_csv(epochs_csv), metrics_records(metrics_jsonl))
+def plot_curves(epochs: pd.DataFrame, records: Sequence[Mapping[str, Any]], out_png: Path) -> Path:
+    """Draw the panels from epochs.csv's rows and metrics.jsonl's records (none: the objective
+    alone) and write ``out_png`` atomically."""
+    fig = curves_figure(epochs, pd.DataFrame(list(records)))
     return atomic_write_with(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 

@@ -3,23 +3,32 @@
 ``TrainingState`` is the trainer's one ``state_dict``/``load_state_dict`` object (as Tally and
 EarlyStopping are for their own parts): it gathers every part the trainer owns (weights,
 optimizer, schedule, scaler, early stopping, running sums, position, RNG, the epochs.csv rows)
-into one weights_only-safe dict and puts a loaded dict back, after ``src.engine.compat`` has
+into one weights_only-safe dict and puts a loaded dict back, after ``src.engine.resume_rules`` has
 said the saved run may be continued under the current settings (``facts``).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Literal, Optional, Protocol, Union
 
-from src.engine.checkpoint import library_versions
-from src.engine.compat import check_resume
+import torch
+from torch import nn
+
+from src.engine.checkpoint import CheckpointStore, library_versions
+from src.engine.distributed import DistributedContext
 from src.engine.divergence import has_diverged
+from src.engine.early_stopping import EarlyStopping
+from src.engine.objective import Objective
+from src.engine.optim import LRSchedule
+from src.engine.resume_rules import check_resume
+from src.engine.settings import TrainConfig
+from src.engine.tally import Tally
+from src.utils.logger import EpochLogger
+from src.utils.metrics import PredictionAccumulator
 from src.utils.reproducibility import capture_rng_state, restore_rng_state
-
-if TYPE_CHECKING:
-    from src.engine.trainer import Trainer
 
 # What a checkpoint must hold to be resumed (a weights-only file is not enough).
 RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "epoch", "samples_done", "global_step",
@@ -28,15 +37,47 @@ RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "epoch", "samples_don
                "objective", "world_size")
 
 
+class Resumable(Protocol):
+    """What ``TrainingState`` reads and restores: the trainer's parts (src/engine/trainer.py)."""
+
+    cfg: TrainConfig
+    lr: float
+    seed: int
+    run_fingerprint: dict[str, Any]
+    objective: Objective
+    dist: DistributedContext
+    resume: Union[Literal["auto", "never"], Path]
+    store: CheckpointStore
+    stage_dir: Path
+    logger: logging.Logger
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: Optional[torch.amp.GradScaler]
+    early: EarlyStopping
+    epoch_tally: Tally
+    interval_tally: Tally
+    accumulator: PredictionAccumulator
+    epochs_log: Optional[EpochLogger]
+    epoch: int
+    samples_done: int
+    global_step: int
+    epoch_elapsed: float
+    train_time: float
+    peak_memory_mb: Optional[float]
+    micro_batch: int
+    window: int
+
+
 class TrainingState:
     """The resumable state of ``trainer``; ``epoch_rows`` are the loaded checkpoint's epochs.csv rows."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Resumable) -> None:
         self.trainer = trainer
         self.epoch_rows: Optional[list[dict[str, Any]]] = None
 
     def facts(self) -> dict[str, Any]:
-        """What a resume must match (see src.engine.compat)."""
+        """What a resume must match (see src.engine.resume_rules)."""
         t = self.trainer
         engine = dataclasses.asdict(t.cfg)
         engine["lr"] = t.lr

@@ -1,7 +1,7 @@
 """Which changes of the config a run directory accepts, key by key and stage by stage.
 
 The one source of truth for the pipeline's dotted keys. ``train.*`` keys take their rule from
-the engine's ``ENGINE_RULES`` (src/engine/compat.py), which its checkpoint check applies too, so
+the engine's ``ENGINE_RULES`` (src/engine/resume_rules.py), which its checkpoint check applies too, so
 the two checks cannot disagree. A key affects the stages whose results it changes, plus every
 stage that distils (directly or through another stage) from one of those; a key of one stage
 (``stage_overrides.<stage>.<train key>``) affects that stage and its dependents only.
@@ -20,8 +20,8 @@ from typing import Any, Literal
 from src.config.loader import flatten
 from src.config.schema import RunConfig
 from src.config.stage_overrides import PREFIX as STAGE_OVERRIDES
-from src.engine.compat import BATCH_SPLIT, ENGINE_RULES, FREE, RECOVERY, TRAINING, effective_batch
-from src.pipeline.stages import KD_STAGES, STAGES
+from src.config.stages import KD_STAGES, STAGES
+from src.engine.resume_rules import BATCH_SPLIT, ENGINE_RULES, FREE, RECOVERY, TRAINING, effective_batch
 
 Kind = Literal["free", "data_split", "batch_split", "recovery", "training"]
 StageStatus = Literal["fresh", "trained", "diverged", "finished"]  # see RunDirectory.stage_status

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from src.distillation.alpha_schedule import schedule_kd_alpha
-from src.distillation.config import DistillationConfig, check_distillation
 from src.distillation.frozen_teacher import freeze_teacher
 from src.distillation.losses import Parts, dist_loss, dkd_loss, kd_loss
+from src.distillation.settings import DistillationConfig, check_distillation
 from src.engine.objective import Objective, StepOutput
 
 

@@ -1,8 +1,9 @@
-"""The command line both entry points share, and the one place exceptions become exit codes.
+"""The training command (``kd-pipeline train``, ``<preset>_distillation/train.py``), and the one
+place exceptions become exit codes.
 
-``cnn_distillation/train.py`` and ``vit_distillation/train.py`` only name their family; the
+``cnn_distillation/train.py`` and ``vit_distillation/train.py`` only name their preset; the
 flags, their precedence (defaults < YAML < flags < ``--set``) and the exit-code contract live
-here so the two entry points can never drift apart.
+here so the entry points can never drift apart.
 """
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from src.config.schema import STAGE_NAMES
+from src.config.presets import PRESETS
+from src.config.stages import STAGE_NAMES
 from src.errors import KDPipelineError, UserError
+from src.utils.cli_args import OneLineParser, user_path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FAMILY_DIRS = {"cnn": "cnn_distillation", "vit": "vit_distillation"}
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 
 # flag destination -> dotted config key (None values mean "flag not given")
@@ -38,31 +39,15 @@ FLAG_KEYS = {
 }
 
 
-def family_config_dir(family: str) -> Path:
-    return REPO_ROOT / FAMILY_DIRS[family] / "configs"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse reporting a bad flag as the contract's one ``error:`` line (exit 2), not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def seed_list(text: str) -> list[int]:
     """``--seeds 42,43,44`` -> [42, 43, 44] (argparse turns a ValueError into the one-line error)."""
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def user_path(text: str) -> Path:
-    """A path flag with ``~`` expanded: the shell leaves ``--output-dir=~/x`` (after ``=``) alone."""
-    return Path(text).expanduser()
-
-
 def build_parser(family: str) -> argparse.ArgumentParser:
     """The training command's flags (DESIGN.md, command-line contract)."""
     parser = OneLineParser(
-        prog=f"{FAMILY_DIRS[family]}/train.py",
+        prog=f"{PRESETS[family].package}/train.py",
         description=f"Teacher -> assistant -> student knowledge distillation ({family.upper()} family). "
         "Re-running the same command continues an interrupted run.",
         epilog="Exit codes: 0 done, 2 user error, 3 training diverged, 130/143 interrupted "
@@ -108,7 +93,7 @@ CONFIG_FOR_DATASET = {"imagefolder": "cifar10"}
 def default_config_path(family: str, dataset: str | None) -> Path:
     """``configs/<dataset>.yaml`` of the family (digits when no dataset is named)."""
     name = CONFIG_FOR_DATASET.get(dataset or "digits", dataset or "digits")
-    return family_config_dir(family) / f"{name}.yaml"
+    return PRESETS[family].config_path(name)
 
 
 def load_run_config(family: str, args: argparse.Namespace) -> Any:
@@ -121,7 +106,7 @@ def load_run_config(family: str, args: argparse.Namespace) -> Any:
     if cfg.models.family != family:
         raise UserError(
             f"config {path} is for the {cfg.models.family.upper()} family; "
-            f"use {FAMILY_DIRS[cfg.models.family]}/train.py or a {family.upper()} config"
+            f"use {PRESETS[cfg.models.family].package}/train.py or a {family.upper()} config"
         )
     return cfg
 

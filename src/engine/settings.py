@@ -1,4 +1,4 @@
-"""The engine's settings: everything that decides how one classifier is trained.
+"""The `train:` section (`TrainConfig`): everything that decides how one classifier is trained.
 
 Kept free of pipeline notions (teachers, stages) so the engine can train any classifier.
 Every field is a plain, YAML-friendly value; ``src.config`` validates types and names.
@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 
 @dataclass
-class EngineConfig:
+class TrainConfig:
     """How to train one stage. ``batch_size`` is the micro-batch a step sees; the effective
     batch is ``batch_size * accumulation_steps`` (the OOM fallback and the memory planner
     change the split, never the product)."""

@@ -4,8 +4,8 @@ A resume that silently mixes two different runs (another model, another split, a
 learning rate) produces numbers that mean nothing, so those are refused by name; settings
 that only change how long or how visibly the run goes on are allowed and recorded.
 
-``ENGINE_RULES`` classifies every ``EngineConfig`` field once. The pipeline's rules for its
-dotted ``train.*`` keys are read from here (``src.pipeline.resume_rules``), so the run directory
+``ENGINE_RULES`` classifies every ``TrainConfig`` field once. The pipeline's rules for its
+dotted ``train.*`` keys are read from here (``src.config.change_rules``), so the run directory
 check and the engine's checkpoint check can never disagree about a training setting again.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from src.engine.config import EngineConfig
+from src.engine.settings import TrainConfig
 from src.errors import IncompatibleResumeError
 
 Rule = Literal["free", "batch_split", "recovery", "training"]
@@ -33,7 +33,7 @@ ENGINE_RULES: dict[str, Rule] = {
     "scheduler": TRAINING, "warmup_epochs": TRAINING, "min_lr": TRAINING, "step_size": TRAINING,
     "gamma": TRAINING, "monitor": TRAINING, "mode": TRAINING, "label_smoothing": TRAINING,
 }  # fmt: skip
-assert set(ENGINE_RULES) == {f.name for f in dataclasses.fields(EngineConfig)}, "classify every field"
+assert set(ENGINE_RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "classify every field"
 
 
 def effective_batch(engine: dict[str, Any]) -> int:

@@ -15,22 +15,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from src.config.change_rules import STATUS_ORDER, StageStatus, compare_configs
 from src.config.loader import config_from_dict, dump_config, read_yaml
 from src.config.schema import RunConfig
+from src.config.stages import STAGES
 from src.data.split import SPLIT_FILE
 from src.engine.checkpoint import LATEST, PREVIOUS
 from src.engine.divergence import has_diverged
 from src.errors import IncompatibleResumeError, UserError
-from src.pipeline.lock import LOCK_FILE
-from src.pipeline.resume_rules import STATUS_ORDER, StageStatus, compare_configs
-from src.pipeline.stages import STAGES
+from src.runs.lock import LOCK_FILE
 from src.utils.atomic import atomic_write_text, is_temp_file, remove_temp_files
 
 LOGGER = logging.getLogger("kd_pipeline.rundir")
 # What the product itself puts in a run directory before config.yaml exists (a crash between
 # writing split.json and config.yaml); any other entry means the folder is not a run.
 OWN_ENTRIES = frozenset({SPLIT_FILE, "pipeline.log", LOCK_FILE})
-SEED_PREFIX = "seed-"  # a seed's chain folder: <run>/seed-<n>/ (src/pipeline/seeds.py)
+SEED_PREFIX = "seed-"  # a seed's chain folder: <run>/seed-<n>/ (src/runs/seeds.py)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class RunDirectory:
         return RunDirectory(self.root / f"{SEED_PREFIX}{seed}")
 
     def chain_dirs(self) -> list[RunDirectory]:
-        """This run directory and its seeds' chains (``seed-<n>/``, src/pipeline/seeds.py)."""
+        """This run directory and its seeds' chains (``seed-<n>/``, src/runs/seeds.py)."""
         chains = sorted(folder for folder in self.root.glob(f"{SEED_PREFIX}*") if folder.is_dir())
         return [self, *(RunDirectory(folder) for folder in chains)]
 

@@ -5,49 +5,22 @@ config.yaml (architecture, image size) and split.json (which samples are test/va
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from src.data.build import build_datasets
+from src.config.stages import STAGES
 from src.deploy.onnx_runtime import onnx_model_for
 from src.engine.checkpoint import CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError, error_detail
-from src.pipeline.cli import OneLineParser, user_path
-from src.pipeline.rundir import open_run
-from src.pipeline.seeds import run_dir_of
-from src.pipeline.stages import STAGES, build_model
-from src.pipeline.train_stage import load_weights
-from src.utils.logger import SPLIT_METRICS
+from src.runs.inputs import run_data
+from src.runs.rundir import open_run
+from src.runs.stage_models import build_model, load_weights
 
 SPLITS = ("test", "val", "train")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="evaluate.py",
-        description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
-        "on a split of the run it belongs to; a model.onnx from export.py is scored through ONNX Runtime.",
-    )
-    parser.add_argument("--checkpoint", type=user_path, required=True,
-                        help="a .pt checkpoint, model.safetensors or model.onnx")
-    parser.add_argument("--run-dir", type=user_path,
-                        help="the run directory (default: the one the file is in, e.g. RUN/student/ or "
-                        "RUN/seed-42/student/)")
-    parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--stage", choices=tuple(STAGES),
-                        help="whose architecture (default: the file's metadata or folder)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-size", type=int, default=256)
-    return parser
 
 
 def _stage_of(checkpoint: Path, given: str | None) -> str:
@@ -91,7 +64,7 @@ def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run, cfg = open_run(run_dir)
     stage = _stage_of(checkpoint, stage)
-    data = build_datasets(cfg.data, run.root, cfg.runtime.seed, write=False, models=cfg.models)
+    data = run_data(cfg, run.root)
     if checkpoint.suffix == ".onnx":  # the deployed artifact, through ONNX Runtime (src/deploy)
         model, target = onnx_model_for(checkpoint, cfg.data.image_size, data.num_classes, run_dir, device)
     else:
@@ -102,19 +75,3 @@ def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage
     result = evaluate_model(model.to(target), dataset, device=target, batch_size=batch_size,
                             num_workers=0, seed=cfg.runtime.seed, num_classes=data.num_classes)
     return stage, result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        with torch.inference_mode():
-            run_dir = args.run_dir or run_dir_of(args.checkpoint)
-            stage, result = evaluate_file(args.checkpoint, run_dir, args.split, stage=args.stage,
-                                          device=args.device, batch_size=args.batch_size)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    metrics = {name: getattr(result, name) for name in SPLIT_METRICS}
-    print(json.dumps({"checkpoint": str(args.checkpoint), "stage": stage, "split": args.split,
-                      "samples": len(result.y_true), **metrics}, indent=2))
-    return 0

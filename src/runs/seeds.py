@@ -14,7 +14,7 @@ from pathlib import Path
 
 from src.config.schema import RunConfig
 from src.errors import UserError
-from src.pipeline.rundir import SEED_PREFIX, RunDirectory
+from src.runs.rundir import SEED_PREFIX, RunDirectory
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The ViT preset: ViT-Base -> ViT-Small -> ViT-Tiny (`train.py`, `configs/*.yaml`)."""
