@@ -22,6 +22,7 @@ from src.config.schema import MAX_SEED, RunConfig
 from src.config.stage_overrides import drop_unset
 from src.config.stage_settings import check_stage_overrides
 from src.config.stages import STAGE_NAMES
+from src.data.registry import DATASETS
 from src.data.settings import validate_data
 from src.distillation.settings import check_distillation
 from src.engine.settings import TrainConfig
@@ -316,6 +317,7 @@ def validate(cfg: RunConfig) -> None:
     _check(bool(cfg.stages), "config key 'stages': at least one stage is needed")
     _check(len(set(cfg.stages)) == len(cfg.stages), "config key 'stages': a stage is listed twice")
     cfg.stages = [s for s in STAGE_NAMES if s in cfg.stages]
+    DATASETS.for_key("data.name", cfg.data.name)
     validate_data(cfg.data)
     m, r = cfg.models, cfg.runtime
     _check(m.patch_size is None or m.patch_size >= 1,
