@@ -45,13 +45,13 @@ from throughput import alternating_rates, repeated, training_runner
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.datasets import ImageStore, TrainDataset
-from src.data.normalization import DATASET_STATS
+from src.data.registry import DATASETS
 from src.data.sources import ArrayReader, SourcePart
 from src.data.transforms import Augment, ModelInput, crop_padding, resize_square
 from src.engine.sampling import epoch_order
 from src.utils.reproducibility import derive_seed, setup_reproducibility
 
-CIFAR = DATASET_STATS["cifar10"]
+CIFAR = DATASETS["cifar10"].stats
 STUDENTS = {32: ("cnn", "resnet18"), 224: ("vit", "vit_tiny")}  # each family's student at its size
 
 

@@ -43,7 +43,7 @@ def test_yaml_values_are_typed(tmp_path: Path) -> None:
         ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
         ("train.lr=fast", "config key 'train.lr': expected a number, got 'fast'"),
         ("train.epochs=2.5", "config key 'train.epochs': expected an integer"),
-        ("data.name=mnist", "config key 'data.name': expected one of 'digits', 'cifar10'"),
+        ("data.name=mnist", "config key 'data.name': unknown dataset 'mnist': choose one of digits, cifar10"),
         ("data.download=yes", "config key 'data.download': expected true or false"),
         ("stages=teacher,coach", "unknown stage 'coach'"),
         ("train.epochs=0", "config key 'train.epochs': must be at least 1"),

@@ -22,7 +22,7 @@ import src.engine.sampling as sampling
 from src.config.schema import RunConfig
 from src.data.build import build_datasets
 from src.data.datasets import ImageStore, TrainDataset
-from src.data.normalization import DATASET_STATS
+from src.data.registry import DATASETS
 from src.data.settings import DataConfig
 from src.data.sources import ArrayReader, SourcePart
 from src.data.transforms import Augment, ModelInput, resize_square
@@ -33,7 +33,7 @@ from src.models.settings import ModelsConfig
 from src.runs.inputs import run_normalization
 
 CPU = torch.device("cpu")
-CIFAR = DATASET_STATS["cifar10"]
+CIFAR = DATASETS["cifar10"].stats
 ONE_LEVEL = 1 / 255 / min(CIFAR.std)  # one uint8 step after normalisation, in the widest channel
 
 
@@ -149,7 +149,7 @@ def test_a_pretrained_teacher_sets_the_normalisation_of_every_split() -> None:
     bundle = build_datasets(cfg, None, seed=0, normalize=run_normalization(_run_config(cfg, vit)))
     assert (bundle.mean, bundle.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's augreg ViT-B config
     plain = build_datasets(cfg, None, seed=0)
-    assert plain.mean == DATASET_STATS["digits"].mean
+    assert plain.mean == DATASETS["digits"].stats.mean
     for split in ("train", "val", "test"):  # one normalisation for teacher, student and baseline alike
         image, raw = getattr(bundle, split)[0][0], getattr(plain, split)[0][0]
         as_pixels = raw * torch.tensor(plain.std)[:, None, None] + torch.tensor(plain.mean)[:, None, None]
@@ -157,7 +157,7 @@ def test_a_pretrained_teacher_sets_the_normalisation_of_every_split() -> None:
     resnet = ModelsConfig(teacher="resnet50", teacher_weights="teacher.safetensors")
     assert run_normalization(_run_config(cfg, resnet)).std == (0.229, 0.224, 0.225)
     from_scratch = ModelsConfig(family="vit", teacher="vit_base")
-    assert run_normalization(_run_config(cfg, from_scratch)).mean == DATASET_STATS["digits"].mean
+    assert run_normalization(_run_config(cfg, from_scratch)).mean == DATASETS["digits"].stats.mean
 
 
 def test_weights_of_an_unknown_pretrained_tag_are_a_user_error() -> None:

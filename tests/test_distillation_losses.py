@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from src.config.loader import load_config
 from src.distillation.losses import _non_target, dist_loss, dkd_loss, kd_loss, standardize_logits
+from src.distillation.registry import KDSettings
 from src.distillation.settings import DistillationConfig, check_distillation
 from src.errors import UserError
 
@@ -219,14 +220,15 @@ def test_gradient_reaches_the_student_only(loss: str) -> None:
     ("alpha_start", 1.5), ("alpha_end", -0.1),
 ])
 def test_check_distillation_names_the_bad_key(key: str, value: float) -> None:
-    cfg = DistillationConfig(**{key: value})
+    cfg = DistillationConfig(**{key: value}) if key == "temperature" else DistillationConfig(
+        sections={"kd": KDSettings(**{key: value})})
     with pytest.raises(UserError, match=f"distillation.{key}"):
         check_distillation(cfg)
 
 
 def test_loader_refuses_bad_loss_settings_by_name() -> None:
     cfg = load_config(None, ["distillation.loss=dkd", "distillation.dkd.beta=2", "distillation.dist.gamma=0"])
-    assert cfg.distillation.loss == "dkd" and cfg.distillation.dkd.beta == 2.0
+    assert cfg.distillation.loss == "dkd" and cfg.distillation.sections["dkd"].beta == 2.0
     for override, key in (("distillation.dkd.beta=-1", "distillation.dkd.beta"),
                           ("distillation.dist.ce_weight=inf", "distillation.dist.ce_weight"),
                           ("distillation.dkd.warmup_fraction=2", "distillation.dkd.warmup_fraction"),

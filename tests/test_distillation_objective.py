@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.distillation.distiller import DistillationObjective, dkd_warmup
+from src.distillation.distiller import DistillationObjective
 from src.distillation.losses import dist_loss, dkd_loss, kd_loss
-from src.distillation.settings import DistillationConfig, DKDConfig
+from src.distillation.registry import DKDSettings, KDSettings, dkd_warmup
+from src.distillation.settings import DistillationConfig
 from src.errors import UserError
 from src.models.factory import create_model
 
@@ -82,7 +83,7 @@ def test_alpha_follows_the_schedule_per_epoch(pair) -> None:
 
 def test_loss_matches_kd_loss_and_backward_works_under_autocast(pair) -> None:
     teacher, student = pair
-    config = DistillationConfig(temperature=3.0, alpha_start=0.7, alpha_end=0.7)
+    config = DistillationConfig(temperature=3.0, sections={"kd": KDSettings(alpha_start=0.7, alpha_end=0.7)})
     objective = DistillationObjective(teacher, config)
     images, labels = _batch()
     student.eval()  # deterministic forward so the two computations can be compared
@@ -119,7 +120,7 @@ def test_rejects_bad_settings(pair) -> None:
     with pytest.raises(UserError, match="distillation.temperature"):
         DistillationObjective(teacher, DistillationConfig(temperature=0.0))
     with pytest.raises(UserError, match="distillation.alpha_start"):
-        DistillationObjective(teacher, DistillationConfig(alpha_start=1.5))
+        DistillationObjective(teacher, DistillationConfig(sections={"kd": KDSettings(alpha_start=1.5)}))
 
 
 @pytest.mark.parametrize("loss", ["dkd", "dist"])
@@ -134,7 +135,8 @@ def test_configured_loss_is_the_one_trained_with_the_runs_label_smoothing(pair, 
         s, t = student(images), teacher(images)
         if loss == "dkd":
             expected, parts = dkd_loss(s, t, labels, temperature=2.0, alpha=1.0, beta=8.0,
-                                       warmup=objective.warmup, label_smoothing=0.2, standardize=True)
+                                       warmup=objective.scheduled["warmup"], label_smoothing=0.2,
+                                       standardize=True)
         else:
             expected, parts = dist_loss(s, t, labels, tau=2.0, beta=1.0, gamma=1.0, label_smoothing=0.2,
                                         standardize=True)
@@ -148,7 +150,7 @@ def test_dkd_warmup_is_mdistillers_share_of_the_stage(pair) -> None:
     assert [dkd_warmup(e, 24, 20 / 240) for e in (1, 2, 3)] == pytest.approx([0.5, 1, 1])
     assert dkd_warmup(1, 5, 0.0) == 1.0
     teacher, _ = pair
-    config = DistillationConfig(loss="dkd", dkd=DKDConfig(warmup_fraction=0.5))
+    config = DistillationConfig(loss="dkd", sections={"dkd": DKDSettings(warmup_fraction=0.5)})
     objective = DistillationObjective(teacher, config)
     logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
     seen = []

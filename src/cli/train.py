@@ -15,10 +15,10 @@ from typing import Any
 
 from src.config.presets import PRESETS
 from src.config.stages import STAGE_NAMES
+from src.data.registry import DATASETS
+from src.data.settings import DataConfig
 from src.errors import KDPipelineError, UserError
 from src.utils.cli_args import OneLineParser, user_path
-
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 
 # flag destination -> dotted config key (None values mean "flag not given")
 FLAG_KEYS = {
@@ -54,9 +54,12 @@ def build_parser(family: str) -> argparse.ArgumentParser:
         "(a checkpoint was saved; re-run to continue).",
     )
     add = parser.add_argument
+    borrowed = "".join(f", {spec.config}.yaml for {name}" for name, spec in DATASETS.items()
+                       if spec.config != name)
     add("--config", type=user_path, help="YAML config (default: configs/<dataset>.yaml of this family; "
-        "digits.yaml without --dataset, cifar10.yaml for imagefolder)")
-    add("--dataset", choices=DATASETS, help="which images to train on")
+        f"{DataConfig().name}.yaml without --dataset{borrowed})")
+    add("--dataset", choices=DATASETS.names(), help="which images to train on (the datasets registered in "
+        "src/data/registry.py)")
     add("--data-dir", type=lambda text: str(user_path(text)),
         help="where datasets live (cifar: torchvision layout; imagefolder: class folders)")
     add("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
@@ -86,14 +89,10 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     return parser
 
 
-# datasets without a config of their own start from the closest one: photos, GPU-sized
-CONFIG_FOR_DATASET = {"imagefolder": "cifar10"}
-
-
 def default_config_path(family: str, dataset: str | None) -> Path:
-    """``configs/<dataset>.yaml`` of the family (digits when no dataset is named)."""
-    name = CONFIG_FOR_DATASET.get(dataset or "digits", dataset or "digits")
-    return PRESETS[family].config_path(name)
+    """The preset's config that ``dataset`` starts from (its registration's ``config``; the
+    default dataset's when none is named)."""
+    return PRESETS[family].config_path(DATASETS[dataset or DataConfig().name].config)
 
 
 def load_run_config(family: str, args: argparse.Namespace) -> Any:

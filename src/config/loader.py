@@ -22,6 +22,7 @@ from src.config.schema import MAX_SEED, RunConfig
 from src.config.stage_overrides import drop_unset
 from src.config.stage_settings import check_stage_overrides
 from src.config.stages import STAGE_NAMES
+from src.data.registry import DATASETS
 from src.data.settings import validate_data
 from src.distillation.settings import check_distillation
 from src.engine.settings import TrainConfig
@@ -29,6 +30,7 @@ from src.errors import UserError
 from src.models.lr_scale import stage_lr
 from src.models.vit_patches import vit_patch_size
 from src.utils.logger import MONITORABLE, better_mode
+from src.utils.sections import section_entries, section_keys, settings_dict
 
 _NONE_WORDS = ("none", "null", "~")
 # flags that set a train key for every stage, per-stage values of the config included
@@ -36,12 +38,17 @@ RUN_WIDE_FLAG_KEYS = frozenset({"train.epochs"})
 
 
 def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """Every dotted leaf key of the schema (``train.lr``, ``stages``, ...)."""
+    """Every dotted leaf key of the schema (``train.lr``, ``stages``, ...), the registered
+    entries' sections (src/utils/sections.py) included."""
     keys: list[str] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
+        entries = section_entries(f)
+        if entries is not None:
+            for name, section in entries().items():
+                keys.extend(schema_keys(section.settings, prefix if section.inline else f"{prefix}{name}."))
+        elif dataclasses.is_dataclass(hints[f.name]):
             keys.extend(schema_keys(hints[f.name], key + "."))
         else:
             keys.append(key)
@@ -129,24 +136,44 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"schema type {tp!r} of '{key}' is not supported by the loader")
 
 
+def _build_section(cls: type, value: Any, key: str) -> Any:
+    """Dataclass ``cls`` from the mapping at ``key`` (null: every default)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise UserError(f"config key '{key}': expected a mapping of settings, got {value!r}")
+    return _build(cls, value, key + ".")
+
+
 def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a (partial) nested mapping, validating every value."""
+    """Instantiate dataclass ``cls`` from a (partial) nested mapping, validating every value.
+    A registry-backed field (src/utils/sections.py) gets every registered entry's section,
+    from the raw keys it owns: ``<name>`` for a section of its own, the fields of an inline one."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    sectioned = {f.name: section_entries(f) for f in fields if section_entries(f) is not None}
+    plain = [f.name for f in fields if f.name not in sectioned]
+    owners = {field: section_keys(entries, plain) for field, entries in sectioned.items()}
     for key in raw:
-        if key not in names:
+        if key not in plain and not any(key in owned for owned in owners.values()):
             raise _unknown_key(f"{prefix}{key}")
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
+        if name not in plain:
+            continue
         key, tp = f"{prefix}{name}", hints[name]
         if dataclasses.is_dataclass(tp):
-            if value is None:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise UserError(f"config key '{key}': expected a mapping of settings, got {value!r}")
-            kwargs[name] = _build(tp, value, key + ".")
+            kwargs[name] = _build_section(tp, value, key)
         else:
             kwargs[name] = _coerce(key, value, tp)
+    for field, entries in sectioned.items():
+        kwargs[field] = {}
+        for name, section in entries().items():
+            if section.inline:
+                own = {key: value for key, value in raw.items() if owners[field].get(key) == name}
+                kwargs[field][name] = _build(section.settings, own, prefix)
+            else:
+                kwargs[field][name] = _build_section(section.settings, raw.get(name), f"{prefix}{name}")
     return cls(**kwargs)
 
 
@@ -290,6 +317,7 @@ def validate(cfg: RunConfig) -> None:
     _check(bool(cfg.stages), "config key 'stages': at least one stage is needed")
     _check(len(set(cfg.stages)) == len(cfg.stages), "config key 'stages': a stage is listed twice")
     cfg.stages = [s for s in STAGE_NAMES if s in cfg.stages]
+    DATASETS.for_key("data.name", cfg.data.name)
     validate_data(cfg.data)
     m, r = cfg.models, cfg.runtime
     _check(m.patch_size is None or m.patch_size >= 1,
@@ -318,7 +346,7 @@ def validate(cfg: RunConfig) -> None:
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The nested plain-dict form saved as config.yaml."""
-    return drop_unset(dataclasses.asdict(cfg))
+    return drop_unset(settings_dict(cfg))
 
 
 def dump_config(cfg: RunConfig) -> str:

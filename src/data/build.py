@@ -9,10 +9,8 @@ from pathlib import Path
 import torch
 
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
-from src.data.imagefolder import load_imagefolder_source
-from src.data.normalization import DATASET_STATS
+from src.data.registry import DATASETS
 from src.data.settings import DataConfig, validate_data
-from src.data.sources import HFLIP, Source, load_cifar_source, load_digits_source
 from src.data.split import SplitInfo, load_or_create_split, save_split
 from src.data.transforms import Augment, ModelInput, Normalize, crop_padding
 from src.errors import UserError
@@ -55,16 +53,6 @@ class DataBundle:
         return self
 
 
-def load_source(cfg: DataConfig) -> Source:
-    if cfg.name == "digits":
-        return load_digits_source()
-    if cfg.name in ("cifar10", "cifar100"):
-        return load_cifar_source(cfg)
-    if cfg.name == "imagefolder":
-        return load_imagefolder_source(cfg)
-    raise UserError(f"unknown dataset {cfg.name!r}; choose digits, cifar10, cifar100 or imagefolder")
-
-
 def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: bool = True,
                    normalize: Normalize | None = None) -> DataBundle:
     """Load ``cfg.name``, reuse or make ``run_dir/split.json`` and return the three datasets.
@@ -78,11 +66,12 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
     device) when together they take at most ``cfg.device_cache_gb``, else read per batch.
     """
     validate_data(cfg)  # the config loader's rules: a DataConfig built in Python gets them too
-    source = load_source(cfg)
+    dataset = DATASETS.for_key("data.name", cfg.name)
+    source = dataset.load(cfg)
     # a new split is saved only once its images have been read: a broken image file must not
     # leave a split.json behind that the corrected data no longer matches
     record, info = load_or_create_split(source, cfg, seed, run_dir, write=False)
-    normalize = normalize or DATASET_STATS[source.name]
+    normalize = normalize or dataset.stats
     size = min(source.native_size or cfg.image_size, cfg.image_size)
     total = sum(len(entry["indices"]) for entry in record["splits"].values()) * 3 * size * size
     resident = total <= cfg.device_cache_gb * GIB
@@ -93,7 +82,7 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
         store = ImageStore(part, entry["indices"], size, resident=resident)
         return store, [part.targets[i] for i in entry["indices"]]
 
-    augment = Augment(crop_padding(size), HFLIP[source.name]) if cfg.augment else None
+    augment = Augment(crop_padding(size), dataset.hflip) if cfg.augment else None
     plain = ModelInput(cfg.image_size, normalize)
     train = TrainDataset(*part_of("train"), source.class_names, dataclasses.replace(plain, augment=augment),
                          seed=seed)

@@ -205,7 +205,7 @@ def load_imagefolder_source(cfg: DataConfig) -> Source:
         name: SourcePart(targets=list(folder.targets), read=FolderReader([p for p, _ in folder.samples]))
         for name, folder in folders.items()
     }
-    return Source("imagefolder", list(classes), parts)
+    return Source(cfg.name, list(classes), parts)
 
 
 def _refuse_shared_files(folders: dict[str, ScannedImageFolder]) -> None:

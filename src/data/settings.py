@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 from src.errors import UserError
 
@@ -15,7 +15,7 @@ MIN_SUBSET = 2  # samples per split: a one-sample training batch breaks batch no
 class DataConfig:
     """Which images, how they are split and how they are shown to the model."""
 
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    name: str = "digits"  # a registered dataset (src/data/registry.py); the config loader checks it
     data_dir: str = "data"
     download: bool = False
     image_size: int = 16

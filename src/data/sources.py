@@ -1,4 +1,5 @@
-"""The raw image sources: scikit-learn digits and torchvision CIFAR-10/100 (image folders: imagefolder.py).
+"""The raw image sources: scikit-learn digits and torchvision CIFAR-10/100 (image folders:
+imagefolder.py; which dataset name loads which: src/data/registry.py).
 
 A source is a set of named parts (``all`` for digits; ``train``/``test`` for CIFAR; ``train`` and
 optional ``val``/``test`` for an image folder). Each part knows its labels without decoding any
@@ -22,9 +23,6 @@ import torchvision
 from src.data.settings import DataConfig
 from src.data.transforms import resize_square
 from src.errors import UserError
-
-# Flipping a digit changes what it means; natural photos survive it.
-HFLIP = {"digits": False, "cifar10": True, "cifar100": True, "imagefolder": True}
 
 _CHUNK = 4096  # images resized per call when filling a cache: bounds the float temporaries
 
@@ -83,10 +81,10 @@ def load_digits_source() -> Source:
     return Source("digits", [str(c) for c in range(10)], {"all": part}, native_size=8)
 
 
-def load_cifar_source(cfg: DataConfig) -> Source:
-    """CIFAR-10/100 through torchvision; a missing or damaged copy is a UserError saying what to do."""
-    cls = torchvision.datasets.CIFAR10 if cfg.name == "cifar10" else torchvision.datasets.CIFAR100
-    folder = Path(cfg.data_dir) / cls.base_folder
+def load_cifar_source(cfg: DataConfig, dataset: type[torchvision.datasets.CIFAR10]) -> Source:
+    """CIFAR-10 or -100 (``dataset``: torchvision's class) under ``cfg.data_dir``; a missing or
+    damaged copy is a UserError saying what to do."""
+    folder = Path(cfg.data_dir) / dataset.base_folder
     if not cfg.download and not folder.is_dir():
         raise UserError(
             f"{cfg.name} not found under {cfg.data_dir}/ (looked for {folder}); "
@@ -95,7 +93,7 @@ def load_cifar_source(cfg: DataConfig) -> Source:
     parts = {}
     for part_name, train in (("train", True), ("test", False)):
         try:
-            data = cls(root=cfg.data_dir, train=train, download=cfg.download)
+            data = dataset(root=cfg.data_dir, train=train, download=cfg.download)
         except RuntimeError as exc:  # torchvision: files missing or failing their md5 check
             raise UserError(
                 f"{cfg.name} under {folder} is incomplete or corrupted ({exc}); "

@@ -7,29 +7,22 @@ never in the optimizer, the student's checkpoint or its ``model.train()`` calls.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
-from src.distillation.alpha_schedule import schedule_kd_alpha
 from src.distillation.frozen_teacher import freeze_teacher
-from src.distillation.losses import Parts, dist_loss, dkd_loss, kd_loss
+from src.distillation.losses import Parts
+from src.distillation.registry import LOSSES, LossInputs
 from src.distillation.settings import DistillationConfig, check_distillation
 from src.engine.objective import Objective, StepOutput
-
-
-def dkd_warmup(epoch: int, total_epochs: int, fraction: float) -> float:
-    """mdistiller's ``min(epoch / warmup, 1)`` with ``warmup = fraction * total_epochs``:
-    the reference's 20 of 240 epochs become the same share of this stage (per epoch, 1-based)."""
-    span = fraction * total_epochs
-    return 1.0 if span <= 0 else min(epoch / span, 1.0)
+from src.utils.sections import settings_dict
 
 
 class DistillationObjective(Objective):
-    """Distillation from a frozen ``teacher`` with the loss ``config.loss`` names (kd, dkd or
-    dist), per-epoch schedules (kd's alpha, dkd's warm-up) and the run's label smoothing."""
+    """Distillation from a frozen ``teacher`` with the registered loss ``config.loss`` names,
+    its per-epoch schedule and the run's label smoothing."""
 
     def __init__(
         self,
@@ -41,6 +34,7 @@ class DistillationObjective(Objective):
     ) -> None:
         self.config = copy.deepcopy(config) if config is not None else DistillationConfig()
         check_distillation(self.config)
+        self.spec = LOSSES[self.config.loss]
         freeze_teacher(teacher, verbose=False)
         self.teacher = teacher
         self.label_smoothing = float(label_smoothing)
@@ -49,9 +43,7 @@ class DistillationObjective(Objective):
         self._teacher_channels_last = False
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
-        cfg = self.config
-        self.alpha = schedule_kd_alpha(epoch, total_epochs, cfg.alpha_start, cfg.alpha_end)
-        self.warmup = dkd_warmup(epoch, total_epochs, cfg.dkd.warmup_fraction)
+        self.scheduled = dict(self.spec.schedule(self.config.settings(), epoch, total_epochs))
 
     def to(self, device: torch.device) -> DistillationObjective:
         self.teacher.to(device)
@@ -60,7 +52,7 @@ class DistillationObjective(Objective):
     def fingerprint(self) -> dict[str, Any]:
         return {
             "objective": type(self).__name__,
-            "distillation": dataclasses.asdict(self.config),
+            "distillation": settings_dict(self.config),
             "label_smoothing": self.label_smoothing,
             "teacher": self.teacher_fingerprint,
         }
@@ -69,16 +61,9 @@ class DistillationObjective(Objective):
              labels: torch.Tensor) -> tuple[torch.Tensor, Parts]:
         """The configured loss at the current epoch's schedule."""
         cfg = self.config
-        common = {"label_smoothing": self.label_smoothing, "standardize": cfg.logit_standardization}
-        if cfg.loss == "dkd":
-            return dkd_loss(student_logits, teacher_logits, labels, temperature=cfg.temperature,
-                            alpha=cfg.dkd.alpha, beta=cfg.dkd.beta, ce_weight=cfg.dkd.ce_weight,
-                            warmup=self.warmup, **common)
-        if cfg.loss == "dist":
-            return dist_loss(student_logits, teacher_logits, labels, tau=cfg.temperature,
-                             beta=cfg.dist.beta, gamma=cfg.dist.gamma, ce_weight=cfg.dist.ce_weight, **common)
-        return kd_loss(student_logits, teacher_logits, labels, temperature=cfg.temperature,
-                       alpha=self.alpha, **common)
+        inputs = LossInputs(student_logits, teacher_logits, labels, temperature=cfg.temperature,
+                            standardize=cfg.logit_standardization, label_smoothing=self.label_smoothing)
+        return self.spec.compute(inputs, cfg.settings(), self.scheduled)
 
     def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         # Someone (a generic model.train() over a container, a user callback) may have flipped

@@ -25,8 +25,9 @@ Conventions, because frameworks disagree and the numbers are not comparable with
   a KD stage differs from the baseline only by its teacher term.
 - Everything is computed in float32 even under autocast: log-softmax of half-precision logits
   divided by T loses the small probabilities that carry the teacher's "dark knowledge".
-- The functions are pure maths; the settings are validated once, by
-  ``src.distillation.settings.check_distillation``.
+- The functions are pure maths; each loss's registration (src/distillation/registry.py) holds
+  its settings, their rules (checked once, by ``src.distillation.settings.check_distillation``)
+  and its schedule, and calls its function here.
 
 Every function returns ``(loss, parts)``: ``parts`` are detached 0-dim float32 tensors on the
 logits' device (``ce`` and ``kd`` always; the teacher term ``kd`` is reported before its schedule

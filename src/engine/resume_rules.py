@@ -57,15 +57,31 @@ def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changes.items())
 
 
+def _shared_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings both sides record that differ. Settings that only one side records are
+    skipped: which settings identify a run may change between versions of the product (a loss
+    registered since adds its section), and an upgrade must not strand a run that is half done."""
+    return {key: (saved[key], current[key]) for key in sorted(set(saved) & set(current))
+            if saved[key] != current[key]}
+
+
+def _leaves(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys (an empty mapping is a value of its own)."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _run_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The run identity, compared setting by setting. Settings that only one side records are
-    skipped: which settings identify a run may change between versions of the product, and an
-    upgrade must not strand a run that is half done."""
+    """The run identity, compared setting by setting; its config's settings where both record them."""
     changes = _differing({k: v for k, v in saved.items() if k != "config"},
                          {k: v for k, v in current.items() if k != "config"})
-    old, new = saved.get("config", {}), current.get("config", {})
-    changes.update({f"config.{key}": (old[key], new[key]) for key in sorted(set(old) & set(new))
-                    if old[key] != new[key]})
+    changes.update({f"config.{key}": change for key, change in
+                    _shared_changes(saved.get("config", {}), current.get("config", {})).items()})
     return changes
 
 
@@ -80,8 +96,8 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], source: str, *,
     returns the allowed engine changes (key -> (saved, current)) for the run log. ``diverged``:
     the stage stopped on a non-finite loss, so the recovery settings may change too."""
     breaking = {f"run.{key}": change for key, change in _run_changes(saved["run"], current["run"]).items()}
-    breaking.update({f"objective.{key}": change
-                     for key, change in _differing(saved["objective"], current["objective"]).items()})
+    breaking.update({f"objective.{key}": change for key, change in
+                     _shared_changes(_leaves(saved["objective"]), _leaves(current["objective"])).items()})
     if saved["world_size"] != current["world_size"]:
         breaking["world_size"] = (saved["world_size"], current["world_size"])
     engine = _differing(saved["engine"], current["engine"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from src.config.schema import RunConfig
 from src.data.build import DataBundle, build_datasets
-from src.data.normalization import DATASET_STATS
+from src.data.registry import DATASETS
 from src.data.transforms import Normalize
 from src.models.pretrained import weights_normalization
 
@@ -27,7 +27,7 @@ def run_normalization(cfg: RunConfig) -> Normalize:
     models = cfg.models
     if models.pretrained or models.teacher_weights:
         return Normalize(*weights_normalization(models.teacher))  # type: ignore[arg-type]
-    return DATASET_STATS[cfg.data.name]
+    return DATASETS[cfg.data.name].stats
 
 
 def run_data(cfg: RunConfig, run_root: Path | None, *, write: bool = False) -> DataBundle:

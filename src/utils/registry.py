@@ -44,6 +44,14 @@ class Registry(Generic[T]):
             known = ", ".join(self.names())
             raise UserError(f"unknown {self.kind} {name!r}: choose one of {known}") from None
 
+    def for_key(self, key: str, name: str) -> T:
+        """The entry of ``name``, the value of config ``key``: an unknown name is a UserError that
+        names the key and lists the known names."""
+        try:
+            return self[name]
+        except UserError as exc:
+            raise UserError(f"config key '{key}': {exc}") from None
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
@@ -52,3 +60,6 @@ class Registry(Generic[T]):
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
+
+    def items(self) -> tuple[tuple[str, T], ...]:
+        return tuple(self._entries.items())
