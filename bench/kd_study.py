@@ -217,10 +217,12 @@ def answers(choice: Choice, evidence: dict[str, list[dict[str, Any]]], images: o
     lines = ["## The answers", "",
              f"The loss was chosen on the validation split (below): **{choice.loss}**. With it, on {images} "
              "test images:", ""]
+    asked: dict[str, list[str]] = {}
     for question in QUESTIONS:
         found = _find(chosen, question.stage, question.reference)
         verdict = found["verdict"] if found else "not measured"
-        lines.append(f"- **{question.asks}** {question.name}: {verdict}.")
+        asked.setdefault(question.asks, []).append(f"{question.name}: {verdict}")
+    lines += [f"- **{asks}** " + "; ".join(verdicts) + "." for asks, verdicts in asked.items()]
     lines += ["", "Every loss's comparisons are in the last table; each verdict follows the rule under "
               "\"Method\"."]
     return lines

@@ -36,6 +36,7 @@ def test_the_report_answers_both_questions_for_the_loss_chosen_on_validation(stu
     _, text = study
     assert "## The answers" in text and "The loss was chosen on the validation split" in text
     assert "- **Did distillation help over training alone?** student (TAKD) vs baseline: " in text
+    assert "; direct KD vs baseline: " in text
     assert "- **Did the assistant help over distilling directly?** student (TAKD) vs direct KD: " in text
     assert "## Choosing the loss on the validation split" in text and text.count(" (chosen) |") == 1
     for loss in LOSSES:
