@@ -1,7 +1,8 @@
-"""The run's answer to "did distillation help, and what did it cost?".
+"""The run's answer to "did distillation help, did the assistant, and what did it cost?".
 
-Built only from the stages' result.json files (and the student's saved test predictions), so
-the report of a resumed or partly re-run pipeline is the same as an uninterrupted one's.
+Built only from the stages' result.json files and saved test predictions (the verdict, the
+student's confusion matrix), so the report of a resumed or partly re-run pipeline is the same as
+an uninterrupted one's.
 Missing numbers (GPU memory on a CPU run) stay empty in the CSV and show as "n/a": never a
 made-up number.
 """
