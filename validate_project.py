@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-# the top-level names the product card promises (DESIGN.md, "Layout")
+# the top-level names the project promises (docs/CONTRACTS.md, "Layout")
 LAYOUT = [
     "requirements.txt", "README.md", "Makefile", "pyproject.toml", ".ci/run", "validate_project.py",
     "clean.sh", "cnn_distillation/train.py", "cnn_distillation/configs/", "vit_distillation/train.py",

@@ -20,7 +20,7 @@ import torch
 
 from src.utils.training_guards import enforce_gradient_checkpointing, saved_activation_bytes
 
-MODELS = {  # short name -> timm name, ImageNet-shaped as the DESIGN's teacher/assistant/student
+MODELS = {  # short name -> timm name: the six roles' architectures, ImageNet-shaped (224 px)
     "vit_base": "vit_base_patch16_224",
     "vit_small": "vit_small_patch16_224",
     "vit_tiny": "vit_tiny_patch16_224",

@@ -182,7 +182,7 @@ def test_report_gains_cost_columns_sentence_and_plot(tmp_path: Path,
     assert pd.isna(csv.loc["baseline", "latency ms"])  # not in this measurement: empty, not made up
     markdown = (tmp_path / "summary.md").read_text()
     assert "| GFLOPs | weights MB | latency ms |" in markdown
-    assert "runs 4.0x faster at batch 1 on this machine" in markdown.split("## Did distillation help?")[1]
+    assert "runs 4.0x faster at batch 1 on this machine" in markdown.split("## Differences between stages")[1]
     assert (tmp_path / PLOT_NAME).is_file() and tmp_path / PLOT_NAME in summary.files
     print_summary(summary)
     printed = capsys.readouterr().out

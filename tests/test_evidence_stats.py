@@ -5,9 +5,15 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, t
 
-from src.evidence.stats import mcnemar_exact, mean_and_std, paired_difference_interval
+from src.evidence.stats import (
+    difference_bounds,
+    holm,
+    mcnemar_exact,
+    mean_and_std,
+    paired_difference_interval,
+)
 
 
 def _outcomes(only_a: int, only_b: int, both: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,58 +34,63 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_images() -> None:
 
 def test_identical_outcomes_give_a_zero_width_interval_at_zero() -> None:
     a, _ = _outcomes(0, 0, 80, 20)
-    interval = paired_difference_interval([(a, a.copy()), (a, a.copy())], replicates=500)
+    interval = paired_difference_interval([(a, a.copy()), (a, a.copy())])
     assert (interval.estimate, interval.low, interval.high) == (0.0, 0.0, 0.0)
-    assert interval.seeds == 2
+    assert interval.seeds == 2 and interval.per_seed == (0.0, 0.0)
 
 
 def test_always_right_against_always_wrong_is_exactly_one() -> None:
     a, b = _outcomes(only_a=50, only_b=0, both=0, neither=0)
-    interval = paired_difference_interval([(a, b)], replicates=500)
+    interval = paired_difference_interval([(a, b)])
     assert (interval.estimate, interval.low, interval.high) == (1.0, 1.0, 1.0)
 
 
 def test_estimate_is_the_mean_over_seeds_of_the_accuracy_difference() -> None:
     seed_1 = _outcomes(only_a=12, only_b=2, both=80, neither=6)  # +10 points
     seed_2 = _outcomes(only_a=3, only_b=3, both=90, neither=4)  # 0 points
-    interval = paired_difference_interval([seed_1, seed_2], replicates=2000)
+    interval = paired_difference_interval([seed_1, seed_2])
     assert interval.estimate == pytest.approx(0.05)
+    assert interval.per_seed == pytest.approx((0.10, 0.0))
     assert interval.low < 0.05 < interval.high
 
 
-def test_one_seed_interval_matches_the_normal_approximation_of_a_paired_difference() -> None:
+def test_one_seed_interval_is_the_t_interval_of_the_paired_differences() -> None:
     n, only_a, only_b = 1000, 60, 30
-    interval = paired_difference_interval([_outcomes(only_a, only_b, 800, n - 890)], replicates=20_000)
+    interval = paired_difference_interval([_outcomes(only_a, only_b, 800, n - 890)])
     d = np.array([1] * only_a + [-1] * only_b + [0] * (n - only_a - only_b))
-    half_width = 1.96 * d.std() / math.sqrt(n)
+    low, high = t.interval(0.95, n - 1, loc=d.mean(), scale=d.std(ddof=1) / math.sqrt(n))
     assert interval.estimate == pytest.approx(0.03)
-    assert interval.low == pytest.approx(0.03 - half_width, abs=0.002)
-    assert interval.high == pytest.approx(0.03 + half_width, abs=0.002)
+    assert (interval.low, interval.high) == pytest.approx((low, high), rel=1e-12)
+    assert interval.degrees_of_freedom == n - 1 and interval.seed_variance == 0.0
 
 
-def _simulate_seed(rng: np.random.Generator, images: int, gain: float) -> tuple[np.ndarray, np.ndarray]:
-    """Paired outcomes whose expected accuracy difference A - B is ``gain``: A alone right with
-    0.1 + gain/2, B alone right with 0.1 - gain/2, both right 0.7, neither 0.1."""
-    kind = rng.choice(4, size=images, p=[0.1 + gain / 2, 0.1 - gain / 2, 0.7, 0.1])
-    return np.isin(kind, (0, 2)), np.isin(kind, (1, 2))
+def test_seeds_whose_images_all_agree_give_the_t_interval_over_the_seeds() -> None:
+    """No image effect at all (each seed's difference is the same on every image): the interval
+    is exactly Student's t over the per-seed differences, n - 1 degrees of freedom."""
+    per_seed = np.array([0.03, -0.01, 0.02, 0.05])
+    bounds = difference_bounds(np.repeat(per_seed[:, None], 300, axis=1))
+    low, high = t.interval(0.95, 3, loc=per_seed.mean(), scale=per_seed.std(ddof=1) / 2)
+    assert (float(bounds.low), float(bounds.high)) == pytest.approx((low, high), rel=1e-12)
+    assert float(bounds.image_variance) == pytest.approx(0.0, abs=1e-15)
+    assert float(bounds.degrees_of_freedom) == pytest.approx(3)
 
 
-def test_the_interval_covers_the_true_gain_including_seed_to_seed_variation() -> None:
-    """Seeds differ in their true gain (sd 4 points around +1): the hierarchical interval covers
-    the mean gain about as often as it claims; pooling every image as if from one seed ignores
-    the seed variation and covers it far less often."""
-    rng = np.random.default_rng(7)
-    trials, covered, covered_pooled = 150, 0, 0
-    for trial in range(trials):
-        seeds = [_simulate_seed(rng, 400, gain) for gain in rng.normal(0.01, 0.04, size=8)]
-        interval = paired_difference_interval(seeds, replicates=1000, rng_seed=trial)
-        covered += interval.low <= 0.01 <= interval.high
-        pooled = paired_difference_interval([(np.concatenate([a for a, _ in seeds]),
-                                              np.concatenate([b for _, b in seeds]))],
-                                             replicates=1000, rng_seed=trial)
-        covered_pooled += pooled.low <= 0.01 <= pooled.high
-    assert covered / trials >= 0.85
-    assert covered_pooled / trials <= covered / trials - 0.15
+def test_a_repeated_seed_adds_no_information_about_the_images() -> None:
+    """Three seeds with identical outcomes carry only one seed's evidence about the shared test
+    images: the interval is the one-seed interval, not one that pretends three test sets."""
+    a, b = _outcomes(only_a=40, only_b=15, both=300, neither=45)
+    once = paired_difference_interval([(a, b)])
+    thrice = paired_difference_interval([(a, b)] * 3)
+    assert (thrice.low, thrice.high) == pytest.approx((once.low, once.high), rel=1e-9)
+    assert thrice.seed_variance == 0.0 and thrice.image_variance == pytest.approx(once.image_variance)
+
+
+def test_holm_multiplies_the_kth_smallest_p_by_m_minus_k_plus_1_and_keeps_the_order() -> None:
+    # by hand: sorted 0.005, 0.01, 0.03, 0.04 -> 4x, 3x, 2x, 1x = 0.02, 0.03, 0.06, 0.04 -> cumulative max
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.04]) == pytest.approx([0.04])  # one test: nothing to adjust
+    assert holm([]) == []
 
 
 def test_mean_and_std_use_the_sample_std_and_say_when_it_was_not_measured() -> None:
@@ -93,3 +104,7 @@ def test_unpaired_or_empty_outcomes_are_refused() -> None:
         mcnemar_exact(np.ones(3, bool), np.ones(4, bool))
     with pytest.raises(ValueError):
         paired_difference_interval([])
+    with pytest.raises(ValueError, match="same test images"):
+        paired_difference_interval([_outcomes(1, 1, 5, 5), _outcomes(1, 1, 5, 4)])
+    with pytest.raises(ValueError, match="at least two images"):
+        difference_bounds(np.ones((3, 1)))

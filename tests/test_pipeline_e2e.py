@@ -1,6 +1,6 @@
 """End to end through the real entry points: tiny runs of both families on digits.
 
-Checks the run-directory contract (DESIGN.md), the CSV schema and result keys, pipeline
+Checks the run-directory contract (docs/CONTRACTS.md), the CSV schema and result keys, pipeline
 resume after a kill between stages, evaluate.py, and the one-line errors with exit code 2.
 """
 from __future__ import annotations

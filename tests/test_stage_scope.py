@@ -1,7 +1,7 @@
 """A stage's objects die with its scope: nothing a stage built outlives ``train_stage``.
 
-This is what makes freeing memory between stages work at all (DESIGN.md: ``del`` inside a
-cleanup function cannot free what a caller still references).
+This is what makes freeing memory between stages work at all (docs/ARCHITECTURE.md, "Decisions":
+``del`` inside a cleanup function cannot free what a caller still references).
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def seed_list(text: str) -> list[int]:
 
 
 def build_parser(family: str) -> argparse.ArgumentParser:
-    """The training command's flags (DESIGN.md, command-line contract)."""
+    """The training command's flags (docs/CONTRACTS.md, "Command line")."""
     parser = OneLineParser(
         prog=f"{PRESETS[family].package}/train.py",
         description=f"Teacher -> assistant -> student knowledge distillation ({family.upper()} family). "

@@ -2,9 +2,10 @@
 
 Each seed's chain keeps its own one-seed report in ``seed-<n>/``; this one, at the top, puts
 the seeds together: every stage's mean and standard deviation over seeds (summary.csv), the
-student-baseline and direct-baseline differences with a 95% interval over seeds and test
-images and an exact McNemar test per seed (summary.md, evidence.json), and comparison.png,
-which shows each seed's accuracy and the intervals.
+paired comparisons of src/evidence/verdict.py (student and direct KD against the baseline, the
+student against direct KD) with a 95% interval over seeds and test images, each seed's own
+difference and an exact McNemar test per seed, Holm-adjusted over the report (summary.md,
+evidence.json), and comparison.png, which shows each seed's accuracy and the intervals.
 """
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ from src.evidence.verdict import (
     compare_run,
     evidence_markdown,
     evidence_text,
+    interval_points,
     write_evidence,
 )
 from src.runs.rundir import RunDirectory
 from src.runs.seeds import Chain
 from src.utils.atomic import atomic_write_text, atomic_write_with
 from src.utils.tables import markdown_table
-from src.visualization.report_figures import IntervalPoint, plot_seed_spread
+from src.visualization.report_figures import plot_seed_spread
 
 if TYPE_CHECKING:
     from src.deploy.cost import CostTable
@@ -120,9 +122,7 @@ def write_seeds_report(top: RunDirectory, chains: list[Chain], results: Results,
     atomic_write_text(md, render_markdown(summary))
     summary.files = [csv, md, write_evidence(top.root / "evidence.json", summary.comparisons)]
     if not table.empty:
-        points = [IntervalPoint(c.label, c.reference, c.interval.estimate, c.interval.low, c.interval.high,
-                                c.outcome) for c in summary.comparisons]
-        plot_seed_spread(table, points, top.root / "comparison.png")
+        plot_seed_spread(table, interval_points(summary.comparisons), top.root / "comparison.png")
         summary.files.append(top.root / "comparison.png")
     return summary
 

@@ -1,7 +1,8 @@
-"""The run's answer to "did distillation help, and what did it cost?".
+"""The run's answer to "did distillation help, did the assistant, and what did it cost?".
 
-Built only from the stages' result.json files (and the student's saved test predictions), so
-the report of a resumed or partly re-run pipeline is the same as an uninterrupted one's.
+Built only from the stages' result.json files and saved test predictions (the verdict, the
+student's confusion matrix), so the report of a resumed or partly re-run pipeline is the same as
+an uninterrupted one's.
 Missing numbers (GPU memory on a CPU run) stay empty in the CSV and show as "n/a": never a
 made-up number.
 """
@@ -137,7 +138,7 @@ def render_markdown(summary: Summary) -> str:
     shown, shown_deltas = _display(summary.table, summary.deltas)
     text = "# Run summary\n\n" + markdown_table(shown) + "\n"
     if not shown_deltas.empty:
-        text += "\n## Did distillation help?\n\n" + markdown_table(shown_deltas) + "\n"
+        text += "\n## Differences between stages\n\n" + markdown_table(shown_deltas) + "\n"
     if summary.evidence:
         text += "\n" + verdict.evidence_markdown(summary.evidence)
     if summary.cost_sentences:
@@ -175,7 +176,7 @@ def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]]
     if summary.evidence:
         summary.files.append(verdict.write_evidence(run_dir.root / "evidence.json", summary.evidence))
     if not table.empty:
-        plot_stage_bars(table, run_dir.root / "comparison.png")
+        plot_stage_bars(table, verdict.interval_points(summary.evidence), run_dir.root / "comparison.png")
         summary.files.append(run_dir.root / "comparison.png")
     if CONFUSION_STAGE in results:
         summary.files += write_confusion(run_dir, CONFUSION_STAGE, class_names)

@@ -32,7 +32,8 @@ from src.utils.atomic import atomic_link_or_copy, atomic_write_json, atomic_writ
 LOGGER = logging.getLogger("kd_pipeline.runner")
 REUSABLE = ("teacher", "assistant", "baseline")
 # a finished stage's files besides result.json (written last: it marks the stage finished)
-STAGE_FILES = ("model.safetensors", "test_predictions.csv", "epochs.csv", "metrics.jsonl", "curves.png")
+STAGE_FILES = ("model.safetensors", "test_predictions.csv", "val_predictions.csv", "epochs.csv",
+               "metrics.jsonl", "curves.png")
 
 
 @dataclass(frozen=True)

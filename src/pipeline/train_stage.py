@@ -3,7 +3,8 @@
 ``train_stage`` owns everything a stage builds (model, teacher, objective, Trainer with its
 optimizer and loaders); none of it escapes, so when it returns the runner can free it all.
 Files a stage leaves: the engine's epochs.csv, metrics.jsonl, checkpoints and curves.png,
-then model.safetensors, test_predictions.csv (the report's confusion matrix) and, last,
+then model.safetensors, test_predictions.csv (the verdict, the confusion matrix),
+val_predictions.csv (comparisons made without the test images) and, last,
 result.json, which marks the stage finished (a stage without it is continued from its latest
 checkpoint on the next run); then the checkpoints beyond ``train.keep_checkpoints`` go.
 """
@@ -129,11 +130,13 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     torch.manual_seed(stage_seed(cfg.runtime.seed, "train", stage))  # a resume restores its saved RNG
     fit = trainer.fit()
     test = trainer.evaluate(data.test)
+    val = trainer.evaluate(data.val)  # the best weights' predictions: choices made without the test images
     if dist.is_main:
         metadata = {"stage": stage, "arch": name, "family": cfg.models.family,
                     "num_classes": str(data.num_classes), "image_size": str(cfg.data.image_size)}
         sha = save_weights(model, run_dir.weights_path(stage), metadata)
         write_predictions(run_dir.predictions_path(stage), test.y_true, test.y_pred)
+        write_predictions(run_dir.predictions_path(stage, "val"), val.y_true, val.y_pred)
         result = {
             "stage": stage,
             "model": name,

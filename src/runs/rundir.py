@@ -1,6 +1,6 @@
 """The run directory: where a run's files live, and whether a re-run may continue it.
 
-Re-running the same command continues the run (DESIGN.md); the saved ``config.yaml`` is the
+Re-running the same command continues the run (docs/CONTRACTS.md); the saved ``config.yaml`` is the
 record of what the finished work was trained with, so a new config is compared with it and a
 change that would make the finished stages and the new ones incomparable is refused by name.
 Nothing here ever deletes user data.
@@ -35,7 +35,7 @@ SEED_PREFIX = "seed-"  # a seed's chain folder: <run>/seed-<n>/ (src/runs/seeds.
 
 @dataclass(frozen=True)
 class RunDirectory:
-    """Paths of the run-directory contract (DESIGN.md) rooted at ``root``."""
+    """Paths of the run-directory contract (docs/CONTRACTS.md, "The run directory") rooted at ``root``."""
 
     root: Path
 
@@ -69,9 +69,10 @@ class RunDirectory:
             raise UserError(f"cannot read {path} ({exc}); delete that stage folder to train it again"
                             ) from None
 
-    def predictions_path(self, stage: str) -> Path:
-        """The stage's test-split labels and predictions (the report's confusion matrix)."""
-        return self.stage_dir(stage) / "test_predictions.csv"
+    def predictions_path(self, stage: str, split: str = "test") -> Path:
+        """The stage's labels and predictions on ``split``: test (the verdict, the confusion
+        matrix) or val (choices made without the test images, e.g. bench/kd_study.py)."""
+        return self.stage_dir(stage) / f"{split}_predictions.csv"
 
     def finished_stages(self) -> list[str]:
         """Stages whose result.json exists (their work is reused, never redone)."""

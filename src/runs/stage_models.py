@@ -61,7 +61,7 @@ def stage_seed(seed: int, purpose: Literal["init", "train"], stage: str) -> int:
 
 
 def is_vit_base(name: str) -> bool:
-    """ViT-Base always trains with gradient checkpointing (DESIGN.md decision)."""
+    """ViT-Base always trains with gradient checkpointing (a promise: docs/CONTRACTS.md, "Decisions")."""
     return resolve_model_name(name).startswith("vit_base")
 
 
