@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_data_imagefolder import write_class_folders
 
+from src.config.change_rules import compare_configs
 from src.config.loader import load_config
 from src.config.schema import RunConfig
 from src.data.normalization import DATASET_STATS
@@ -116,3 +117,19 @@ def test_the_distillation_objective_feeds_its_teacher_through_the_view_change() 
     objective = DistillationObjective(teacher, teacher_input=change)
     out = objective.training_step(student, torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0]))
     assert teacher.seen == [(5, 3, 16, 16)] and out.logits.shape == (5, 4)
+
+
+def test_a_roles_image_size_is_a_role_key_on_resume() -> None:
+    every = "stages=teacher,assistant,student,baseline,direct"
+    old, new = load_config(None, [every]), load_config(None, [every, "models.image_size.student=16"])
+    trained = {stage: "finished" for stage in ("teacher", "assistant")}
+    assert compare_configs(old, new, trained, split_exists=True) == \
+        ([], ["models.image_size.student: None -> 16"])  # the student's stages have not started
+    breaking, _ = compare_configs(old, new, {**trained, "baseline": "trained"}, split_exists=True)
+    assert breaking == ["models.image_size.student: None -> 16 (stage baseline already trained with the old "
+                        "value)"]
+    teacher = load_config(None, [every, "models.image_size.teacher=16"])
+    done = {"teacher": "finished", "baseline": "finished"}
+    breaking, _ = compare_configs(old, teacher, done, split_exists=True)
+    assert breaking == ["models.image_size.teacher: None -> 16 (stage teacher already trained with the old "
+                        "value)"]  # the teacher and what it taught; never the baseline
