@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-export.txt pyprojec
 run: $(STAMP)  ## the main job: CNN TAKD pipeline on digits (CPU), prints the summary
 	$(PY) cnn_distillation/train.py
 
-run-vit: $(STAMP)  ## the same for the ViT family
+run-vit: $(STAMP)  ## the same for the ViT preset
 	$(PY) vit_distillation/train.py
 
 test: $(STAMP)  ## the whole test suite (gpu tests skip without CUDA)

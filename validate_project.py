@@ -28,7 +28,6 @@ LAYOUT = [
     "vit_distillation/configs/", "src/__init__.py", "src/utils/training_guards.py", "src/utils/logger.py",
     "src/utils/reproducibility.py", "src/utils/metrics.py", "tests/", "bench/", "docs/",
 ]  # fmt: skip
-FAMILIES = ("cnn", "vit")
 # teacher (labels only) + direct (the student distilled from that teacher): both objectives in
 # two stages. "teacher,student" is refused by design: the student distils from the assistant.
 SMOKE_ARGS = [
@@ -116,12 +115,15 @@ def check_tests() -> None:
         raise CheckFailed(f"pytest exited {result.returncode}", _tail(result))
 
 
-def smoke_check(family: str) -> Callable[[], None]:
+def smoke_check(preset: str) -> Callable[[], None]:
+    """One preset's entry script on its default config, tiny (SMOKE_ARGS)."""
     def check() -> None:
-        script = ROOT / f"{family}_distillation" / "train.py"
+        from src.config.presets import PRESETS
+
+        script = ROOT / PRESETS[preset].package / "train.py"
         if not script.is_file():
             raise CheckFailed(f"{script.relative_to(ROOT)} missing")
-        output_dir = ROOT / ".smoke" / family
+        output_dir = ROOT / ".smoke" / preset
         shutil.rmtree(output_dir, ignore_errors=True)
         command = [sys.executable, str(script.relative_to(ROOT)), *SMOKE_ARGS,
                    "--output-dir", str(output_dir.relative_to(ROOT))]  # fmt: skip
@@ -137,12 +139,13 @@ def smoke_check(family: str) -> Callable[[], None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the checks a contributor should pass before committing "
-        "(layout, imports, CSV schema, fast tests, CNN and ViT smoke runs).",
+        "(layout, imports, CSV schema, fast tests, a smoke run of every preset).",
     )
     parser.add_argument(
         "--skip-tests", action="store_true", help="skip the fast test suite (pytest -m 'not slow')"
     )
-    parser.add_argument("--skip-smoke", action="store_true", help="skip the 1-epoch CNN and ViT smoke runs")
+    parser.add_argument("--skip-smoke", action="store_true",
+                        help="skip the 1-epoch smoke run of every preset")
     args = parser.parse_args(argv)
 
     checks: list[tuple[str, Callable[[], None]]] = [
@@ -153,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tests:
         checks.append(("tests", check_tests))
     if not args.skip_smoke:
-        checks += [(f"smoke {family}", smoke_check(family)) for family in FAMILIES]
+        from src.config.presets import PRESETS
+
+        checks += [(f"smoke {preset}", smoke_check(preset)) for preset in PRESETS]
 
     failed = 0
     for name, check in checks:

@@ -1,5 +1,6 @@
-"""What both benchmarks share: the families' GPU-sized defaults, building a stage's model and
-objective exactly as the pipeline does, and a line describing the machine.
+"""What the benchmarks share: the presets' shipped configs (loaded by the product's own config
+loader), building a stage's model and objective exactly as the pipeline does, and a line
+describing the machine.
 
 Benchmarks are scripts (``python bench/memory.py``), so this module also makes ``src``
 importable from the repository root.
@@ -15,47 +16,48 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from src.config.loader import config_from_dict, read_yaml
+from src.config.loader import load_config
+from src.config.presets import PRESETS
 from src.config.schema import RunConfig
-from src.config.stage_settings import model_name
+from src.config.stage_settings import model_name, stage_config
 from src.config.stages import STAGES
 from src.distillation.distiller import DistillationObjective
 from src.engine.device import resolve_device as resolve_run_device
 from src.engine.layout import to_training_layout
 from src.engine.objective import CrossEntropyObjective, Objective
 from src.errors import UserError
-from src.runs.stage_models import build_model, is_vit_base
-from src.utils.training_guards import enforce_gradient_checkpointing
+from src.models.checkpointing import require_gradient_checkpointing
+from src.runs.stage_models import build_model
 
 NUM_CLASSES = 10  # CIFAR-10 shapes; the class count barely moves memory or speed
-
-# The default GPU configurations the product promises to fit in 6 GB: ResNets on CIFAR-sized
-# 32x32 images with batch 128, ViTs at 224x224 with an effective batch of 64.
-GPU_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cnn": {
-        "data": {"name": "cifar10", "image_size": 32},
-        "models": {"family": "cnn", "teacher": "resnet50", "assistant": "resnet34", "student": "resnet18"},
-        "train": {"batch_size": 128, "optimizer": "sgd"},
-    },
-    "vit": {
-        "data": {"name": "cifar10", "image_size": 224},
-        "models": {"family": "vit", "teacher": "vit_base", "assistant": "vit_small", "student": "vit_tiny"},
-        "train": {"batch_size": 64, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.05},
-    },
-}
+GPU_CONFIG = "cifar10"  # each preset's GPU configuration: what the product promises to fit in 6 GB
 
 
-def family_config(family: str, config_path: Optional[str] = None, image_size: Optional[int] = None,
+def preset_config(preset: str, config: Optional[str] = None, image_size: Optional[int] = None,
                   batch: Optional[int] = None, optimizer: Optional[str] = None) -> RunConfig:
-    """The family's GPU default (or a YAML config), validated like a real run's, with overrides."""
-    raw = read_yaml(config_path) if config_path else {k: dict(v) for k, v in GPU_DEFAULTS[family].items()}
-    raw.setdefault("models", {})["family"] = family
-    raw.setdefault("runtime", {})["device"] = "auto"
-    for section, key, value in (("data", "image_size", image_size), ("train", "batch_size", batch),
-                                ("train", "optimizer", optimizer)):
-        if value is not None:
-            raw.setdefault(section, {})[key] = value
-    return config_from_dict(raw)
+    """A preset's shipped config (``config``: its name in the preset's configs/, default the GPU
+    one, or a YAML path), loaded and validated like a real run's, with the benchmark's overrides."""
+    path = Path(config) if config and config.endswith((".yaml", ".yml")) else \
+        PRESETS[preset].config_path(config or GPU_CONFIG)
+    overrides = ["runtime.device=auto"] + [f"{key}={value}" for key, value in (
+        ("data.image_size", image_size), ("train.batch_size", batch), ("train.optimizer", optimizer))
+        if value is not None]
+    try:
+        return load_config(path, overrides)
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def add_preset_flag(parser: Any, *, both: bool = False) -> None:
+    """``--preset``: one of the registry's presets (or all of them, when ``both``)."""
+    names = PRESETS.names()
+    parser.add_argument("--preset", choices=[*names, "all"] if both else names,
+                        default="all" if both else names[0],
+                        help="which preset's shipped config to measure" + (" (default: all)" if both else ""))
+
+
+def chosen_presets(choice: str) -> tuple[str, ...]:
+    return PRESETS.names() if choice == "all" else (choice,)
 
 
 @dataclass
@@ -72,12 +74,12 @@ class StageSetup:
 
 def build_stage(cfg: RunConfig, stage: str, device: torch.device) -> StageSetup:
     """Fresh (random-weight) models for ``stage``, on ``device``, set up as the pipeline's stage
-    does (ViT-Base checkpointed, the training layout); memory and speed depend on shapes, not on
-    trained weights."""
+    does (checkpointed when the stage's ``train.grad_checkpointing`` is on, the training layout);
+    memory and speed depend on shapes, not on trained weights."""
     torch.manual_seed(0)
     model = build_model(cfg, stage, NUM_CLASSES, initial=False)
-    if is_vit_base(model_name(cfg, stage)):
-        enforce_gradient_checkpointing(model, "vit_base", verbose=False)  # as train_stage does
+    if stage_config(cfg, stage).train.grad_checkpointing == "on":  # as train_stage does
+        require_gradient_checkpointing(model, model_name(cfg, stage), f"stage_overrides.{stage}")
     model.to(device)
     to_training_layout(model, cfg.train, device)  # as the planner does before it measures
     teacher_stage = STAGES[stage].teacher_stage

@@ -12,13 +12,15 @@ the model's size, normalise) from CIFAR-shaped uint8 images (synthetic: nothing 
   * batched: the product's ``TrainDataset.batches`` on a resident store (src/data).
 
 Both consume the same (epoch, index) plan. The student rates are one optimizer update on batches
-already on the device, through the engine's own UpdateStep (bench/throughput.py's runner): the
-CNN configs' ResNet-18 at 32 px and the ViT configs' ViT-Tiny at 224 px. Modes alternate within
+already on the device, through the engine's own UpdateStep (bench/throughput.py's runner): each
+preset's student at its GPU config's size (cifar10.yaml: the CNN preset's ResNet-18 at 32 px, the
+ViT preset's ViT-Tiny at 224 px). Modes alternate within
 each round and the median round counts. On the CPU a rate is images per CPU second of this process
 (a neighbour's load stretches wall time, not the work); on CUDA it is wall time.
 
-The last line is ``batched/per-sample throughput ratio: X.XX`` at 32 px (target on the CPU: 5 or
-more). On a GPU, the batched path should deliver at least 3x the student's training rate.
+The last line is ``batched/per-sample throughput ratio: X.XX`` at the smallest of those sizes,
+32 px (target on the CPU: 5 or more). On a GPU, the batched path should deliver at least 3x the
+student's training rate.
 
     python bench/data.py                       # CPU: a few minutes on one core
     python bench/data.py --images 512 --rounds 1 --student-batch 8   # smoke run
@@ -36,23 +38,26 @@ import torchvision.transforms.v2.functional as F
 from _common import (
     add_threads_flag,
     build_stage,
-    family_config,
     machine_line,
+    preset_config,
     resolve_device_and_threads,
     synthetic_batch,
 )
 from throughput import alternating_rates, repeated, training_runner
 from torch.utils.data import DataLoader, Dataset
 
+from src.config.presets import PRESETS
+from src.config.schema import RunConfig
+from src.config.stage_settings import model_name
 from src.data.datasets import ImageStore, TrainDataset
 from src.data.registry import DATASETS
 from src.data.sources import ArrayReader, SourcePart
 from src.data.transforms import Augment, ModelInput, crop_padding, resize_square
 from src.engine.sampling import epoch_order
+from src.runs.inputs import stage_image_size
 from src.utils.reproducibility import derive_seed, setup_reproducibility
 
 CIFAR = DATASETS["cifar10"].stats
-STUDENTS = {32: ("cnn", "resnet18"), 224: ("vit", "vit_tiny")}  # each family's student at its size
 
 
 class PerSample7cccdd2(Dataset):
@@ -109,13 +114,17 @@ def data_runners(images: torch.Tensor, targets: list[int], size: int, batch: int
     return {"per-sample": per_sample, "batched": batched}
 
 
-def student_runner(size: int, batch: int, device: torch.device) -> tuple[str, Callable[[], int]]:
-    family, name = STUDENTS[size]
-    cfg = family_config(family, image_size=size, batch=batch)
-    stage = build_stage(cfg, "baseline", device)  # the student architecture, labels only
-    images, labels = synthetic_batch(batch, size, device)
+def student_size(cfg: RunConfig) -> int:
+    return stage_image_size(cfg, "baseline")
+
+
+def student_runner(cfg: RunConfig, device: torch.device) -> tuple[str, Callable[[], int]]:
+    """One training update of ``cfg``'s student architecture (the baseline stage: labels only)."""
+    stage = build_stage(cfg, "baseline", device)
+    batch = cfg.train.batch_size
+    images, labels = synthetic_batch(batch, student_size(cfg), device)
     step = training_runner(stage.model, stage.objective, images, labels, cfg.train, device)
-    return name, repeated(step, 1, batch)
+    return stage.name, repeated(step, 1, batch)
 
 
 def under_determinism(deterministic: bool, run: Callable[[], int]) -> Callable[[], int]:
@@ -158,21 +167,26 @@ def main() -> None:
     print(f"{'size':>5} {'per-sample':>11} {'batched':>9} {'ratio':>6}  {'student':<9} {'trains':>7} "
           f"{'batched/student':>15}")
     ratios = {}
-    for size in (32, 224):
+    configs = sorted((preset_config(preset, batch=student_batch) for preset in PRESETS),
+                     key=student_size)  # each preset's GPU config, smallest student size first
+    for cfg in configs:
+        size = student_size(cfg)
         setup_reproducibility(0, deterministic=False)  # the default: speed
-        name, student = student_runner(size, student_batch, device)
+        name, student = student_runner(cfg, device)
         rates = median_rates({**data_runners(images, targets, size, args.batch, device), name: student},
                              args.rounds, device)
         ratios[size] = rates["batched"] / rates["per-sample"]
         print(f"{size:>5} {rates['per-sample']:>11,.0f} {rates['batched']:>9,.0f} {ratios[size]:>6.2f}  "
               f"{name:<9} {rates[name]:>7,.1f} {rates['batched'] / rates[name]:>15.1f}")
-    modes = {f"{flag}": under_determinism(flag, student_runner(32, student_batch, device)[1])
+    smallest = configs[0]
+    modes = {f"{flag}": under_determinism(flag, student_runner(smallest, device)[1])
              for flag in (False, True)}
     cost = median_rates(modes, args.rounds, device)
     setup_reproducibility(0, deterministic=False)
-    print(f"student deterministic/fast training ratio ({STUDENTS[32][1]}, 32 px): "
+    print(f"student deterministic/fast training ratio ({model_name(smallest, 'baseline')}, "
+          f"{student_size(smallest)} px): "
           f"{cost['True'] / cost['False']:.2f}")
-    print(f"batched/per-sample throughput ratio: {ratios[32]:.2f}")
+    print(f"batched/per-sample throughput ratio: {ratios[student_size(smallest)]:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ tqdm and matplotlib: no virtual environment, no network. In order it
 
 1. writes synthetic CIFAR-10 (32x32 images whose colour depends on the class, so training has
    something to learn) in torchvision's exact on-disk files, into a temporary folder;
-2. runs every stage of both families' GPU configs through the real command line
-   (``cnn_distillation/train.py`` with configs/cifar10.yaml at 32 px, ``vit_distillation/train.py``
-   with configs/cifar10.yaml at 224 px and ``models.pretrained=false``, since nothing can be
-   downloaded), 2 epochs of about 100 updates each at the configured effective batch, with
-   ``--vram-budget 6`` and the configs' AMP setting (auto);
+2. runs every stage of every preset's GPU config through the real command line (the preset's
+   entry script with its configs/cifar10.yaml: ``cnn_distillation/train.py`` at 32 px,
+   ``vit_distillation/train.py`` at 224 px; a pretrained teacher is trained from scratch with
+   ``models.pretrained=false``, since nothing can be downloaded), 2 epochs of about 100 updates
+   each at the configured effective batch, with ``--vram-budget 6`` and the configs' AMP setting;
 3. runs ``pytest -m gpu``;
-4. runs the benchmarks: bench/data.py, bench/throughput.py (kd/ideal, both
-   families) and bench/overhead.py (engine/bare).
+4. runs the benchmarks: bench/data.py, bench/throughput.py (kd/ideal, every preset at its GPU
+   config's size and batch) and bench/overhead.py (engine/bare).
 
 For every stage it prints micro-batch x accumulation steps, whether gradient checkpointing is
 on, peak allocated and reserved memory against 5.5 GiB, and images/s; then every target with
@@ -49,20 +49,34 @@ GIB_MIB = 1024.0
 LIMIT_MIB = 5.5 * GIB_MIB  # the target: every stage's peak allocated memory under a 6 GiB cap
 TIME_LIMIT_S = 8 * 60
 
-# Each family's GPU config, run as a user would (the ViT teacher cannot be downloaded here).
-FAMILIES: dict[str, dict[str, Any]] = {
-    "cnn": {"script": "cnn_distillation/train.py", "config": "cnn_distillation/configs/cifar10.yaml",
-            "sets": []},
-    "vit": {"script": "vit_distillation/train.py", "config": "vit_distillation/configs/cifar10.yaml",
-            "sets": ["models.pretrained=false", "runtime.attention_every=2"]},
-}
-# --cpu-smoke: the same commands with tiny models and images, to test the orchestration.
-SMOKE_SETS = {
-    "cnn": ["models.teacher=resnet18", "models.assistant=resnet18", "data.image_size=8",
-            "train.batch_size=16", "train.warmup_epochs=0", "train.num_workers=0", "train.log_interval=1"],
-    "vit": ["models.teacher=vit_tiny", "models.assistant=vit_tiny", "data.image_size=16",
-            "train.batch_size=16", "train.warmup_epochs=0", "train.num_workers=0", "train.log_interval=1"],
-}
+GPU_CONFIG = "cifar10"  # each preset's GPU config, run as a user would
+# nothing can be downloaded here: a pretrained teacher trains from scratch; attention maps (of the
+# models that have them) every 2 epochs, so the 2-epoch run makes them
+RUN_SETS = ["models.pretrained=false", "runtime.attention_every=2"]
+# --cpu-smoke: the same commands with tiny models and images, to test the orchestration
+SMOKE_SETS = ["data.image_size=16", "train.batch_size=16", "train.warmup_epochs=0", "train.num_workers=0",
+              "train.log_interval=1"]
+
+
+def preset_names() -> tuple[str, ...]:
+    from src.config.presets import PRESETS
+
+    return PRESETS.names()
+
+
+def preset_run(preset: str, cpu_smoke: bool) -> tuple[str, Path, list[str]]:
+    """(entry script, config file, --set overrides) of a preset's GPU run; the CPU smoke run
+    trains every role with the preset's student architecture at 16 px."""
+    from src.config.loader import load_config
+    from src.config.presets import PRESETS
+
+    spec = PRESETS[preset]
+    config = spec.config_path(GPU_CONFIG)
+    sets = list(RUN_SETS)
+    if cpu_smoke:
+        student = load_config(config).models.student
+        sets += [f"models.teacher={student}", f"models.assistant={student}", *SMOKE_SETS]
+    return f"{spec.package}/train.py", config, sets
 
 SITECUSTOMIZE = '''"""Written by bench/gpu_check.py for the training commands it starts:
 torchvision checks the CIFAR-10 files against the official download's md5 on every load; point
@@ -83,7 +97,7 @@ if os.environ.get("KD_GPU_CHECK_CIFAR"):
 class StageRow:
     """One trained stage, from its result.json and metrics.jsonl."""
 
-    family: str
+    preset: str
     stage: str
     model: Optional[str] = None
     completed: bool = False
@@ -160,9 +174,9 @@ def synthetic_cifar10(root: Path, train_images: int, test_images: int, seed: int
 # ----------------------------------------------------------------------------- reading results
 
 
-def read_stage(run_dir: Path, family: str, stage: str, configured_effective: Optional[int]) -> StageRow:
+def read_stage(run_dir: Path, preset: str, stage: str, configured_effective: Optional[int]) -> StageRow:
     """The stage's figures; a stage without result.json did not complete."""
-    row = StageRow(family, stage, configured_effective_batch=configured_effective)
+    row = StageRow(preset, stage, configured_effective_batch=configured_effective)
     result_path = run_dir / stage / "result.json"
     if not result_path.is_file():
         return row
@@ -207,7 +221,7 @@ def stage_checks(rows: Sequence[StageRow], memory_measured: bool) -> list[Check]
     """Every stage completed, stayed under 5.5 GiB allocated, and kept its effective batch."""
     checks = []
     for row in rows:
-        label = f"{row.family} {row.stage}"
+        label = f"{row.preset} {row.stage}"
         checks.append(Check(f"{label} completes", "result.json written",
                             f"{row.model} done" if row.completed else "no result.json", row.completed))
         if not row.completed:
@@ -287,7 +301,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def run_families(args: argparse.Namespace, work: Path, logs: Path, report: Report) -> None:
+def run_presets(args: argparse.Namespace, work: Path, logs: Path, report: Report) -> None:
     from src.config.loader import load_config
 
     checksums = synthetic_cifar10(work / "data", args.train_images, args.test_images)
@@ -297,21 +311,20 @@ def run_families(args: argparse.Namespace, work: Path, logs: Path, report: Repor
     (shim / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
     env = {**os.environ, "KD_GPU_CHECK_CIFAR": str(work / "cifar_checksums.json"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), str(REPO), os.environ.get("PYTHONPATH")]))}
-    for family in args.families:
-        spec = FAMILIES[family]
-        sets = [*spec["sets"], *(SMOKE_SETS[family] if args.cpu_smoke else [])]
-        run_dir = work / "runs" / family
-        cfg = load_config(REPO / spec["config"], sets)  # what the training command will read
+    for preset in args.presets:
+        script, config, sets = preset_run(preset, args.cpu_smoke)
+        run_dir = work / "runs" / preset
+        cfg = load_config(config, sets)  # what the training command will read
         stages = args.stages or list(cfg.stages)
-        command = [sys.executable, spec["script"], "--config", spec["config"], "--dataset", "cifar10",
+        command = [sys.executable, script, "--config", str(config), "--dataset", "cifar10",
                    "--data-dir", str(work / "data"), "--output-dir", str(run_dir),
                    "--epochs", str(args.epochs), "--vram-budget", str(args.vram_budget),
                    "--device", "cpu" if args.cpu_smoke else "cuda", "--resume", "never",
                    "--stages", ",".join(stages), "--set", "train.progress=plain",
                    *[arg for item in sets for arg in ("--set", item)]]
-        part, _ = run_part(f"{family} pipeline", command, logs, args.timeout, env)
+        part, _ = run_part(f"{preset} pipeline", command, logs, args.timeout, env)
         report.parts.append(part)
-        report.stages += [read_stage(run_dir, family, stage, configured_effective_batch(cfg, stage))
+        report.stages += [read_stage(run_dir, preset, stage, configured_effective_batch(cfg, stage))
                           for stage in stages]
 
 
@@ -322,17 +335,25 @@ def run_pytest(args: argparse.Namespace, logs: Path, report: Report) -> None:
     report.checks.append(Check("pytest -m gpu", "all pass", part.last_line, part.returncode == 0))
 
 
+def kd_ideal_command(python: str, preset: str) -> list[str]:
+    """bench/throughput.py on a preset's GPU config: its image size and batch, every KD stage; fewer
+    timed updates for large images (a 224 px step takes ~10x a 32 px one)."""
+    from src.config.loader import load_config
+    from src.config.presets import PRESETS
+
+    cfg = load_config(PRESETS[preset].config_path(GPU_CONFIG))
+    size = cfg.data.image_size
+    return [python, "bench/throughput.py", "--device", "cuda", "--preset", preset, "--image-size", str(size),
+            "--batch", str(cfg.train.batch_size), "--stages", "teacher,assistant,student",
+            "--steps", "20" if size <= 64 else "10", "--rounds", "5"]
+
+
 def benchmark_commands(python: str) -> list[tuple[str, list[str], str, Optional[float]]]:
     """(name, command, headline label, target) of each benchmark."""
-    stages = "teacher,assistant,student"
     return [
         ("data", [python, "bench/data.py"], "batched/per-sample throughput ratio", None),
-        ("kd-ideal cnn", [python, "bench/throughput.py", "--device", "cuda", "--family", "cnn",
-                          "--image-size", "32", "--batch", "128", "--stages", stages, "--steps", "20",
-                          "--rounds", "5"], "kd/ideal throughput ratio", 0.95),
-        ("kd-ideal vit", [python, "bench/throughput.py", "--device", "cuda", "--family", "vit",
-                          "--image-size", "224", "--batch", "64", "--stages", stages, "--steps", "10",
-                          "--rounds", "5"], "kd/ideal throughput ratio", 0.95),
+        *((f"kd-ideal {preset}", kd_ideal_command(python, preset), "kd/ideal throughput ratio", 0.95)
+          for preset in preset_names()),
         ("engine-bare", [python, "bench/overhead.py", "--device", "cuda", "--steps", "200",
                          "--batch-size", "128"], "engine/bare throughput ratio", 0.97),
     ]
@@ -363,7 +384,7 @@ def _mib(value: Optional[float]) -> str:
 
 def stage_table(rows: Sequence[StageRow]) -> list[str]:
     """Markdown table lines: one row per stage."""
-    lines = ["| family | stage | model | micro x accum | checkpointing | peak allocated MiB | "
+    lines = ["| preset | stage | model | micro x accum | checkpointing | peak allocated MiB | "
              "peak reserved MiB | limit MiB | images/s | test acc |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -373,7 +394,7 @@ def stage_table(rows: Sequence[StageRow]) -> list[str]:
         gc_on = "-" if row.checkpointing is None else ("on" if row.checkpointing else "off")
         rate = "-" if row.images_per_s is None else f"{row.images_per_s:.0f}"
         acc = "-" if row.test_accuracy is None else f"{row.test_accuracy:.3f}"
-        lines.append(f"| {row.family} | {row.stage} | {row.model or 'FAILED'} | {split} | {gc_on} | "
+        lines.append(f"| {row.preset} | {row.stage} | {row.model or 'FAILED'} | {split} | {gc_on} | "
                      f"{_mib(row.peak_allocated_mib)} | {_mib(row.peak_reserved_mib)} | {LIMIT_MIB:.0f} | "
                      f"{rate} | {acc} |")
     return lines
@@ -412,8 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu-check",
                         help="where report.json, report.md and the logs go (default runs/gpu-check)")
-    parser.add_argument("--families", type=lambda s: [f for f in s.split(",") if f], default=["cnn", "vit"],
-                        help="comma list of cnn,vit (default both)")
+    parser.add_argument("--presets", type=lambda s: [f for f in s.split(",") if f], default=None,
+                        help="comma list of presets (default: every one)")
     parser.add_argument("--skip", type=lambda s: {p for p in s.split(",") if p}, default=set(),
                         help="parts to leave out: pytest, benchmarks")
     parser.add_argument("--stages", type=lambda s: [x for x in s.split(",") if x], default=None,
@@ -433,11 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    unknown = [f for f in args.families if f not in FAMILIES] + [p for p in args.skip
-                                                                 if p not in ("pytest", "benchmarks")]
+    presets = preset_names()
+    args.presets = args.presets or list(presets)
+    unknown = [f for f in args.presets if f not in presets] + [p for p in args.skip
+                                                               if p not in ("pytest", "benchmarks")]
     if unknown:
-        print(f"error: unknown family or part {unknown}; families: cnn,vit; parts: pytest,benchmarks",
-              file=sys.stderr)
+        print(f"error: unknown preset or part {unknown}; presets: {','.join(presets)}; "
+              "parts: pytest,benchmarks", file=sys.stderr)
         return 2
     if not args.cpu_smoke and not cuda_available():
         print("gpu-check: no CUDA GPU is visible to this python3; run it on a machine with an NVIDIA GPU "
@@ -452,7 +475,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work_dir = tempfile.mkdtemp(prefix="gpu-check-", dir=out if args.keep else None)
     work = Path(work_dir)
     try:
-        run_families(args, work, logs, report)
+        run_presets(args, work, logs, report)
     finally:
         if not args.keep:
             import shutil

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Does every stage fit a 6 GB card? Memory per stage of both families' default GPU configs.
+"""Does every stage fit a 6 GB card? Memory per stage of every preset's shipped GPU config
+(cifar10.yaml, loaded by the product's config loader).
 
 On CUDA (``--device cuda``) it measures, for every stage (KD stages with their frozen teacher),
 the peak allocated and reserved memory of real training steps (the engine's UpdateStep: forward
@@ -18,7 +19,7 @@ Without a GPU it prints what the CPU can measure, so the arithmetic can be check
     teacher's transient activations and allocator rounding, and AMP (which roughly halves
     activations): only the GPU run gives the real figure.
 
-    python bench/memory.py                                  # CPU, both families (~1 min idle)
+    python bench/memory.py                                  # CPU, every preset (~1 min idle)
     python bench/memory.py --device cuda --budget-gb 6      # the real GPU table
 """
 from __future__ import annotations
@@ -32,14 +33,17 @@ from typing import Any
 import pandas as pd
 import torch
 from _common import (  # puts src on the path
+    add_preset_flag,
     add_threads_flag,
     build_stage,
-    family_config,
+    chosen_presets,
     machine_line,
+    preset_config,
     resolve_device_and_threads,
     synthetic_batch,
 )
 
+from src.config.stage_settings import stage_config
 from src.engine.device_memory import DeviceMemory
 from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
@@ -48,7 +52,6 @@ from src.memory.cleanup import storage_bytes
 from src.memory.planner import choose_plan, plan_stage, set_checkpointing
 from src.memory.probe import probe_peaks
 from src.memory.search import GIB
-from src.runs.stage_models import is_vit_base
 from src.utils.training_guards import saved_activation_bytes
 
 MIB = 1 << 20
@@ -89,10 +92,15 @@ def split_of(plan: Any) -> str:
     return f"{plan.micro_batch}x{plan.accumulation_steps}{' ckpt' if plan.gradient_checkpointing else ''}"
 
 
-def estimated_split(name: str, batch: int, fixed: int, saved: dict[bool, tuple[float, float]],
+def checkpointing_forced(cfg: Any, stage: str) -> bool:
+    """The stage's ``train.grad_checkpointing`` is on (the ViT preset's teacher): what the planner keeps."""
+    return stage_config(cfg, stage).train.grad_checkpointing == "on"
+
+
+def estimated_split(forced: bool, batch: int, fixed: int, saved: dict[bool, tuple[float, float]],
                     budget: int) -> str:
     """The planner's own decision logic, fed the fp32 estimate instead of a GPU measurement."""
-    gc_state = {"on": is_vit_base(name)}
+    gc_state = {"on": forced}
 
     def estimate(micro: int) -> int:
         per_img, const = saved[gc_state["on"]]
@@ -108,8 +116,8 @@ def estimated_split(name: str, batch: int, fixed: int, saved: dict[bool, tuple[f
         return "does not fit"
 
 
-def cpu_rows(family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    cfg = family_config(family, args.config, args.image_size, args.batch, args.optimizer)
+def cpu_rows(preset: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    cfg = preset_config(preset, args.config, args.image_size, args.batch, args.optimizer)
     size, batch = cfg.data.image_size, cfg.train.batch_size * cfg.train.accumulation_steps
     per_model: dict[str, dict[bool, tuple[float, float]]] = {}
     rows = []
@@ -119,7 +127,7 @@ def cpu_rows(family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             start = time.perf_counter()
             per_model[setup.name] = {}
             for gc_on in (False, True):
-                set_checkpointing(setup.model, gc_on, setup.name)
+                set_checkpointing(setup.model, gc_on)
                 per_model[setup.name][gc_on] = saved_per_image(setup.model, size, args.probe_batches)
             print(f"  measured {setup.name} at {size}px in {time.perf_counter() - start:.1f} s", flush=True)
         saved = per_model[setup.name]
@@ -130,44 +138,44 @@ def cpu_rows(family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                                                                  *setup.teacher.buffers()])
         fixed = weights + grads + state + teacher
         rows.append({
-            "family": family, "stage": stage, "model": setup.name, "teacher": setup.teacher_name or "-",
+            "preset": preset, "stage": stage, "model": setup.name, "teacher": setup.teacher_name or "-",
             "px": size, "batch": batch, "optimizer": cfg.train.optimizer,
             "weights+buf MiB": weights / MIB, "grads MiB": grads / MIB, "optim state MiB": state / MIB,
             "teacher MiB": teacher / MIB, "fixed MiB": fixed / MIB,
             "saved/img MiB": saved[False][0] / MIB, "saved/img ckpt MiB": saved[True][0] / MIB,
             "est. fp32 peak GiB": (fixed + saved[False][1] + batch * saved[False][0]) / GIB,
             "est. fp32 peak ckpt GiB": (fixed + saved[True][1] + batch * saved[True][0]) / GIB,
-            f"est. split <= {args.budget_gb:g} GiB": estimated_split(setup.name, batch, fixed, saved,
-                                                                     int(args.budget_gb * GIB)),
+            f"est. split <= {args.budget_gb:g} GiB": estimated_split(checkpointing_forced(cfg, stage), batch,
+                                                                     fixed, saved, int(args.budget_gb * GIB)),
         })
     return rows
 
 
-def gpu_rows(family: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    cfg = family_config(family, args.config, args.image_size, args.batch, args.optimizer)
+def gpu_rows(preset: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    cfg = preset_config(preset, args.config, args.image_size, args.batch, args.optimizer)
     batch = cfg.train.batch_size * cfg.train.accumulation_steps
     rows = []
     for stage in cfg.stages:
         setup = build_stage(cfg, stage, device)
-        row: dict[str, Any] = {"family": family, "stage": stage, "model": setup.name,
+        row: dict[str, Any] = {"preset": preset, "stage": stage, "model": setup.name,
                                "teacher": setup.teacher_name or "-", "px": cfg.data.image_size,
                                "batch": batch}
         images, labels = synthetic_batch(batch, cfg.data.image_size, torch.device("cpu"))
         for amp in ("off", "auto"):
             run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp))
             for gc_on in (False, True):
-                set_checkpointing(setup.model, gc_on, setup.name)
+                set_checkpointing(setup.model, gc_on)
                 peaks = probe_peaks(setup.model, setup.objective, images, labels, batch, 1,
                                     run_cfg.train, device)
                 alloc, reserved = peaks if peaks is not None else (None, None)
                 tag = f"{'amp' if amp == 'auto' else 'fp32'}{' ckpt' if gc_on else ''}"
                 row[f"{tag} alloc GiB"] = "oom" if alloc is None else round(alloc / GIB, 2)
                 row[f"{tag} reserved GiB"] = "oom" if reserved is None else round(reserved / GIB, 2)
-        set_checkpointing(setup.model, is_vit_base(setup.name), setup.name)  # as the pipeline hands it over
+        set_checkpointing(setup.model, checkpointing_forced(cfg, stage))  # as the pipeline hands it over
         sample = synthetic_batch(min(8, batch), cfg.data.image_size, torch.device("cpu"))
         try:
-            plan = plan_stage(setup.model, setup.objective, sample, cfg.train, device, args.budget_gb,
-                              model_name=setup.name)
+            plan = plan_stage(setup.model, setup.objective, sample, stage_config(cfg, stage).train, device,
+                              args.budget_gb, model_name=setup.name)
             row["planner split"] = split_of(plan)
             row["planner peak GiB"] = round(plan.peak_bytes / GIB, 2)
         except UserError as exc:
@@ -183,27 +191,28 @@ def gpu_rows(family: str, args: argparse.Namespace, device: torch.device) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=["cnn", "vit", "both"], default="both")
+    add_preset_flag(parser, both=True)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--budget-gb", type=float, default=6.0, help="VRAM budget in GiB (default 6)")
-    parser.add_argument("--config", help="a run YAML instead of the family's GPU default (one family only)")
-    parser.add_argument("--image-size", type=int, help="override the image size (default: 32 cnn, 224 vit)")
-    parser.add_argument("--batch", type=int, help="override the effective batch (default: 128 cnn, 64 vit)")
+    parser.add_argument("--config", help="a config of the preset by name (e.g. digits) or a run YAML, "
+                        "instead of its GPU config (one preset only)")
+    parser.add_argument("--image-size", type=int, help="override the image size (default: the config's)")
+    parser.add_argument("--batch", type=int, help="override the effective batch (default: the config's)")
     parser.add_argument("--optimizer", choices=["sgd", "adamw"],
-                        help="override the optimizer (default: sgd cnn, adamw vit)")
+                        help="override the optimizer (default: the config's)")
     parser.add_argument("--probe-batches", type=int, nargs=2, default=(1, 2), metavar=("B1", "B2"),
                         help="CPU: the two batch sizes whose difference gives the per-image bytes")
     add_threads_flag(parser)
     args = parser.parse_args()
-    families = ["cnn", "vit"] if args.family == "both" else [args.family]
-    if args.config and len(families) > 1:
-        parser.error("--config needs --family cnn or --family vit")
+    presets = chosen_presets(args.preset)
+    if args.config and len(presets) > 1:
+        parser.error("--config needs one --preset")
     device = resolve_device_and_threads(args.device, args.threads)
     print(machine_line(device), flush=True)
     start = time.perf_counter()
     rows = []
-    for family in families:
-        rows += gpu_rows(family, args, device) if device.type == "cuda" else cpu_rows(family, args)
+    for preset in presets:
+        rows += gpu_rows(preset, args, device) if device.type == "cuda" else cpu_rows(preset, args)
     with pd.option_context("display.width", 250, "display.max_columns", None,
                            "display.float_format", "{:.2f}".format):
         print(pd.DataFrame(rows).to_string(index=False))

@@ -15,9 +15,12 @@ median round counts, so a neighbour's load spike hits every mode alike. The last
 worst KD stage's ``kd/ideal throughput ratio`` (target: 0.95 or better). Data loading is left
 out on purpose (batches are already on the device): it is the same for both sides of the ratio.
 
+The models and training settings are a preset's shipped GPU config (cifar10.yaml, loaded by the
+product's config loader); ``--image-size`` and ``--batch`` replace its size and batch.
+
     python bench/throughput.py          # CPU default: resnet50 teacher, resnet18 <- resnet34 KD, ~1 min
     python bench/throughput.py --device cuda --image-size 32 --batch 128 --stages teacher,assistant,student
-    python bench/throughput.py --device cuda --family vit --image-size 224 --batch 64 \
+    python bench/throughput.py --device cuda --preset vit --image-size 224 --batch 64 \
         --stages teacher,assistant,student
 """
 from __future__ import annotations
@@ -34,10 +37,11 @@ import torch
 from _common import (  # puts src on the path
     NUM_CLASSES,
     StageSetup,
+    add_preset_flag,
     add_threads_flag,
     build_stage,
-    family_config,
     machine_line,
+    preset_config,
     resolve_device_and_threads,
     synthetic_batch,
 )
@@ -147,7 +151,7 @@ def build_runners(cfg, stages: list[str], batch: int, device: torch.device) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=["cnn", "vit"], default="cnn")
+    add_preset_flag(parser)
     parser.add_argument("--stages", default="teacher,student",
                         help=f"comma list of {', '.join(STAGE_NAMES)} (default: teacher,student)")
     parser.add_argument("--image-size", type=int, default=32, help="default 32 (CIFAR-sized)")
@@ -164,11 +168,11 @@ def main() -> None:
     if unknown or not stages:
         parser.error(f"unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)}")
     device = resolve_device_and_threads(args.device, args.threads)
-    cfg = family_config(args.family, image_size=args.image_size, batch=args.batch)
+    cfg = preset_config(args.preset, image_size=args.image_size, batch=args.batch)
     cfg.train.amp = args.amp
     print(machine_line(device), flush=True)
     unit = "images/s" if device.type == "cuda" else "images per CPU-second (process CPU time)"
-    print(f"family {args.family}, {args.image_size}px, batch {args.batch}, amp {args.amp}, "
+    print(f"preset {args.preset}, {args.image_size}px, batch {args.batch}, amp {args.amp}, "
           f"{args.rounds} rounds x {args.steps} update(s) per mode; rates in {unit}", flush=True)
 
     runners = build_runners(cfg, stages, args.batch, device)

@@ -9,13 +9,18 @@ import pytest
 import torch
 
 from src.models.factory import create_model
-from src.visualization.attention import _last_block_attention, save_attention_maps, should_visualize
+from src.visualization.attention import (
+    _last_block_attention,
+    has_vit_attention,
+    save_attention_maps,
+    should_visualize,
+)
 
 
 @pytest.fixture(scope="module")
 def vit() -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model("vit", "vit_tiny", num_classes=10, image_size=16)  # patch 2: 8x8 grid, 3 heads
+    return create_model("vit_tiny", num_classes=10, image_size=16)  # patch 2: 8x8 grid, 3 heads
 
 
 def _images() -> torch.Tensor:
@@ -75,9 +80,19 @@ def test_writes_png_and_leaves_the_model_as_found(vit, tmp_path) -> None:
 def test_rejects_bad_heads_and_non_vit_models(vit, tmp_path) -> None:
     with pytest.raises(ValueError, match="heads"):
         save_attention_maps(vit, _images(), tmp_path, epoch=1, heads=(3,))
-    resnet = create_model("cnn", "resnet18", num_classes=10, image_size=16)
-    with pytest.raises(TypeError, match="VisionTransformer"):
+    resnet = create_model("resnet18", num_classes=10, image_size=16)
+    with pytest.raises(TypeError, match="ViT-style attention blocks, got ResNet"):
         save_attention_maps(resnet, _images(), tmp_path, epoch=1)
+
+
+@pytest.mark.parametrize(("name", "has_maps"), [("vit_tiny", True), ("deit_tiny_patch16_224", True),
+                                                ("convnext_atto", False), ("resnet18", False)])
+def test_maps_are_for_any_model_with_vit_attention_blocks_whatever_its_name(name: str, has_maps: bool,
+                                                                          tmp_path) -> None:
+    model = create_model(name, num_classes=10, image_size=16)
+    assert has_vit_attention(model) is has_maps
+    if has_maps:
+        assert save_attention_maps(model, _images(), tmp_path, epoch=2)[0].is_file()
 
 
 @pytest.mark.slow
@@ -110,6 +125,6 @@ def test_works_with_gradient_checkpointing_on(vit, tmp_path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_model_with_cpu_images(tmp_path) -> None:
-    model = create_model("vit", "vit_tiny", num_classes=10, image_size=16).cuda()
+    model = create_model("vit_tiny", num_classes=10, image_size=16).cuda()
     assert save_attention_maps(model, _images(), tmp_path, epoch=10)[0].is_file()
     assert _all_hooks(model) == 0

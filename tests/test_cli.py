@@ -9,15 +9,15 @@ import torch
 
 from src.cli import train as cli
 from src.cli.train import build_parser, default_config_path, load_run_config, main
-from src.config.loader import load_config
+from src.config.loader import dump_config, load_config
 from src.errors import IncompatibleResumeError, TrainingInterrupted, UserError
 from src.pipeline.runner import resolve_device, resume_target
 from src.runs.rundir import RunDirectory, check_stage_plan, prepare_run_directory
 from src.utils.training_guards import NonFiniteLossError
 
 
-def parse(family: str, *argv: str):  # noqa: ANN201 - argparse.Namespace
-    return build_parser(family).parse_args(list(argv))
+def parse(preset: str, *argv: str):  # noqa: ANN201 - argparse.Namespace
+    return build_parser(preset).parse_args(list(argv))
 
 
 def test_flags_override_yaml_and_set_overrides_flags() -> None:
@@ -36,10 +36,25 @@ def test_dataset_flag_picks_that_dataset_config() -> None:
     assert default_config_path("cnn", "imagefolder").name == "cifar10.yaml"  # photos: the GPU-sized one
 
 
-def test_config_of_the_other_family_is_refused() -> None:
-    other = default_config_path("vit", None)
-    with pytest.raises(UserError, match="is for the VIT family; use vit_distillation/train.py"):
-        load_run_config("cnn", parse("cnn", "--config", str(other)))
+def test_any_config_runs_under_any_entry_script() -> None:
+    vit = default_config_path("vit", None)
+    cfg = load_run_config("cnn", parse("cnn", "--config", str(vit)))
+    models = (cfg.models.teacher, cfg.models.assistant, cfg.models.student)
+    assert models == ("vit_base", "vit_small", "vit_tiny")
+    assert cfg == load_config(vit)  # the entry script only picks the default config
+
+
+def test_an_old_config_with_the_retired_family_key_loads_with_a_note(tmp_path: Path) -> None:
+    vit = default_config_path("vit", None)
+    old = tmp_path / "old.yaml"
+    old.write_text(vit.read_text(encoding="utf-8").replace("models:\n", "models:\n  family: vit\n"),
+                   encoding="utf-8")
+    notes: list[str] = []
+    cfg = load_run_config("cnn", parse("cnn", "--config", str(old), "--set", "models.family=cnn"), notes)
+    assert cfg == load_config(vit)
+    assert notes == [f"{old}: config key 'models.family' ('cnn') is retired and ignored: any timm model "
+                     "fits any role; the entry script only picks the default config"]
+    assert "family" not in dump_config(cfg)  # never written into a new config.yaml
 
 
 def test_user_errors_print_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,7 +157,7 @@ def test_resume_never_keeps_user_data(tmp_path: Path) -> None:
 )
 def test_exit_codes_of_the_contract(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                     raised: BaseException, code: int, line: str) -> None:
-    def stopped(family: str, argv: object) -> None:
+    def stopped(preset: str, argv: object) -> None:
         raise raised
 
     monkeypatch.setattr(cli, "run", stopped)  # the pipeline's own signals are tested in test_trainer

@@ -24,15 +24,23 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-def test_a_model_typo_can_be_corrected_in_the_same_output_dir(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_model_typo_is_refused_before_anything_is_written(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     assert main("cnn", [*QUICK, "--output-dir", str(out), "--set", "models.teacher=resnet999"]) == 2
-    assert "unknown model 'resnet999'" in _error_line(capsys)
+    assert "error: config key 'models.teacher': unknown model 'resnet999'" in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_a_model_that_cannot_take_the_images_can_be_corrected_in_the_same_output_dir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main("cnn", [*QUICK, "--output-dir", str(out), "--set", "models.teacher=mixer_s16_224"]) == 2
+    assert "model mixer_s16_224 does not run on 8x8 images" in _error_line(capsys)
     # nothing was trained: the corrected command must be accepted, not refused as a breaking change
     fixed = load_run_config("cnn", build_parser("cnn").parse_args([*QUICK, "--output-dir", str(out)]))
     notes = prepare_run_directory(RunDirectory(out), fixed, "auto", write=False)
-    assert notes == ["models.teacher: 'resnet999' -> 'resnet50'"]
+    assert notes == ["models.teacher: 'mixer_s16_224' -> 'resnet50'"]
 
 
 def test_architecture_change_breaks_only_once_a_stage_has_started() -> None:

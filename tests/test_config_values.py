@@ -45,7 +45,7 @@ QUICK = ["--subset", "20", "--epochs", "1", "--image-size", "8", "--device", "cp
                                          "(use --set train.mode=max)"),
         (["train.mode=max"], "'train.mode': 'max' would keep the worst epoch of val_loss"),
         ([f"runtime.seed={2**70}"], "'runtime.seed': must be at most 9223372036854775807"),
-        (["models.family=vit", "models.teacher=vit_base", "models.assistant=vit_small",
+        (["models.teacher=vit_base", "models.assistant=vit_small",
           "models.student=vit_tiny", "models.patch_size=4", "data.image_size=10"],
          "ViT patch size 4 does not divide the image size 10: use an image size that is a multiple of it "
          "(e.g. --image-size 12), or --set models.patch_size=null"),
@@ -64,12 +64,12 @@ def test_legal_edge_values_still_load() -> None:
     assert (cfg.train.grad_clip, cfg.train.checkpoint_every_steps, cfg.train.keep_checkpoints) == (0.5, 1, 0)
 
 
-@pytest.mark.parametrize("family", ["cnn", "vit"])
+@pytest.mark.parametrize("preset", ["cnn", "vit"])
 def test_an_infinite_flag_value_is_refused_before_anything_is_written(
-        family: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        preset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    extra = ["--image-size", "10"] if family == "vit" else ["--lr", "1e309"]  # the ViT digits patch is 4
-    assert main(family, [*QUICK, *extra, "--output-dir", str(out)]) == 2
+    extra = ["--image-size", "10"] if preset == "vit" else ["--lr", "1e309"]  # the ViT digits patch is 4
+    assert main(preset, [*QUICK, *extra, "--output-dir", str(out)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert not out.exists()

@@ -99,15 +99,15 @@ def precision_scenario(make_fake_cuda: MakeFake, monkeypatch: pytest.MonkeyPatch
 
 
 def plan_on_fake(fake: FakeCuda, monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, image_size: int,
-                 budget_gb: float, memory: StepMemory,
-                 dist: DistributedContext | None = None) -> tuple[Any, type[SimulatedStep]]:
+                 budget_gb: float, memory: StepMemory, dist: DistributedContext | None = None,
+                 checkpointing: str = "auto") -> tuple[Any, type[SimulatedStep]]:
     """plan_stage for ``model`` (effective batch 64) on the fake card, the probe's step booking ``memory``."""
     step = SimulatedStep.using(fake, memory)
     monkeypatch.setattr(probe_module, "UpdateStep", step)
     device = resolve_device("cuda")
     fake.allocator().hold(param_bytes(model), model)  # the weights are on the card
     sample = (torch.randn(2, 3, image_size, image_size), torch.tensor([0, 1]))
-    cfg = TrainConfig(batch_size=32, accumulation_steps=2)
+    cfg = TrainConfig(batch_size=32, accumulation_steps=2, grad_checkpointing=checkpointing)
     plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, device, budget_gb,
                       model_name=type(model).__name__, dist=dist)
     return plan, step
@@ -242,8 +242,9 @@ def deploy_scenario(fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch) -> dic
     models = {"teacher": BookedForward(fake_cuda, 40 * MIB), "student": BookedForward(fake_cuda, 10 * MIB)}
     at_empty_cache: list[int] = []
     fake_cuda.on_empty_cache.append(lambda: at_empty_cache.append(fake_cuda.allocator().allocated.current))
-    batch = benchmark_module.fitting_batch(models, 8, cuda, 64)
-    speeds = benchmark_module.time_models(models, 8, cuda, batch=batch, budget_s=0.01)
+    sizes = dict.fromkeys(models, 8)
+    batch = benchmark_module.fitting_batch(models, sizes, cuda, 64)
+    speeds = benchmark_module.time_models(models, sizes, cuda, batch=batch, budget_s=0.01)
     return {"batch": batch, "speeds": speeds, "device": describe_device(cuda),
             "at_empty_cache": at_empty_cache, "synchronized": fake_cuda.calls.count("_cuda_synchronize")}
 
@@ -335,6 +336,26 @@ def test_planner_turns_checkpointing_on_for_a_vit_when_only_a_tiny_micro_batch_f
     assert plan.gradient_checkpointing and model.grad_checkpointing
     assert (plan.micro_batch, plan.accumulation_steps) == (64, 1) and plan.tried_without_checkpointing
     assert step.seen and all(seen == (False, False) for seen in step.seen)  # one conv: stays as it is
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("make_model", "setting", "why"), [
+    (lambda: timm.create_model("dla46_c", num_classes=3), "auto",  # timm: checkpointing "not supported"
+     "the model cannot use gradient checkpointing"),
+    (small_vit, "off", "train.grad_checkpointing is off (auto lets the planner try it)"),
+])
+def test_a_stage_that_does_not_fit_without_checkpointing_says_why_it_was_not_tried(
+        fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch, make_model: Callable[[], torch.nn.Module],
+        setting: str, why: str) -> None:
+    model = make_model()
+    memory = StepMemory(8 * GIB, 10 * MIB)  # 8 GiB an image: not even micro-batch 1 fits 6 GiB
+    with pytest.raises(UserError) as refused:
+        plan_on_fake(fake_cuda, monkeypatch, model, 8, 6.0, memory, checkpointing=setting)
+    message = str(refused.value)  # one line: what was tried, why checkpointing was not, the fixes
+    assert "\n" not in message and "does not fit a 6.00 GiB VRAM budget" in message
+    assert "(tried without checkpointing 64: oom" in message
+    assert message.endswith(f"1: oom); {why}; use smaller images or models, or raise --vram-budget")
+    assert not getattr(model, "grad_checkpointing", False)
 
 
 def test_allocator_setting_is_in_force_when_cuda_starts(fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch,

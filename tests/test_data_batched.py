@@ -19,7 +19,6 @@ import torchvision.transforms.v2.functional as F
 from engine_fixtures import engine_config, fingerprint, tiny_cnn
 
 import src.engine.sampling as sampling
-from src.config.schema import RunConfig
 from src.data.build import build_datasets
 from src.data.datasets import ImageStore, TrainDataset
 from src.data.registry import DATASETS
@@ -29,8 +28,6 @@ from src.data.transforms import Augment, ModelInput, resize_square
 from src.engine.objective import CrossEntropyObjective, StepOutput
 from src.engine.trainer import Trainer
 from src.errors import UserError
-from src.models.settings import ModelsConfig
-from src.runs.inputs import run_normalization
 
 CPU = torch.device("cpu")
 CIFAR = DATASETS["cifar10"].stats
@@ -137,33 +134,6 @@ def test_cifar_sized_data_is_stored_native_and_resized_per_batch() -> None:
     images, _ = next(bundle.train.batches([[(1, 0), (1, 1)]], CPU))
     assert images.shape == (2, 3, 32, 32)
     assert bundle.train.augment.padding == 1  # the crop shifts by whole stored pixels
-
-
-def _run_config(data: DataConfig, models: ModelsConfig) -> RunConfig:
-    return RunConfig(data=data, models=models)
-
-
-def test_a_pretrained_teacher_sets_the_normalisation_of_every_split() -> None:
-    cfg = DataConfig(image_size=16, subset=20, augment=False)
-    vit = ModelsConfig(family="vit", teacher="vit_base", pretrained=True)
-    bundle = build_datasets(cfg, None, seed=0, normalize=run_normalization(_run_config(cfg, vit)))
-    assert (bundle.mean, bundle.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's augreg ViT-B config
-    plain = build_datasets(cfg, None, seed=0)
-    assert plain.mean == DATASETS["digits"].stats.mean
-    for split in ("train", "val", "test"):  # one normalisation for teacher, student and baseline alike
-        image, raw = getattr(bundle, split)[0][0], getattr(plain, split)[0][0]
-        as_pixels = raw * torch.tensor(plain.std)[:, None, None] + torch.tensor(plain.mean)[:, None, None]
-        torch.testing.assert_close(image, (as_pixels - 0.5) / 0.5)
-    resnet = ModelsConfig(teacher="resnet50", teacher_weights="teacher.safetensors")
-    assert run_normalization(_run_config(cfg, resnet)).std == (0.229, 0.224, 0.225)
-    from_scratch = ModelsConfig(family="vit", teacher="vit_base")
-    assert run_normalization(_run_config(cfg, from_scratch)).mean == DATASETS["digits"].stats.mean
-
-
-def test_weights_of_an_unknown_pretrained_tag_are_a_user_error() -> None:
-    models = ModelsConfig(family="vit", teacher="vit_base_patch16_224.no_such_tag", pretrained=True)
-    with pytest.raises(UserError, match="unknown pretrained weights vit_base_patch16_224.no_such_tag"):
-        run_normalization(_run_config(DataConfig(subset=10), models))
 
 
 def test_the_order_of_7cccdd2_differs_only_near_crop_and_padding_edges() -> None:

@@ -20,7 +20,7 @@ from src.data.settings import DataConfig
 from src.data.sources import ArrayReader, Source, SourcePart
 from src.data.transforms import Normalize
 from src.errors import UserError
-from src.runs.inputs import run_normalization
+from src.runs.inputs import stage_input
 
 TOY = "stripes"
 TOY_STATS = Normalize((0.25, 0.5, 0.75), (0.2, 0.3, 0.4))
@@ -78,8 +78,8 @@ def test_an_unknown_dataset_is_refused_with_the_registered_names(capsys: pytest.
 
 def test_the_toy_datasets_statistics_and_flip_rule_are_used(toy: str) -> None:
     cfg = load_config(None, [f"data.name={TOY}", "data.image_size=8"])
-    assert run_normalization(cfg) == TOY_STATS
     bundle = build_datasets(cfg.data, None, seed=0)
+    assert stage_input(cfg, "student", bundle).normalize == TOY_STATS
     assert (bundle.mean, bundle.std) == (TOY_STATS.mean, TOY_STATS.std)
     assert bundle.train.model_input.augment is not None and not bundle.train.model_input.augment.hflip
     assert bundle.class_names == ["row", "column", "diagonal"]

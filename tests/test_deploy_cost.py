@@ -63,15 +63,15 @@ def resnet18_small_stem_gmacs_32() -> float:
 
 
 def test_resnet18_flops_match_torchvision_at_224_and_the_derived_figure_at_32() -> None:
-    standard = create_model("cnn", "resnet18", 1000, 224)  # torchvision's stem, 1000 classes
+    standard = create_model("resnet18", 1000, 224)  # torchvision's stem, 1000 classes
     assert gmacs(standard, 224) == pytest.approx(TORCHVISION_RESNET18_GMACS_224, rel=0.05)
-    small = create_model("cnn", "resnet18", 10, 32)  # the pipeline's 32 px model (3x3/1 stem, no pool)
+    small = create_model("resnet18", 10, 32)  # the pipeline's 32 px model (3x3/1 stem, no pool)
     assert gmacs(small, 32) == pytest.approx(resnet18_small_stem_gmacs_32(), rel=0.05)
     assert resnet18_small_stem_gmacs_32() == pytest.approx(0.556, abs=0.01)  # the common CIFAR figure
 
 
 def test_vit_tiny_flops_match_timm_and_count_attention_on_the_cpu() -> None:
-    vit = create_model("vit", "vit_tiny", 1000, 224)
+    vit = create_model("vit_tiny", 1000, 224)
     assert gmacs(vit, 224) == pytest.approx(TIMM_DEIT_TINY_GMACS_224, rel=0.05)
     # torch alone leaves the CPU attention kernel out: 197 tokens x 197 x 192 x 2 products x 12 blocks
     with torch.inference_mode(), torch.utils.flop_counter.FlopCounterMode(display=False) as plain:
@@ -103,7 +103,7 @@ class Recorder(nn.Module):
 def test_models_are_timed_interleaved_round_by_round() -> None:
     calls: list[tuple[str, int]] = []
     models = {name: Recorder(name, calls).eval() for name in ("teacher", "student")}
-    speeds = time_models(models, 8, torch.device("cpu"), batch=4, budget_s=0.0)  # -> MIN_ROUNDS
+    speeds = time_models(models, dict.fromkeys(models, 8), torch.device("cpu"), batch=4, budget_s=0.0)
     warmup = len(models) * WARMUP_CALLS * 2  # one image and one batch per warm-up call
     per_visit = [1] * LATENCY_REPEATS + [4]
     expected = [(name, size) for order in interleaved_order(list(models), MIN_ROUNDS) for name in order
@@ -129,9 +129,9 @@ class Fits(nn.Module):
 
 def test_throughput_batch_halves_until_every_model_fits() -> None:
     models = {"big": Fits(12), "small": Fits(64)}
-    assert fitting_batch(models, 8, torch.device("cpu"), 64) == 8
+    assert fitting_batch(models, dict.fromkeys(models, 8), torch.device("cpu"), 64) == 8
     with pytest.raises(UserError, match="report.benchmark=false"):  # one error line with its fix
-        fitting_batch({"none": Fits(0)}, 8, torch.device("cpu"), 4)
+        fitting_batch({"none": Fits(0)}, {"none": 8}, torch.device("cpu"), 4)
 
 
 def speed(latency_ms: float) -> Speed:
@@ -200,7 +200,7 @@ def small_run(tmp_path: Path) -> tuple[object, RunDirectory, dict[str, dict]]:
     run = RunDirectory(tmp_path / "run")
     results = {}
     for stage in ("teacher", "baseline"):
-        model = create_model("cnn", "resnet18", 10, 8)
+        model = create_model("resnet18", 10, 8)
         sha = save_weights(model, run.weights_path(stage), {"stage": stage})
         results[stage] = {**result_of(stage, 0.5, sha), "model": "resnet18"}
     return cfg, run, results
@@ -208,7 +208,7 @@ def small_run(tmp_path: Path) -> tuple[object, RunDirectory, dict[str, dict]]:
 
 def changed_weights(run: RunDirectory, stage: str) -> str:
     """Other weights in the stage's model.safetensors (as a retrain leaves them); returns their hash."""
-    model = create_model("cnn", "resnet18", 10, 8)
+    model = create_model("resnet18", 10, 8)
     model.load_state_dict(load_file(str(run.weights_path(stage))))
     with torch.no_grad():
         model.fc.bias.add_(1.0)
@@ -277,9 +277,9 @@ def test_turning_the_benchmark_off_never_blocks_a_resume() -> None:
 
 @pytest.mark.gpu
 def test_cuda_run_times_the_gpu_and_the_cpu_in_two_interleaved_phases() -> None:
-    models = {stage: (name, create_model("cnn", name, 10, 8), 1) for stage, name in
+    models = {stage: (name, create_model(name, 10, 8), 1) for stage, name in
               (("teacher", "resnet34"), ("student", "resnet18"))}
-    table = cost.measure_costs(models, 8, torch.device("cuda"), key={})
+    table = cost.measure_costs(models, dict.fromkeys(models, 8), torch.device("cuda"), key={})
     assert table.device.startswith("CUDA, ")
     for stage_cost in table.stages.values():
         assert stage_cost.device.batch == benchmark.DEVICE_BATCH and stage_cost.cpu.batch == 32

@@ -143,7 +143,7 @@ def test_an_onnx_file_of_another_run_is_refused(run_dir: Path, tmp_path: Path,
     export_module._export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval(), 16, other)
     assert evaluate_main(["--checkpoint", str(other), "--run-dir", str(run_dir)]) == 2
     err = one_error_line(capsys.readouterr().err)
-    assert "has 8x8 RGB images and 10 classes; pass the --run-dir it was exported from" in err
+    assert "feeds this stage 8x8 RGB images of 10 classes; pass the --run-dir (and --stage)" in err
     assert evaluate_main(["--checkpoint", str(other), "--run-dir", str(run_dir), "--device", "cuda"]) == 2
     assert "drop --device cuda" in one_error_line(capsys.readouterr().err)
 

@@ -18,8 +18,8 @@ IMAGE = 8
 @pytest.fixture
 def pair() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
-    teacher = create_model("cnn", "resnet34", num_classes=4, image_size=IMAGE)
-    student = create_model("cnn", "resnet18", num_classes=4, image_size=IMAGE)
+    teacher = create_model("resnet34", num_classes=4, image_size=IMAGE)
+    student = create_model("resnet18", num_classes=4, image_size=IMAGE)
     return teacher, student
 
 

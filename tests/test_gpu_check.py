@@ -22,6 +22,7 @@ from bench.gpu_check import (
     stage_checks,
 )
 from src.config.loader import load_config
+from src.config.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,10 +94,22 @@ def test_verdicts_fail_a_missing_stage_one_over_the_limit_and_a_changed_effectiv
 
 
 def test_the_configured_effective_batch_is_the_stages_own_after_set_overrides() -> None:
-    cfg = load_config(REPO / gpu_check.FAMILIES["cnn"]["config"],
-                      ["train.accumulation_steps=2", "stage_overrides.teacher.batch_size=64"])
+    script, config, sets = gpu_check.preset_run("cnn", cpu_smoke=False)
+    assert (script, config.name, sets) == ("cnn_distillation/train.py", "cifar10.yaml", gpu_check.RUN_SETS)
+    cfg = load_config(config, ["train.accumulation_steps=2", "stage_overrides.teacher.batch_size=64"])
     assert configured_effective_batch(cfg, "student") == 128 * 2
     assert configured_effective_batch(cfg, "teacher") == 64 * 2  # its stage_overrides batch
+
+
+def test_the_kd_benchmarks_run_every_preset_at_its_gpu_configs_size_and_batch() -> None:
+    commands = {name: command for name, command, _, _ in gpu_check.benchmark_commands("python")}
+    for preset in PRESETS:
+        cfg = load_config(PRESETS[preset].config_path("cifar10"))
+        command = commands[f"kd-ideal {preset}"]
+        flags = dict(zip(command[2::2], command[3::2], strict=False))
+        assert flags["--preset"] == preset
+        assert flags["--image-size"] == str(cfg.data.image_size)
+        assert flags["--batch"] == str(cfg.train.batch_size)
 
 
 def test_benchmark_headlines_are_read_from_the_last_line_that_has_them() -> None:
@@ -110,7 +123,7 @@ def test_benchmark_headlines_are_read_from_the_last_line_that_has_them() -> None
 def test_cpu_smoke_runs_the_real_cli_on_synthetic_cifar_files(tmp_path: Path) -> None:
     """The whole orchestration: synthetic CIFAR-10 in torchvision's files (accepted through the
     checksum shim), the real training CLI for a labels stage and a KD stage, the reports."""
-    code = gpu_check.main(["--cpu-smoke", "--families", "cnn", "--stages", "teacher,direct",
+    code = gpu_check.main(["--cpu-smoke", "--presets", "cnn", "--stages", "teacher,direct",
                            "--skip", "pytest", "--train-images", "80", "--test-images", "20", "--epochs", "1",
                            "--out", str(tmp_path)])
     report = json.loads((tmp_path / "report.json").read_text())

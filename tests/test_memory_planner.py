@@ -130,6 +130,18 @@ def test_checkpointing_is_switched_on_only_when_needed() -> None:
                        force_checkpointing=True)
     assert (plan.micro_batch, plan.gradient_checkpointing, switch_calls) == (64, True, [])
 
+    # train.grad_checkpointing=off: never asked, and the plan says why it stayed off.
+    state["gc"] = False
+    plan = choose_plan(64, measure_for(1500 * MIB, 20 * MIB), 6 * GIB, checkpointing,
+                       allow_checkpointing=False)
+    assert (plan.micro_batch, plan.gradient_checkpointing, switch_calls) == (2, False, [])
+    assert plan.reason.endswith("train.grad_checkpointing is off (auto lets the planner try it)")
+
+    # A model that cannot checkpoint: planned without it, and the plan says so.
+    plan = choose_plan(64, measure_for(1500 * MIB, 20 * MIB), 6 * GIB, lambda on: not on)
+    assert (plan.micro_batch, plan.gradient_checkpointing) == (2, False)
+    assert plan.reason.endswith("the model cannot use gradient checkpointing")
+
 
 def test_nothing_fits_even_with_checkpointing_is_a_user_error_listing_the_tries() -> None:
     expected = r"does not fit a 6\.00 GiB .*micro-batch 1.*with checkpointing 8: oom"
@@ -137,8 +149,20 @@ def test_nothing_fits_even_with_checkpointing_is_a_user_error_listing_the_tries(
         choose_plan(8, lambda b: None, 6 * GIB, lambda on: True, what="stage resnet50")
 
 
+@pytest.mark.parametrize(("allowed", "why"), [(True, "the model cannot use gradient checkpointing"),
+                                               (False, "train.grad_checkpointing is off")])
+def test_nothing_fits_without_checkpointing_says_why_it_was_not_tried(allowed: bool, why: str) -> None:
+    with pytest.raises(UserError) as refused:
+        choose_plan(8, lambda b: None, 6 * GIB, lambda on: not on, allow_checkpointing=allowed,
+                    what="stage dla46_c")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("stage dla46_c does not fit a 6.00 GiB")
+    assert f"without checkpointing 8: oom, 4: oom, 1: oom); {why}" in message
+    assert message.endswith("; use smaller images or models, or raise --vram-budget")
+
+
 def test_plan_on_cpu_keeps_the_configured_split() -> None:
-    model = create_model("cnn", "resnet18", num_classes=3, image_size=8)
+    model = create_model("resnet18", num_classes=3, image_size=8)
     sample = (torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
     cfg = TrainConfig(batch_size=16, accumulation_steps=4)
     cpu = torch.device("cpu")
@@ -151,15 +175,27 @@ def test_plan_on_cpu_keeps_the_configured_split() -> None:
     assert not model.grad_checkpointing
 
 
-def test_checkpointing_asked_for_is_switched_on_and_kept_even_on_cpu() -> None:
-    model = create_model("vit", "vit_tiny", num_classes=3, image_size=16)
-    cfg = TrainConfig(batch_size=8)
+def test_the_planner_follows_the_checkpointing_setting_not_the_model() -> None:
+    model = create_model("vit_tiny", num_classes=3, image_size=16)
     sample = (torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
     cpu = torch.device("cpu")
-    plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cpu, 6.0, force_checkpointing=True)
+    on = TrainConfig(batch_size=8, grad_checkpointing="on")
+    plan = plan_stage(model, CrossEntropyObjective(), sample, on, cpu, 6.0)  # on: even on the CPU
     assert plan.gradient_checkpointing and model.grad_checkpointing
-    again = plan_stage(model, CrossEntropyObjective(), sample, cfg, cpu, 6.0)  # already on: kept
-    assert again.gradient_checkpointing and model.grad_checkpointing
+    for setting in ("auto", "off"):  # the model was left checkpointing; the setting decides
+        model.set_grad_checkpointing(True)
+        cfg = TrainConfig(batch_size=8, grad_checkpointing=setting)
+        plan = plan_stage(model, CrossEntropyObjective(), sample, cfg, cpu, 6.0)
+        assert not plan.gradient_checkpointing and not model.grad_checkpointing
+
+
+def test_on_for_a_model_that_cannot_checkpoint_is_a_user_error() -> None:
+    model = create_model("dla46_c", num_classes=3, image_size=8)  # timm: checkpointing "not supported"
+    sample = (torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    with pytest.raises(UserError, match="train.grad_checkpointing=on asks for gradient checkpointing, but "
+                                        "dla46_c does not support it; set it to auto or off"):
+        plan_stage(model, CrossEntropyObjective(), sample, TrainConfig(grad_checkpointing="on"),
+                   torch.device("cpu"), 6.0, model_name="dla46_c")
 
 
 def test_plan_dict_is_json_ready_and_marks_oom() -> None:
@@ -203,9 +239,9 @@ class CountingKD(DistillationObjective):
 @pytest.mark.parametrize("optimizer,kd", [("sgd", False), ("adamw", True)])
 def test_probe_trains_then_leaves_model_teacher_and_rng_exactly_as_before(optimizer: str, kd: bool) -> None:
     torch.manual_seed(0)
-    model = create_model("cnn", "resnet18", num_classes=3, image_size=8)
+    model = create_model("resnet18", num_classes=3, image_size=8)
     model.eval()
-    teacher = create_model("cnn", "resnet18", num_classes=3, image_size=8)
+    teacher = create_model("resnet18", num_classes=3, image_size=8)
     objective = CountingKD(teacher) if kd else CountingObjective()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -237,7 +273,7 @@ def test_allocator_setting_respects_the_user() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_real_probe_fits_the_budget_and_leaves_the_model_untouched() -> None:
     device = resolve_device("cuda")  # indexed: torch.cuda.set_per_process_memory_fraction needs it
-    model = create_model("cnn", "resnet18", num_classes=10, image_size=32).to(device)
+    model = create_model("resnet18", num_classes=10, image_size=32).to(device)
     before = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     sample = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
     cfg = TrainConfig(batch_size=256, accumulation_steps=1)

@@ -1,4 +1,4 @@
-"""End to end through the real entry points: tiny runs of both families on digits.
+"""End to end through the real entry points: tiny runs of both presets on digits.
 
 Checks the run-directory contract (docs/CONTRACTS.md), the CSV schema and result keys, pipeline
 resume after a kill between stages, evaluate.py, and the one-line errors with exit code 2.
@@ -29,8 +29,8 @@ RESULT_KEYS = {"stage", "model", "params", "best_epoch", "epochs_run", "test", "
 pytestmark = pytest.mark.slow
 
 
-def command(family: str, out: Path, *extra: str) -> list[str]:
-    script = REPO / f"{family}_distillation" / "train.py"
+def command(preset: str, out: Path, *extra: str) -> list[str]:
+    script = REPO / f"{preset}_distillation" / "train.py"
     return [sys.executable, str(script), "--output-dir", str(out), *TINY, *extra]
 
 

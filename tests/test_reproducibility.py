@@ -143,8 +143,8 @@ def test_speed_is_the_default_and_the_log_says_what_each_choice_costs(restore_gl
     assert "no effect on cpu" in determinism_note(True, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("family,name", [("cnn", "resnet18"), ("vit", "vit_tiny")])
-def test_strict_determinism_accepts_every_operation_of_the_models(restore_global_torch_flags, family, name):
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+def test_strict_determinism_accepts_every_operation_of_the_models(restore_global_torch_flags, name):
     """Under use_deterministic_algorithms(True) an op without a deterministic kernel raises; the
     models' training step (forward, backward, the data path's gather and resize) must not."""
     from src.data.build import build_datasets
@@ -154,11 +154,11 @@ def test_strict_determinism_accepts_every_operation_of_the_models(restore_global
     setup_reproducibility(0, deterministic=True)
     data = build_datasets(DataConfig(image_size=16, subset=20), None, seed=0)
     images, labels = next(data.train.batches([[(1, i) for i in range(8)]], torch.device("cpu")))
-    model = create_model(family, name, 10, 16)
+    model = create_model(name, 10, 16)
     torch.nn.functional.cross_entropy(model(images), labels).backward()
 
 
-def _train_twice_on_cuda(family: str, name: str) -> list[dict[str, torch.Tensor]]:
+def _train_twice_on_cuda(name: str) -> list[dict[str, torch.Tensor]]:
     from src.data.build import build_datasets
     from src.data.settings import DataConfig
     from src.models.factory import create_model
@@ -168,7 +168,7 @@ def _train_twice_on_cuda(family: str, name: str) -> list[dict[str, torch.Tensor]
     results = []
     for _ in range(2):
         setup_reproducibility(0, deterministic=True)
-        model = create_model(family, name, 10, 32).to(device)
+        model = create_model(name, 10, 32).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         keys = [[(1, i) for i in range(j, j + 16)] for j in range(0, 64, 16)]
         for images, labels in data.train.batches(keys, device):
@@ -182,7 +182,7 @@ def _train_twice_on_cuda(family: str, name: str) -> list[dict[str, torch.Tensor]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("family,name", [("cnn", "resnet18"), ("vit", "vit_tiny")])
-def test_deterministic_true_repeats_bit_for_bit_on_cuda(restore_global_torch_flags, family, name):
-    first, second = _train_twice_on_cuda(family, name)
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+def test_deterministic_true_repeats_bit_for_bit_on_cuda(restore_global_torch_flags, name):
+    first, second = _train_twice_on_cuda(name)
     assert [k for k in first if not torch.equal(first[k], second[k])] == []

@@ -30,7 +30,7 @@ NEW_VALUES: dict[str, Any] = {
     "monitor": "val_accuracy", "mode": "max", "patience": 3, "min_delta": 0.1, "label_smoothing": 0.1,
     "log_interval": 5, "checkpoint_every_steps": 10, "checkpoint_every_minutes": 5.0, "keep_checkpoints": 2,
     "nonfinite_policy": "skip", "max_oom_retries": 2, "num_workers": 2, "tensorboard": True,
-    "progress": "off",
+    "progress": "off", "grad_checkpointing": "on",
 }  # fmt: skip
 
 

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from src.errors import KDPipelineError
+from src.models.factory import create_model
+from src.models.lr_scale import lr_share
 from src.utils.training_guards import (
     FreezeReport,
     NonFiniteLossError,
@@ -243,18 +245,39 @@ def test_alpha_schedule_rejects_impossible_arguments(args):
         ("vit_base_patch16_224", 1.0),
         ("resnet50.a1_in1k", 1.0),
         ("resnet34", 0.75),
-        ("vit_small_patch4_32", 0.75),
+        ("vit_small_patch16_224", 0.75),
         ("resnet18", 0.5),
         ("VIT_TINY_patch16_224.augreg_in21k", 0.5),
+        # any timm model, by the size of its body: ResNet-101 42.5 M, ConvNeXt-Atto 3.4 M
+        ("resnet101", 1.0),
+        ("convnext_atto", 0.5),
     ],
 )
 def test_model_specific_lr(name, scale):
     assert get_model_specific_lr(name, 0.001) == pytest.approx(0.001 * scale)
 
 
-@pytest.mark.parametrize("name", ["resnet101", "vit_large_patch16_224", "resnet5", "efficientnet_b0", ""])
+@pytest.mark.parametrize(("name", "scale"), [("resnet50", 1.0), ("resnet34", 0.75), ("resnet18", 0.5),
+                                             ("vit_base", 1.0), ("vit_small", 0.75), ("vit_tiny", 0.5)])
+def test_the_preset_models_keep_their_factors_at_every_size_they_are_used_with(name, scale):
+    # a built model is counted as built: the presets' class counts and image sizes (digits 8 px,
+    # CIFAR 32 px, 224 px) keep every factor the name gives
+    for num_classes, image_size in ((2, 8), (10, 8), (10, 16), (100, 32), (1000, 224)):
+        model = create_model(name, num_classes, image_size)
+        assert get_model_specific_lr(model, 0.001) == pytest.approx(0.001 * scale), (num_classes, image_size)
+    assert get_model_specific_lr(name, 0.001) == pytest.approx(0.001 * scale)
+
+
+def test_the_rule_is_the_body_parameter_count_in_three_tiers():
+    sizes = (0, 16e6 - 1, 16e6, 22.5e6 - 1, 22.5e6, 300e6)
+    assert [lr_share(int(n)) for n in sizes] == [0.5, 0.5, 0.75, 0.75, 1, 1]
+    mlp = nn.Sequential(nn.Linear(4000, 4000), nn.Linear(4000, 4001))  # 32 M parameters, no classifier
+    assert get_model_specific_lr(mlp, 0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name", ["resnet5", "vit_nano_patch99", ""])
 def test_model_specific_lr_unknown_name(name):
-    with pytest.raises(ValueError, match="known: resnet50, vit_base"):
+    with pytest.raises(ValueError, match="no learning-rate scale: unknown model .*a timm model name"):
         get_model_specific_lr(name, 0.001)
 
 

@@ -19,7 +19,7 @@ from src.runs.stage_models import verified_weights
 from src.utils.weights import file_sha256, save_weights, tensors_sha256, weights_sha256
 
 REPO = Path(__file__).resolve().parents[1]
-METADATA = {"stage": "teacher", "arch": "resnet50", "family": "cnn", "num_classes": "10", "image_size": "8"}
+METADATA = {"stage": "teacher", "arch": "resnet50", "num_classes": "10", "image_size": "8"}
 SAVE = (
     "import sys, torch; from torch import nn; from pathlib import Path;"
     "from src.utils.weights import save_weights;"

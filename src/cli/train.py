@@ -1,9 +1,10 @@
 """The training command (``kd-pipeline train``, ``<preset>_distillation/train.py``), and the one
 place exceptions become exit codes.
 
-``cnn_distillation/train.py`` and ``vit_distillation/train.py`` only name their preset; the
-flags, their precedence (defaults < YAML < flags < ``--set``) and the exit-code contract live
-here so the entry points can never drift apart.
+``cnn_distillation/train.py`` and ``vit_distillation/train.py`` only name their preset, which
+picks the default config folder and the default run directory name (``runs/<preset>-<dataset>``);
+any config runs under any entry point. The flags, their precedence (defaults < YAML < flags <
+``--set``) and the exit-code contract live here so the entry points can never drift apart.
 """
 from __future__ import annotations
 
@@ -44,32 +45,34 @@ def seed_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def build_parser(family: str) -> argparse.ArgumentParser:
+def build_parser(preset: str) -> argparse.ArgumentParser:
     """The training command's flags (docs/CONTRACTS.md, "Command line")."""
     parser = OneLineParser(
-        prog=f"{PRESETS[family].package}/train.py",
-        description=f"Teacher -> assistant -> student knowledge distillation ({family.upper()} family). "
-        "Re-running the same command continues an interrupted run.",
+        prog=f"{PRESETS[preset].package}/train.py",
+        description=f"Teacher -> assistant -> student knowledge distillation (default config: the "
+        f"{preset} preset, {PRESETS[preset].description}). Re-running the same command continues an "
+        "interrupted run.",
         epilog="Exit codes: 0 done, 2 user error, 3 training diverged, 130/143 interrupted "
         "(a checkpoint was saved; re-run to continue).",
     )
     add = parser.add_argument
     borrowed = "".join(f", {spec.config}.yaml for {name}" for name, spec in DATASETS.items()
                        if spec.config != name)
-    add("--config", type=user_path, help="YAML config (default: configs/<dataset>.yaml of this family; "
-        f"{DataConfig().name}.yaml without --dataset{borrowed})")
+    add("--config", type=user_path, help="YAML config, any preset's or your own (default: "
+        f"configs/<dataset>.yaml of this preset; {DataConfig().name}.yaml without --dataset{borrowed})")
     add("--dataset", choices=DATASETS.names(), help="which images to train on (the datasets registered in "
         "src/data/registry.py)")
     add("--data-dir", type=lambda text: str(user_path(text)),
         help="where datasets live (cifar: torchvision layout; imagefolder: class folders)")
     add("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
-    add("--output-dir", type=user_path, help="the run directory (default: runs/<family>-<dataset>)")
+    add("--output-dir", type=user_path, help="the run directory (default: runs/<preset>-<dataset>)")
     add("--stages", help=f"comma list of {','.join(STAGE_NAMES)}")
     add("--epochs", type=int, help="epochs of every stage (replaces a config's per-stage "
         "stage_overrides.<stage>.epochs; --set can still set one)")
     add("--batch-size", type=int, help="micro-batch per step (effective batch = this x accumulation)")
     add("--lr", type=float, help="base learning rate (scaled per model size)")
-    add("--image-size", type=int, help="square input size in pixels (8 or more)")
+    add("--image-size", type=int, help="square input size in pixels (8 or more; models.image_size.<role> "
+        "sets one role's)")
     add("--seed", type=int, help="decides the split, initialisation and data order")
     add("--seeds", type=seed_list, metavar="N,N,...",
         help="train the chain once per seed under OUTPUT_DIR/seed-<n>/ (one split, made with --seed) "
@@ -89,37 +92,33 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     return parser
 
 
-def default_config_path(family: str, dataset: str | None) -> Path:
+def default_config_path(preset: str, dataset: str | None) -> Path:
     """The preset's config that ``dataset`` starts from (its registration's ``config``; the
     default dataset's when none is named)."""
-    return PRESETS[family].config_path(DATASETS[dataset or DataConfig().name].config)
+    return PRESETS[preset].config_path(DATASETS[dataset or DataConfig().name].config)
 
 
-def load_run_config(family: str, args: argparse.Namespace) -> Any:
-    """The validated RunConfig for these flags; the family is the entry point's, never the YAML's."""
+def load_run_config(preset: str, args: argparse.Namespace, notes: list[str] | None = None) -> Any:
+    """The validated RunConfig for these flags (the preset's default config unless --config names
+    one); a line per retired key the config held goes to ``notes``."""
     from src.config.loader import load_config
 
-    path = args.config if args.config is not None else default_config_path(family, args.dataset)
+    path = args.config if args.config is not None else default_config_path(preset, args.dataset)
     values = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items()}
-    cfg = load_config(path, args.overrides, values)
-    if cfg.models.family != family:
-        raise UserError(
-            f"config {path} is for the {cfg.models.family.upper()} family; "
-            f"use {PRESETS[cfg.models.family].package}/train.py or a {family.upper()} config"
-        )
-    return cfg
+    return load_config(path, args.overrides, values, notes=notes)
 
 
-def run(family: str, argv: Sequence[str] | None = None) -> None:
+def run(preset: str, argv: Sequence[str] | None = None) -> None:
     """Parse flags, then run the pipeline and print the summary (raises on failure)."""
     from src.memory.allocator import configure_cuda_allocator
     from src.pipeline.runner import run_pipeline
 
-    args = build_parser(family).parse_args(argv)
+    args = build_parser(preset).parse_args(argv)
     configure_cuda_allocator()  # expandable segments unless the user chose; before CUDA starts
-    cfg = load_run_config(family, args)
-    output_dir = args.output_dir or Path("runs") / f"{family}-{cfg.data.name}"
-    run_pipeline(cfg, output_dir, resume=args.resume, teacher_from=args.teacher_from)
+    notes: list[str] = []
+    cfg = load_run_config(preset, args, notes)
+    output_dir = args.output_dir or Path("runs") / f"{preset}-{cfg.data.name}"
+    run_pipeline(cfg, output_dir, resume=args.resume, teacher_from=args.teacher_from, config_notes=notes)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -131,10 +130,10 @@ def exit_code_for(exc: BaseException) -> int:
     return 1
 
 
-def main(family: str, argv: Sequence[str] | None = None) -> int:
+def main(preset: str, argv: Sequence[str] | None = None) -> int:
     """Run the command and return its exit code; errors the user can fix print one line, no traceback."""
     try:
-        run(family, argv)
+        run(preset, argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_code_for(exc)

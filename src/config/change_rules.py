@@ -20,7 +20,7 @@ from typing import Any, Literal
 from src.config.loader import flatten
 from src.config.schema import RunConfig
 from src.config.stage_overrides import PREFIX as STAGE_OVERRIDES
-from src.config.stages import KD_STAGES, STAGES
+from src.config.stages import KD_STAGES, ROLES, STAGES
 from src.engine.resume_rules import BATCH_SPLIT, ENGINE_RULES, FREE, RECOVERY, TRAINING, effective_batch
 
 Kind = Literal["free", "data_split", "batch_split", "recovery", "training"]
@@ -38,7 +38,8 @@ FREE_KEYS = frozenset({
 })
 SPLIT_KEYS = frozenset({"data.name", "data.val_fraction", "data.test_fraction", "data.subset",
                         "runtime.seed"})
-ROLE_KEYS = {"models.teacher": "teacher", "models.assistant": "assistant", "models.student": "student"}
+# a role's architecture and input size: the stages of that role and those distilled from them
+ROLE_KEYS = {key: role for role in ROLES for key in (f"models.{role}", f"models.image_size.{role}")}
 TEACHER_ONLY_KEYS = frozenset({"models.pretrained", "models.teacher_weights"})  # the teacher's start
 
 

@@ -12,7 +12,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -21,13 +21,14 @@ import yaml
 from src.config.schema import MAX_SEED, RunConfig
 from src.config.stage_overrides import drop_unset
 from src.config.stage_settings import check_stage_overrides
-from src.config.stages import STAGE_NAMES
+from src.config.stages import ROLES, STAGE_NAMES
 from src.data.registry import DATASETS
 from src.data.settings import validate_data
 from src.distillation.settings import check_distillation
 from src.engine.settings import TrainConfig
 from src.errors import UserError
-from src.models.lr_scale import stage_lr
+from src.models.architecture import embeds_patches, resolve_model_name
+from src.models.lr_scale import get_model_specific_lr
 from src.models.vit_patches import vit_patch_size
 from src.utils.logger import MONITORABLE, better_mode
 from src.utils.sections import section_entries, section_keys, settings_dict
@@ -35,6 +36,12 @@ from src.utils.sections import section_entries, section_keys, settings_dict
 _NONE_WORDS = ("none", "null", "~")
 # flags that set a train key for every stage, per-stage values of the config included
 RUN_WIDE_FLAG_KEYS = frozenset({"train.epochs"})
+# Keys an earlier version wrote, which an old YAML or a saved run's config.yaml may still hold:
+# accepted and ignored (a note says so in pipeline.log), never written again.
+RETIRED_KEYS = {
+    "models.family": "any timm model fits any role; the entry script only picks the default config",
+}
+_ABSENT = object()
 
 
 def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -155,12 +162,13 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     plain = [f.name for f in fields if f.name not in sectioned]
     owners = {field: section_keys(entries, plain) for field, entries in sectioned.items()}
     for key in raw:
-        if key not in plain and not any(key in owned for owned in owners.values()):
+        if key not in plain and not any(key in owned for owned in owners.values()) \
+                and f"{prefix}{key}" not in RETIRED_KEYS:
             raise _unknown_key(f"{prefix}{key}")
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in plain:
-            continue
+            continue  # a section's key, or a retired key
         key, tp = f"{prefix}{name}", hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build_section(tp, value, key)
@@ -179,7 +187,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict; unknown paths are reported with a suggestion."""
-    if key not in schema_keys():
+    if key not in schema_keys() and key not in RETIRED_KEYS:
         raise _unknown_key(key)
     node = raw
     *parents, leaf = key.split(".")
@@ -227,8 +235,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def retired_notes(raw: Mapping[str, Any], source: str) -> list[str]:
+    """One line per retired key in the nested mapping ``raw`` (read from ``source``), for the log."""
+    notes = []
+    for key, why in RETIRED_KEYS.items():
+        node: Any = raw
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+        if node is not _ABSENT:
+            notes.append(f"{source}: config key '{key}' ({node!r}) is retired and ignored: {why}")
+    return notes
+
+
+
 def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
-    """Validate a nested mapping (e.g. a saved config.yaml) into a ``RunConfig``."""
+    """Validate a nested mapping (e.g. a saved config.yaml) into a ``RunConfig``; retired keys
+    are ignored (``retired_notes`` names them)."""
     cfg = _build(RunConfig, raw)
     validate(cfg)
     return cfg
@@ -238,12 +260,14 @@ def load_config(
     path: str | Path | None,
     overrides: Sequence[str] = (),
     cli_values: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> RunConfig:
     """Defaults < YAML at ``path`` < ``cli_values`` < ``overrides``.
 
     ``cli_values`` maps dotted keys to flag values; None means the flag was not given. A run-wide
     flag (``--epochs``) also replaces the YAML's per-stage values of its key: ``--epochs 1`` is a
     one-epoch run, whatever epochs a config gives one stage (``--set`` can still set them).
+    Retired keys are ignored; a line per key is added to ``notes`` when given (for pipeline.log).
     """
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
     for key, value in (cli_values or {}).items():
@@ -253,6 +277,8 @@ def load_config(
                 _drop_stage_values(raw, key.removeprefix("train."))
     for text in overrides:
         _set_dotted(raw, *parse_override(text))
+    if notes is not None:
+        notes.extend(retired_notes(raw, str(path) if path is not None else "--set"))
     return config_from_dict(raw)
 
 
@@ -270,7 +296,8 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def _validate_train(t: TrainConfig, stage_lrs: list[float]) -> None:
+def _validate_train(t: TrainConfig, stage_lrs: Callable[[], list[float]]) -> None:
+    """``stage_lrs`` gives every stage's size-scaled rate (built on demand: it counts each model)."""
     for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
                        ("train.accumulation_steps", t.accumulation_steps),
                        ("train.log_interval", t.log_interval), ("train.step_size", t.step_size)):
@@ -280,8 +307,10 @@ def _validate_train(t: TrainConfig, stage_lrs: list[float]) -> None:
                        ("train.min_delta", t.min_delta), ("train.min_lr", t.min_lr)):
         _check(value >= 0, f"config key '{key}': must be 0 or more, got {value}")
     _check(t.lr > 0, f"config key 'train.lr': must be positive, got {t.lr}")
-    _check(t.min_lr < min(stage_lrs), f"config key 'train.min_lr': must be below every stage's learning rate "
-           f"(lowest {min(stage_lrs):g} after the per-size scaling), got {t.min_lr}")
+    if t.min_lr > 0:  # 0 is below every positive rate: no model needs counting
+        lowest = min(stage_lrs())
+        _check(t.min_lr < lowest, f"config key 'train.min_lr': must be below every stage's learning rate "
+               f"(lowest {lowest:g} after the per-size scaling), got {t.min_lr}")
     _check(t.grad_clip is None or t.grad_clip > 0,  # torch's clip_grad_norm_ flips the sign below 0
            f"config key 'train.grad_clip': must be positive (or null for no clipping), got {t.grad_clip}")
     _check(0.0 <= t.momentum < 1.0, f"config key 'train.momentum': must be in [0, 1), got {t.momentum}")
@@ -308,6 +337,25 @@ def _validate_train(t: TrainConfig, stage_lrs: list[float]) -> None:
     _check(0.0 <= t.label_smoothing < 1.0, "config key 'train.label_smoothing': must be in [0, 1)")
 
 
+def _validate_models(cfg: RunConfig) -> None:
+    """Every role names a timm model (or a short name), sees at least 8 px, and a patch given for
+    the patch-embedding models divides each of their sizes."""
+    m = cfg.models
+    _check(m.patch_size is None or m.patch_size >= 1,
+           f"config key 'models.patch_size': must be at least 1, got {m.patch_size}")
+    for role in ROLES:
+        try:
+            timm_name = resolve_model_name(getattr(m, role))
+        except UserError as exc:
+            raise UserError(f"config key 'models.{role}': {exc}") from None
+        size = getattr(m.image_size, role)
+        _check(size is None or size >= 8,
+               f"config key 'models.image_size.{role}': must be at least 8 (or null for data.image_size), "
+               f"got {size}")
+        if m.patch_size is not None and embeds_patches(timm_name):
+            vit_patch_size(size or cfg.data.image_size, m.patch_size)  # a UserError saying which sizes fit
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field rules the types alone cannot express, checked before anything is written.
     Normalises ``stages`` to pipeline order."""
@@ -320,14 +368,12 @@ def validate(cfg: RunConfig) -> None:
     DATASETS.for_key("data.name", cfg.data.name)
     validate_data(cfg.data)
     m, r = cfg.models, cfg.runtime
-    _check(m.patch_size is None or m.patch_size >= 1,
-           f"config key 'models.patch_size': must be at least 1, got {m.patch_size}")
-    if m.family == "vit":
-        vit_patch_size(cfg.data.image_size, m.patch_size)  # a UserError saying which sizes fit
+    _validate_models(cfg)
     _check(0.0 <= m.drop_path_rate < 1.0, "config key 'models.drop_path_rate': must be in [0, 1)")
     from src.config.stage_settings import model_name  # the stage table needs timm: imported on use
 
-    _validate_train(cfg.train, [stage_lr(model_name(cfg, s), cfg.train.lr) for s in cfg.stages])
+    _validate_train(cfg.train, lambda: [get_model_specific_lr(model_name(cfg, s), cfg.train.lr)
+                                        for s in cfg.stages])
     check_distillation(cfg.distillation)
     _check(r.seeds is None or (bool(r.seeds) and min(r.seeds) >= 0 and len(set(r.seeds)) == len(r.seeds)),
            f"config key 'runtime.seeds': must list distinct seeds, each 0 or more, got {r.seeds} "

@@ -38,6 +38,17 @@ class DataBundle:
         the host and on the device), only the training set's seed (its augmentation) differs."""
         return dataclasses.replace(self, train=self.train.with_seed(seed))
 
+    def view(self, model_input: ModelInput) -> DataBundle:
+        """These images as one model sees them (``model_input``'s size and normalisation; training
+        keeps its augmentation): the same split, stores and feeds, like ``with_seed``. Itself when
+        the model sees them as this bundle already does."""
+        if model_input.same_view(self.val.model_input):
+            return self
+        return dataclasses.replace(
+            self, train=self.train.with_input(model_input), val=self.val.with_input(model_input),
+            test=self.test.with_input(model_input), image_size=model_input.image_size,
+            mean=model_input.normalize.mean, std=model_input.normalize.std)
+
     def to(self, device: torch.device, budget_gb: float | None = None) -> DataBundle:
         """Copy the resident datasets' uint8 images to ``device`` now (they stay there), so the
         memory planner measures a stage with them in place. On CUDA they may take at most half of

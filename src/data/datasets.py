@@ -10,6 +10,7 @@ memory planner's sample batch, attention maps and anyone using the dataset with 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -93,6 +94,13 @@ class ImageDataset(Dataset):
         for batch, (raw, labels, index) in zip(keys, raw_batches, strict=True):
             yield self.model_input(raw, self._draws(batch, index, device)), labels
 
+    def with_input(self, model_input: ModelInput) -> ImageDataset:
+        """These images shown to another model (its size and normalisation): the same store, labels
+        and feeds, so nothing is decoded, placed on a device or streamed twice."""
+        twin = ImageDataset(self.store, self.targets, self.class_names, model_input)
+        twin._feeds = self._feeds
+        return twin
+
     def feed(self, device: torch.device, num_workers: int) -> Feed:
         """Where raw batches come from on ``device``; made once and kept, so stream workers persist."""
         slot = (device, num_workers)
@@ -145,7 +153,15 @@ class TrainDataset(ImageDataset):
         """These training images under another seed (its augmentation): the same store, labels and
         feeds, so no image is decoded, copied to a device or streamed by a second set of workers
         again (a feed holds no seed)."""
-        twin = TrainDataset(self.store, self.targets, self.class_names, self.model_input, seed=seed)
+        return self._twin(self.model_input, seed)
+
+    def with_input(self, model_input: ModelInput) -> TrainDataset:
+        """These training images, with the same augmentation, shown to another model (its size and
+        normalisation): the same store, labels, feeds and seed."""
+        return self._twin(dataclasses.replace(model_input, augment=self.augment), self.seed)
+
+    def _twin(self, model_input: ModelInput, seed: int) -> TrainDataset:
+        twin = TrainDataset(self.store, self.targets, self.class_names, model_input, seed=seed)
         twin._feeds = self._feeds
         return twin
 

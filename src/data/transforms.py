@@ -101,6 +101,43 @@ class ModelInput:
             images = F.resize(images, [self.image_size, self.image_size], antialias=True)
         return images
 
+    def same_view(self, other: ModelInput) -> bool:
+        """Whether ``other`` shows the images at this size and normalisation (augmentation aside)."""
+        return (self.image_size, self.normalize) == (other.image_size, other.normalize)
+
+
+@dataclass(frozen=True)
+class ViewChange:
+    """A batch made for one model's input -> the same images as another model's input expects.
+
+    A distillation stage's teacher sees the very batch its student trains on (the same crop and
+    flip), at the teacher's own size and normalisation: the student's normalisation is undone,
+    the teacher's applied and the float batch resized (torchvision v2, bilinear, antialiased).
+    Normalising and resizing are linear, so this equals making the teacher's view from the stored
+    images up to rounding, with one exception: a teacher smaller than a student view that was
+    upsampled from the stored images sees that upsampled view downsampled, not the stored
+    images resized once. Where the two inputs match it returns the batch itself. The memory
+    layout is kept (torch's elementwise ops and resize follow their input's).
+    """
+
+    source: ModelInput
+    target: ModelInput
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.source.same_view(self.target):
+            return images
+        if self.source.normalize != self.target.normalize:
+            mean, std = self.source.normalize.mean, self.source.normalize.std
+            # (x - mean) / std undone by normalize(x, -mean / std, 1 / std) = x * std + mean
+            undo_mean = [-m / s for m, s in zip(mean, std, strict=True)]
+            images = F.normalize(images, undo_mean, [1 / s for s in std])
+            images = F.normalize(images, list(self.target.normalize.mean), list(self.target.normalize.std),
+                                 inplace=True)
+        size = self.target.image_size
+        if images.shape[-1] != size:
+            images = F.resize(images, [size, size], antialias=True)
+        return images  # in the layout it came in (channels-last stays channels-last)
+
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize uint8 ``[..., C, H, W]`` images to ``size`` x ``size`` (bilinear, antialiased).

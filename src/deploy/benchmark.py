@@ -106,10 +106,12 @@ def _images(count: int, image_size: int, device: torch.device) -> torch.Tensor:
     return torch.randn(count, 3, image_size, image_size, generator=generator).to(device)
 
 
-def fitting_batch(models: Mapping[str, nn.Module], image_size: int, device: torch.device, batch: int) -> int:
-    """The largest of ``batch``, ``batch/2``, ... that every model runs at on ``device``."""
+def fitting_batch(models: Mapping[str, nn.Module], image_sizes: Mapping[str, int], device: torch.device,
+                  batch: int) -> int:
+    """The largest of ``batch``, ``batch/2``, ... that every model runs at on ``device`` (each at
+    its own image size)."""
     memory = DeviceMemory(device)
-    while not _runs_at(models, image_size, device, batch):
+    while not _runs_at(models, image_sizes, device, batch):
         if batch == 1:
             raise UserError(f"the models do not run at batch 1 on {device} within its memory "
                             "(--vram-budget); set report.benchmark=false to report without costs")
@@ -118,26 +120,29 @@ def fitting_batch(models: Mapping[str, nn.Module], image_size: int, device: torc
     return batch
 
 
-def _runs_at(models: Mapping[str, nn.Module], image_size: int, device: torch.device, batch: int) -> bool:
+def _runs_at(models: Mapping[str, nn.Module], image_sizes: Mapping[str, int], device: torch.device,
+             batch: int) -> bool:
     """Whether every model's forward at ``batch`` fits; the except clause only records the
     answer, so its traceback (holding the failed forward's tensors) is gone when this returns."""
     try:
         with torch.inference_mode():
-            for model in models.values():
-                model(_images(batch, image_size, device))
+            for name, model in models.items():
+                model(_images(batch, image_sizes[name], device))
     except torch.OutOfMemoryError:
         return False
     return True
 
 
-def time_models(models: Mapping[str, nn.Module], image_size: int, device: torch.device, *, batch: int,
-                budget_s: float = DEFAULT_BUDGET_S) -> dict[str, Speed]:
-    """Batch-1 latency and throughput of every model (all on ``device``, in eval mode), interleaved.
+def time_models(models: Mapping[str, nn.Module], image_sizes: Mapping[str, int], device: torch.device, *,
+                batch: int, budget_s: float = DEFAULT_BUDGET_S) -> dict[str, Speed]:
+    """Batch-1 latency and throughput of every model (all on ``device``, in eval mode, each fed
+    images of its own size), interleaved.
 
     The number of rounds fills ``budget_s`` (estimated from the warm-up), within
     ``MIN_ROUNDS``..``MAX_ROUNDS``.
     """
-    single, batched = _images(1, image_size, device), _images(batch, image_size, device)
+    single = {name: _images(1, image_sizes[name], device) for name in models}
+    batched = {name: _images(batch, image_sizes[name], device) for name in models}
 
     def timed(model: nn.Module, images: torch.Tensor) -> float:
         _synchronize(device)
@@ -149,14 +154,14 @@ def time_models(models: Mapping[str, nn.Module], image_size: int, device: torch.
     timings = {name: Timings() for name in models}
     with torch.inference_mode():
         round_cost = 0.0
-        for model in models.values():
+        for name, model in models.items():
             for _ in range(WARMUP_CALLS):  # the last warm-up call estimates the model's share of a round
-                visit = LATENCY_REPEATS * timed(model, single) + timed(model, batched)
+                visit = LATENCY_REPEATS * timed(model, single[name]) + timed(model, batched[name])
             round_cost += visit
         rounds = int(np.clip(budget_s // max(round_cost, 1e-9), MIN_ROUNDS, MAX_ROUNDS))
         for order in interleaved_order(list(models), rounds):
             for name in order:
                 for _ in range(LATENCY_REPEATS):
-                    timings[name].single.append(timed(models[name], single))
-                timings[name].batched.append(timed(models[name], batched))
+                    timings[name].single.append(timed(models[name], single[name]))
+                timings[name].batched.append(timed(models[name], batched[name]))
     return {name: Speed.of(timings[name], batch) for name in models}

@@ -2,10 +2,11 @@
 
 All stages' final ``model.safetensors`` are loaded into one process and measured together
 (``src.deploy.benchmark``), so the student/teacher ratios come from one interleaved measurement.
-The result is kept in ``<run>/cost.json`` keyed by the weights' hashes, the image size, the
-device and the torch version: re-running a finished run's command prints the same report
-instead of new noise, while a retrained stage, another machine or another torch measures again.
-Delete cost.json to measure again on the same machine.
+Each model is measured at its own stage's image size. The result is kept in ``<run>/cost.json``
+keyed by the weights' hashes, the image size(s), the device and the torch version: re-running a
+finished run's command prints the same report instead of new noise, while a retrained stage,
+another machine or another torch measures again. Delete cost.json to measure again on the same
+machine.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from src.deploy.benchmark import (
 from src.engine.device_memory import DeviceMemory
 from src.errors import UserError
 from src.models.factory import count_parameters
+from src.runs.inputs import stage_image_size
 from src.runs.rundir import RunDirectory
 from src.runs.stage_models import load_stage_model
 from src.utils.atomic import atomic_write_json
@@ -83,33 +85,38 @@ def describe_device(device: torch.device) -> str:
     return f"CPU, {threads} thread{'s' if threads != 1 else ''}"
 
 
-def cache_key(results: Mapping[str, Mapping[str, Any]], image_size: int,
+def cache_key(results: Mapping[str, Mapping[str, Any]], image_sizes: Mapping[str, int],
               device: torch.device) -> dict[str, Any]:
+    """What a measurement was made for. ``image_size`` is the one size when every stage shares it
+    (the key runs made before per-stage sizes wrote), else each stage's."""
+    sizes = set(image_sizes.values())
+    image_size: int | dict[str, int] = sizes.pop() if len(sizes) == 1 else dict(image_sizes)
     return {"method": METHOD_VERSION, "image_size": image_size, "device": describe_device(device),
             "torch": torch.__version__,
             "weights": {stage: result.get("weights_sha256") for stage, result in results.items()}}
 
 
-def measure_costs(models: Mapping[str, tuple[str, nn.Module, int]], image_size: int,
+def measure_costs(models: Mapping[str, tuple[str, nn.Module, int]], image_sizes: Mapping[str, int],
                   device: torch.device, key: dict[str, Any]) -> CostTable:
-    """Measure ``{stage: (architecture, model on the CPU, weights file bytes)}`` side by side.
+    """Measure ``{stage: (architecture, model on the CPU, weights file bytes)}`` side by side, each
+    at its stage's ``image_sizes[stage]``.
 
     On a CUDA run the models are timed on the GPU first, then on the CPU; each phase interleaves
     all models. On a CPU run the one CPU measurement fills both.
     """
     started = time.perf_counter()
     modules = {stage: module.eval() for stage, (_, module, _) in models.items()}
-    flops = {stage: count_flops(module, image_size) for stage, module in modules.items()}
+    flops = {stage: count_flops(module, image_sizes[stage]) for stage, module in modules.items()}
     batch_cpu = cpu_batch(max(flops.values()))
     if device.type == "cuda":
         on_device = {stage: module.to(device) for stage, module in modules.items()}
-        batch = fitting_batch(on_device, image_size, device, DEVICE_BATCH)
-        device_speed = time_models(on_device, image_size, device, batch=batch)
+        batch = fitting_batch(on_device, image_sizes, device, DEVICE_BATCH)
+        device_speed = time_models(on_device, image_sizes, device, batch=batch)
         modules = {stage: module.cpu() for stage, module in modules.items()}
         DeviceMemory(device).release_cached()
-        cpu_speed = time_models(modules, image_size, torch.device("cpu"), batch=batch_cpu)
+        cpu_speed = time_models(modules, image_sizes, torch.device("cpu"), batch=batch_cpu)
     else:
-        device_speed = cpu_speed = time_models(modules, image_size, device, batch=batch_cpu)
+        device_speed = cpu_speed = time_models(modules, image_sizes, device, batch=batch_cpu)
     stages = {
         stage: StageCost(stage=stage, architecture=arch, parameters=count_parameters(module),
                          weights_bytes=size, flops=flops[stage], device=device_speed[stage],
@@ -147,14 +154,15 @@ def run_costs(cfg: RunConfig, run_dir: RunDirectory, results: Mapping[str, Mappi
     """The cost of every finished stage (None when no stage has finished); cached in cost.json."""
     if not results:
         return None
-    key = cache_key(results, cfg.data.image_size, device)
+    sizes = {stage: stage_image_size(cfg, stage) for stage in results}
+    key = cache_key(results, sizes, device)
     cached = _cached(run_dir, key)
     if cached is not None:
         LOGGER.info("costs: reusing %s (same weights, image size and machine)", run_dir.root / COST_FILE)
         return cached
     models = {stage: _load_stage(cfg, run_dir, stage, result, num_classes)
               for stage, result in results.items()}
-    table = measure_costs(models, cfg.data.image_size, device, key)
+    table = measure_costs(models, sizes, device, key)
     atomic_write_json(run_dir.root / COST_FILE, table.to_dict())
     LOGGER.info("costs: measured %d stages side by side on %s in %.1f s", len(models), table.device,
                 table.seconds)

@@ -30,7 +30,7 @@ from src.data.build import DataBundle
 from src.deploy.onnx_runtime import EXPORT_PACKAGES, OnnxClassifier, require
 from src.engine.evaluation import evaluate_model
 from src.errors import KDPipelineError, UserError, error_detail
-from src.runs.inputs import run_data
+from src.runs.inputs import run_data, stage_data
 from src.runs.rundir import RunDirectory, open_run
 from src.runs.seeds import chain_for
 from src.runs.stage_models import load_stage_model
@@ -170,7 +170,7 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
     top, cfg = open_run(run_dir)
     run = chain_for(cfg, top, seed).run_dir  # the run itself, or seed-<n>/ of a run with several seeds
     result = finished_stage(run, stage)
-    data = run_data(cfg, top.root)
+    data = stage_data(cfg, run_data(cfg, top.root), stage)  # the stage's own size and normalisation
     model = load_stage_model(cfg, run, stage, data.num_classes, result)[0].eval()
     target = run.stage_dir(stage) / FORMATS[fmt]
     writer = _export_onnx if fmt == "onnx" else _export_torchscript

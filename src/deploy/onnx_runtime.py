@@ -62,13 +62,14 @@ class OnnxClassifier(nn.Module):
 
 
 def check_fits(model: OnnxClassifier, image_size: int, num_classes: int, run_dir: Path) -> None:
-    """Refuse an ONNX file made for other images or classes than the run's (a wrong --run-dir)."""
+    """Refuse an ONNX file made for other images or classes than the run's stage takes (a wrong
+    --run-dir or --stage)."""
     expected_in = [3, image_size, image_size]
     if model.input_shape()[1:] != expected_in or model.output_shape()[1:] != [num_classes]:
         raise UserError(
             f"{model.path} takes {model.input_shape()} and gives {model.output_shape()}, but the run in "
-            f"{run_dir} has {image_size}x{image_size} RGB images and {num_classes} classes; "
-            "pass the --run-dir it was exported from"
+            f"{run_dir} feeds this stage {image_size}x{image_size} RGB images of {num_classes} classes; "
+            "pass the --run-dir (and --stage) it was exported from"
         )
 
 

@@ -7,6 +7,7 @@ never in the optimizer, the student's checkpoint or its ``model.train()`` calls.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ class DistillationObjective(Objective):
         *,
         label_smoothing: float = 0.0,
         teacher_fingerprint: dict[str, Any] | None = None,
+        teacher_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.config = copy.deepcopy(config) if config is not None else DistillationConfig()
         check_distillation(self.config)
@@ -39,6 +41,8 @@ class DistillationObjective(Objective):
         self.teacher = teacher
         self.label_smoothing = float(label_smoothing)
         self.teacher_fingerprint = dict(teacher_fingerprint or {})
+        # the student's batch as the teacher's input (its size and normalisation: ViewChange)
+        self.teacher_input = teacher_input
         self.on_epoch_start(1, 1)
         self._teacher_channels_last = False
 
@@ -79,7 +83,8 @@ class DistillationObjective(Objective):
         # through new tensors (a float32 copy, teacher / T) made outside inference mode, so
         # autograd never saves an inference tensor itself (tests/test_distillation_objective.py).
         with torch.inference_mode():
-            teacher_logits = self.teacher(images)
+            teacher_images = images if self.teacher_input is None else self.teacher_input(images)
+            teacher_logits = self.teacher(teacher_images)
         student_logits = model(images)
         loss, parts = self.loss(student_logits, teacher_logits, labels)
         return StepOutput(logits=student_logits, loss=loss, parts=parts)

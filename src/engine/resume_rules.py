@@ -26,7 +26,7 @@ ENGINE_RULES: dict[str, Rule] = {
     "epochs": FREE, "patience": FREE, "min_delta": FREE, "log_interval": FREE,
     "checkpoint_every_steps": FREE, "checkpoint_every_minutes": FREE, "keep_checkpoints": FREE,
     "nonfinite_policy": FREE, "max_oom_retries": FREE, "num_workers": FREE, "tensorboard": FREE,
-    "progress": FREE, "channels_last": FREE,
+    "progress": FREE, "channels_last": FREE, "grad_checkpointing": FREE,
     "batch_size": BATCH_SPLIT, "accumulation_steps": BATCH_SPLIT,
     "lr": RECOVERY, "grad_clip": RECOVERY, "amp": RECOVERY,
     "optimizer": TRAINING, "momentum": TRAINING, "nesterov": TRAINING, "weight_decay": TRAINING,

@@ -31,6 +31,8 @@ class TrainConfig:
     grad_clip: Optional[float] = None  # max global grad norm, applied after unscaling
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"  # auto: bf16 if supported else fp16, CUDA only
     channels_last: bool = True  # CNNs on CUDA only
+    # on: always (any device); auto: the memory planner decides on CUDA; off: never
+    grad_checkpointing: Literal["auto", "on", "off"] = "auto"
     monitor: str = "val_loss"  # any val_* column of epochs.csv
     mode: Literal["min", "max"] = "min"
     patience: Optional[int] = 10  # validation epochs without strict improvement; None disables

@@ -4,8 +4,10 @@ Before a stage trains on CUDA, ``plan_stage`` caps this process at the budget wi
 ``torch.cuda.set_per_process_memory_fraction``, measures the stage's own training step
 (objective forward incl. a KD teacher, backward, optimizer step) at candidate micro-batches and
 keeps the largest one under the budget less a safety margin; gradient accumulation makes up the
-rest of the effective batch, which never changes. Gradient checkpointing is switched on only when
-it is needed to fit, or when the caller asks for it (the pipeline does for ViT-Base, always).
+rest of the effective batch, which never changes. Gradient checkpointing follows the stage's
+``train.grad_checkpointing``: ``on`` keeps it on whatever fits, ``off`` never tries it, ``auto``
+switches it on only when it is needed to fit (or to reach a useful micro-batch). A model that
+cannot checkpoint is planned without it, and says so when nothing fits.
 
 The cap stays in force after planning, on purpose: the budget is a promise about the whole stage
 (a 6 GB card shared with nothing else must not be asked for more), so a later spike fails as an
@@ -31,7 +33,7 @@ from src.errors import UserError
 from src.memory.allocator import configure_cuda_allocator
 from src.memory.probe import measure_peak
 from src.memory.search import GIB, Measure, MemoryPlan, search_micro_batch
-from src.models.checkpointing import enforce_gradient_checkpointing
+from src.models.checkpointing import switch_on_checkpointing
 
 __all__ = ["MemoryPlan", "agree_across_ranks", "choose_plan", "configure_cuda_allocator", "plan_stage",
            "search_micro_batch", "set_checkpointing"]
@@ -42,14 +44,14 @@ DEFAULT_MARGIN = 0.1  # 6 GiB budget -> steps must peak at or under 5.4 GiB
 MIN_USEFUL_MICRO_BATCH = 8  # below this, checkpointing (if it allows more) is worth its recompute
 
 
-def set_checkpointing(model: nn.Module, enable: bool, model_name: str = "") -> bool:
+def set_checkpointing(model: nn.Module, enable: bool) -> bool:
     """Switch gradient checkpointing; returns whether it is now in the state asked for.
 
-    On goes through the project's guard (non-reentrant, warns when the model cannot);
+    On goes through the project's switch (timm's ``set_grad_checkpointing``, non-reentrant);
     off through timm's own switch.
     """
     if enable:
-        return enforce_gradient_checkpointing(model, model_name or type(model).__name__, verbose=False)
+        return switch_on_checkpointing(model) is None
     setter = getattr(model, "set_grad_checkpointing", None)
     if setter is not None:
         setter(False)
@@ -64,37 +66,48 @@ def choose_plan(
     *,
     margin: float = DEFAULT_MARGIN,
     force_checkpointing: bool = False,
+    allow_checkpointing: bool = True,
     min_micro_batch: int = MIN_USEFUL_MICRO_BATCH,
     what: str = "the stage",
 ) -> MemoryPlan:
     """The search, plus the checkpointing decision: ``measure`` reflects whatever
     ``checkpointing(on)`` last set (it returns False when the model cannot checkpoint).
 
-    Checkpointing stays off unless forced, or unless without it nothing fits or only a micro-batch
-    below ``min_micro_batch`` does (BatchNorm statistics and GPU utilisation suffer there) and with
-    it a larger one fits. Raises UserError when nothing fits either way.
+    Checkpointing stays off unless forced, or unless it is allowed and without it nothing fits or
+    only a micro-batch below ``min_micro_batch`` does (BatchNorm statistics and GPU utilisation
+    suffer there) and with it a larger one fits. Raises UserError when nothing fits either way,
+    saying when checkpointing was not allowed or the model cannot do it.
     """
     plan = search_micro_batch(effective_batch, measure, budget_bytes, margin)
     plan.gradient_checkpointing = force_checkpointing
     rejected: list[tuple[int, Optional[int]]] = []
     wants_more = not plan.fits or plan.micro_batch < min(min_micro_batch, effective_batch)
-    if not force_checkpointing and wants_more and checkpointing(True):
-        with_gc = search_micro_batch(effective_batch, measure, budget_bytes, margin)
-        if with_gc.fits and (not plan.fits or with_gc.micro_batch > plan.micro_batch):
-            without = "nothing fits" if not plan.fits else f"only micro-batch {plan.micro_batch} fits"
-            with_gc.gradient_checkpointing = True
-            with_gc.tried_without_checkpointing = plan.tried
-            with_gc.reason = f"checkpointing on ({without} without it); {with_gc.reason}"
-            return with_gc
-        checkpointing(False)
-        rejected = with_gc.tried
-        plan.reason += f"; checkpointing gave no larger micro-batch ({_fmt_tried(rejected)})"
+    unable = ""  # why checkpointing was not tried although it was wanted
+    if wants_more and not force_checkpointing:
+        if not allow_checkpointing:
+            unable = "train.grad_checkpointing is off (auto lets the planner try it)"
+        elif not checkpointing(True):
+            unable = "the model cannot use gradient checkpointing"
+        else:
+            with_gc = search_micro_batch(effective_batch, measure, budget_bytes, margin)
+            if with_gc.fits and (not plan.fits or with_gc.micro_batch > plan.micro_batch):
+                without = "nothing fits" if not plan.fits else f"only micro-batch {plan.micro_batch} fits"
+                with_gc.gradient_checkpointing = True
+                with_gc.tried_without_checkpointing = plan.tried
+                with_gc.reason = f"checkpointing on ({without} without it); {with_gc.reason}"
+                return with_gc
+            checkpointing(False)
+            rejected = with_gc.tried
+            plan.reason += f"; checkpointing gave no larger micro-batch ({_fmt_tried(rejected)})"
+        if unable:
+            plan.reason += f"; {unable}"
     if not plan.fits:
         gc_state = "with" if plan.gradient_checkpointing else "without"
         also = f", with checkpointing {_fmt_tried(rejected)}" if rejected else ""
+        because = f"; {unable}" if unable else ""
         raise UserError(f"{what} does not fit a {budget_bytes / GIB:.2f} GiB VRAM budget less {margin:.0%} "
                         f"margin even at micro-batch 1 (tried {gc_state} checkpointing "
-                        f"{_fmt_tried(plan.tried)}{also}); use smaller images or models, "
+                        f"{_fmt_tried(plan.tried)}{also}){because}; use smaller images or models, "
                         "or raise --vram-budget")
     return plan
 
@@ -128,7 +141,6 @@ def plan_stage(
     budget_gb: Optional[float],
     *,
     model_name: str = "",
-    force_checkpointing: bool = False,
     margin: float = DEFAULT_MARGIN,
     min_micro_batch: int = MIN_USEFUL_MICRO_BATCH,
     dist: Optional[DistributedContext] = None,
@@ -138,17 +150,17 @@ def plan_stage(
     ``model`` and the objective's teacher must already be on ``device``. The model is first put
     in its training layout (``to_training_layout``: channels-last for CNNs on CUDA), so the probe
     measures what will train; otherwise both are left exactly as they were, except that
-    checkpointing is switched on when the plan says so. Raises UserError when even micro-batch 1
-    with checkpointing does not fit. Under DDP pass ``dist``: every rank probes its own GPU, then
-    all take the smallest micro-batch (a collective: every rank must call this). Apply with
-    ``plan.apply(engine_cfg)``.
+    checkpointing is switched on when ``engine_cfg.grad_checkpointing`` is ``on`` or the plan
+    says so (``auto``). Raises UserError when even micro-batch 1 does not fit. Under DDP pass
+    ``dist``: every rank probes its own GPU, then all take the smallest micro-batch (a collective:
+    every rank must call this). Apply with ``plan.apply(engine_cfg)``.
     """
     effective = engine_cfg.batch_size * engine_cfg.accumulation_steps
-    # Checkpointing the caller already switched on (ViT-Base, always) is kept, never undone.
-    force = force_checkpointing or bool(getattr(model, "grad_checkpointing", False))
-    if force and not set_checkpointing(model, True, model_name):
-        raise UserError(f"gradient checkpointing was required for {model_name or type(model).__name__}, "
-                        "but the model does not support it")
+    force = engine_cfg.grad_checkpointing == "on"
+    # the setting decides, not what the model was left with: on, or off until the plan says otherwise
+    if not set_checkpointing(model, force):
+        raise UserError(f"train.grad_checkpointing=on asks for gradient checkpointing, but "
+                        f"{model_name or type(model).__name__} does not support it; set it to auto or off")
     to_training_layout(model, engine_cfg, device)
     if device.type != "cuda" or budget_gb is None:
         why = "no budget" if budget_gb is None else f"no CUDA (device {device.type})"
@@ -172,8 +184,9 @@ def plan_stage(
 
     try:
         plan = choose_plan(
-            effective, measure, budget, lambda on: set_checkpointing(model, on, model_name), margin=margin,
-            force_checkpointing=force, min_micro_batch=min_micro_batch, what=_stage(model_name),
+            effective, measure, budget, lambda on: set_checkpointing(model, on), margin=margin,
+            force_checkpointing=force, allow_checkpointing=engine_cfg.grad_checkpointing != "off",
+            min_micro_batch=min_micro_batch, what=_stage(model_name),
         )
     finally:
         memory = DeviceMemory(device)

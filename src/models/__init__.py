@@ -1,1 +1,2 @@
-"""The timm model factory with small-input options."""
+"""Any timm classifier in any role: names, small-image adaptations, the learning-rate rule and
+gradient checkpointing."""

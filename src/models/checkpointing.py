@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from src.errors import UserError
 from src.utils.logger import announce
 
 
@@ -22,13 +23,44 @@ def _timm_reentrant_default() -> tuple[Callable[[], bool], Callable[[bool], None
     return use_reentrant_ckpt, set_reentrant_ckpt
 
 
+def switch_on_checkpointing(model: nn.Module) -> str | None:
+    """Turn on non-reentrant gradient checkpointing through timm's ``set_grad_checkpointing``;
+    returns None when it is on, else why it could not be (the model's own words)."""
+    if not hasattr(model, "set_grad_checkpointing"):  # every timm model has it; some refuse
+        return "the model offers no gradient-checkpointing method"
+    try:
+        timm_switch = _timm_reentrant_default()
+        if timm_switch is not None and timm_switch[0]():
+            warnings.warn(
+                "timm was set to reentrant checkpointing (TIMM_REENTRANT_CKPT); "
+                "switching timm's default to non-reentrant",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            timm_switch[1](False)
+        model.set_grad_checkpointing(True)
+    except (AssertionError, NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not getattr(model, "grad_checkpointing", True):
+        return "the model did not switch it on"
+    return None
+
+
+def require_gradient_checkpointing(model: nn.Module, model_name: str, why: str) -> None:
+    """Checkpointing on, or one ``UserError`` naming the model and the setting that asked for it."""
+    failure = switch_on_checkpointing(model)
+    if failure is not None:
+        raise UserError(f"{why} asks for gradient checkpointing, but {model_name} does not support it "
+                        f"({failure}); set it to auto or off for this stage")
+
+
 def enforce_gradient_checkpointing(model: nn.Module, model_name: str, verbose: bool = True) -> bool:
     """Turn on NON-reentrant gradient checkpointing of a timm model (``set_grad_checkpointing``).
 
     Checkpointing keeps only each block's input during the forward and recomputes the block's
-    activations in the backward: far less activation memory for about one extra forward. The
-    pipeline calls this for every ``vit_base`` stage (ViT-Base does not fit a 6 GB card
-    without it); for other models it is optional.
+    activations in the backward: far less activation memory for about one extra forward. A
+    stage gets it when ``train.grad_checkpointing`` says ``on`` (the ViT presets' ViT-Base
+    teacher: it does not fit a 6 GB card without it), or from the memory planner under ``auto``.
 
     Non-reentrant because the reentrant variant drops gradients when a block's input does not
     require grad and does not support ``torch.autograd.grad``. timm (1.0.x) checkpoints through
@@ -39,34 +71,18 @@ def enforce_gradient_checkpointing(model: nn.Module, model_name: str, verbose: b
     Returns True when checkpointing is on; warns and returns False when the model has no way
     to turn it on (or refused).
     """
-    enabled = False
-    failure = "the model offers no gradient-checkpointing method"
-    try:
-        if hasattr(model, "set_grad_checkpointing"):  # every timm model
-            timm_switch = _timm_reentrant_default()
-            if timm_switch is not None and timm_switch[0]():
-                warnings.warn(
-                    "timm was set to reentrant checkpointing (TIMM_REENTRANT_CKPT); "
-                    "switching timm's default to non-reentrant",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                timm_switch[1](False)
-            model.set_grad_checkpointing(True)
-            enabled = bool(getattr(model, "grad_checkpointing", True))
-    except (AssertionError, NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-        enabled = False
-    if not enabled:
+    failure = switch_on_checkpointing(model)
+    if failure is not None:
         warnings.warn(
             f"Gradient checkpointing could not be enabled for {model_name} ({failure}); "
             "training will keep every activation and may run out of GPU memory",
             RuntimeWarning,
             stacklevel=2,
         )
-    elif verbose:
+        return False
+    if verbose:
         announce(f"Gradient checkpointing (non-reentrant) enabled for {model_name}")
-    return enabled
+    return True
 
 
 @contextmanager

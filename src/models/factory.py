@@ -1,10 +1,12 @@
-"""A thin factory over ``timm.create_model`` for the TAKD chain's ResNets and ViTs.
+"""A thin factory over ``timm.create_model`` for any timm classifier in any role.
 
-timm builds every network; this module only (1) maps the short names users type
-(``resnet50``, ``vit_base``, ...) to timm names, (2) adapts the models to small images
-(a 3x3 stride-1 ResNet stem without max-pool, a ViT patch size that follows the image size)
-and (3) turns every way pretrained weights can fail into a one-line ``UserError`` instead of
-a silent random init or a 50-second retry loop ending in a traceback.
+timm builds every network; this module only (1) maps the short names users type (``resnet50``,
+``vit_base``, ...) to timm names (src/models/architecture.py), (2) adapts a model to small
+images as its own metadata says it is built: a patch-embedding model (ViT, DeiT, ...) gets the
+image size and a patch that follows it, a convolutional stem gets the 3x3 stride-1 small-image
+stem (src/models/small_input.py), and (3) turns every way pretrained weights, a stem or an image
+size can fail into a one-line ``UserError`` instead of a silent random init, a traceback or a
+50-second retry loop.
 """
 
 from __future__ import annotations
@@ -13,33 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from safetensors import SafetensorError
 from timm.models import load_state_dict
-from timm.models.resnet import ResNet
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from src.errors import UserError, error_detail
+from src.models.architecture import embeds_patches, first_conv, resolve_model_name
+from src.models.small_input import adapt_conv_stem
 from src.models.vit_patches import vit_patch_size
 
-SHORT_NAMES: dict[str, str] = {
-    "resnet50": "resnet50",
-    "resnet34": "resnet34",
-    "resnet18": "resnet18",
-    "vit_base": "vit_base_patch16_224",
-    "vit_small": "vit_small_patch16_224",
-    "vit_tiny": "vit_tiny_patch16_224",
-}
-SMALL_INPUT_BELOW = 64  # image sizes under this get the small-input stem / patch by default
+__all__ = ["SMALL_INPUT_BELOW", "check_runs_at", "count_parameters", "create_model", "resolve_model_name"]
+
+SMALL_INPUT_BELOW = 64  # image sizes under this get the small-input stem by default
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-def resolve_model_name(name: str) -> str:
-    """Return the timm model name for a short name or an existing timm name (tags allowed)."""
-    resolved = SHORT_NAMES.get(name, name)
-    if not timm.is_model(resolved):
-        raise UserError(f"unknown model {name!r}: use one of {', '.join(SHORT_NAMES)} or a timm model name")
-    return resolved
+SIZE_FIX = "use another image size (--image-size, or models.image_size.<role> for one stage)"
 
 
 def _missing_from_file(model: nn.Module, file_keys: set[str]) -> list[str]:
@@ -83,12 +73,8 @@ def _create_from_file(timm_name: str, weights_path: str | Path, **kwargs: Any) -
     return model
 
 
-def _create(timm_name: str, pretrained: bool, weights_path: str | Path | None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with pretrained failures mapped to ``UserError``."""
-    if weights_path is not None:
-        return _create_from_file(timm_name, weights_path, **kwargs)
-    if not pretrained:
-        return timm.create_model(timm_name, pretrained=False, **kwargs)
+def _create_pretrained(timm_name: str, **kwargs: Any) -> nn.Module:
+    """timm's hub weights, with every way a download fails mapped to ``UserError``."""
     try:
         return timm.create_model(timm_name, pretrained=True, **kwargs)
     except OSError as exc:  # hub/urllib/connection errors and HF_HUB_OFFLINE all derive from OSError
@@ -100,76 +86,23 @@ def _create(timm_name: str, pretrained: bool, weights_path: str | Path | None, *
         raise UserError(f"pretrained weights for {timm_name} are not available: {exc}") from exc
 
 
-def _use_small_stem(model: ResNet) -> None:
-    """CIFAR-style stem: a 3x3 stride-1 conv (64 channels, no bias) and no max-pool.
-
-    timm has no keyword for this (its ``stem_type='deep'`` is a stride-2 three-conv stem, a
-    different network), so the modules are swapped after creation. Pretrained weights are
-    loaded before the swap; the new conv1 is freshly initialised because a 7x7 stride-2 kernel
-    does not transfer to a 3x3 stride-1 one. BatchNorm ``bn1`` keeps its (loaded) weights.
-    """
-    old = model.conv1
-    if not isinstance(old, nn.Conv2d):
-        raise UserError("small_input needs a ResNet with a single-conv stem (not a deep-stem variant)")
-    model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    model.maxpool = nn.Identity()
-
-
-def get_resnet_model(
-    name: str,
-    num_classes: int,
-    *,
-    small_input: bool = True,
-    pretrained: bool = False,
-    weights_path: str | Path | None = None,
-    drop_path_rate: float = 0.0,
-) -> nn.Module:
-    """A timm ResNet with ``num_classes`` outputs; ``small_input`` swaps in the 3x3 stem."""
-    timm_name = resolve_model_name(name)
-    model = _create(
-        timm_name, pretrained, weights_path, num_classes=num_classes, drop_path_rate=drop_path_rate
-    )
-    if not isinstance(model, ResNet):
-        raise UserError(
-            f"model {name!r} is not a ResNet; the cnn family takes {', '.join(list(SHORT_NAMES)[:3])}"
-        )
-    if small_input:
-        _use_small_stem(model)
-    return model
-
-
-def get_vit_model(
-    name: str,
-    num_classes: int,
-    img_size: int,
-    patch_size: int | None = None,
-    *,
-    pretrained: bool = False,
-    weights_path: str | Path | None = None,
-    drop_path_rate: float = 0.0,
-) -> nn.Module:
-    """A timm VisionTransformer for ``img_size`` images; the patch size follows the image size."""
-    timm_name = resolve_model_name(name)
-    patch = vit_patch_size(img_size, patch_size)
-    model = _create(
-        timm_name,
-        pretrained,
-        weights_path,
-        num_classes=num_classes,
-        img_size=img_size,
-        patch_size=patch,
-        drop_path_rate=drop_path_rate,
-    )
-    if not isinstance(model, VisionTransformer):
-        raise UserError(
-            f"model {name!r} is not a ViT; the vit family takes {', '.join(list(SHORT_NAMES)[3:])}"
-        )
-    return model
+def _create(timm_name: str, image_size: int, pretrained: bool, weights_path: str | Path | None,
+            **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` from random, hub or file weights; a model that refuses the
+    arguments its input needs (``img_size``, ``patch_size``) is a ``UserError``."""
+    try:
+        if weights_path is not None:
+            return _create_from_file(timm_name, weights_path, **kwargs)
+        if pretrained:
+            return _create_pretrained(timm_name, **kwargs)
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    except (TypeError, AssertionError, ValueError) as exc:
+        raise UserError(f"model {timm_name} cannot be built as configured for {image_size}x{image_size} "
+                        f"images ({error_detail(exc)}); leave out a setting it does not take "
+                        f"(models.drop_path_rate) or {SIZE_FIX}") from None
 
 
 def create_model(
-    family: str,
     name: str,
     num_classes: int,
     image_size: int,
@@ -180,28 +113,41 @@ def create_model(
     weights_path: str | Path | None = None,
     drop_path_rate: float = 0.0,
 ) -> nn.Module:
-    """Build a model of ``family`` ("cnn" or "vit"); ``small_input=None`` means image_size < 64."""
-    if family == "cnn":
-        small = image_size < SMALL_INPUT_BELOW if small_input is None else small_input
-        return get_resnet_model(
-            name,
-            num_classes,
-            small_input=small,
-            pretrained=pretrained,
-            weights_path=weights_path,
-            drop_path_rate=drop_path_rate,
-        )
-    if family == "vit":
-        return get_vit_model(
-            name,
-            num_classes,
-            image_size,
-            patch_size,
-            pretrained=pretrained,
-            weights_path=weights_path,
-            drop_path_rate=drop_path_rate,
-        )
-    raise UserError(f"unknown model family {family!r}: use cnn or vit")
+    """Any timm classifier (or short name) with ``num_classes`` outputs for ``image_size`` images.
+
+    A patch-embedding model is built for ``image_size`` with the patch ``vit_patch_size`` gives
+    (``patch_size``, or one that follows the image size); any other model gets the small-image
+    stem when ``small_input`` (None: ``image_size`` < 64). Pretrained weights (timm's hub, or a
+    local ``weights_path``) are loaded before the stem is swapped.
+    """
+    timm_name = resolve_model_name(name)
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    patches = embeds_patches(timm_name)
+    if patches:
+        kwargs.update(img_size=image_size, patch_size=vit_patch_size(image_size, patch_size))
+    if drop_path_rate:  # not every model takes it (DenseNet, MobileNet v1, ...); 0 is everyone's default
+        kwargs["drop_path_rate"] = drop_path_rate
+    model = _create(timm_name, image_size, pretrained, weights_path, **kwargs)
+    small = image_size < SMALL_INPUT_BELOW if small_input is None else small_input
+    if small and not patches:
+        adapt_conv_stem(model, timm_name, model.pretrained_cfg.get("first_conv") or first_conv(timm_name))
+    return model
+
+
+def check_runs_at(model: nn.Module, name: str, image_size: int) -> None:
+    """Run one ``image_size`` image through ``model`` (eval mode, no gradients, nothing changed):
+    a model whose layers cannot take that size fails here with a ``UserError``, before a stage
+    holds any state, instead of with a traceback in its first training step."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise UserError(f"model {name} does not run on {image_size}x{image_size} images "
+                        f"({error_detail(exc)}); {SIZE_FIX}") from None
+    finally:
+        model.train(was_training)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from timm.models import get_pretrained_cfg
 
 from src.errors import UserError
-from src.models.factory import resolve_model_name
+from src.models.architecture import resolve_model_name
 
 
 def weights_normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,14 @@ def resume_target(resume: str) -> Path | None:
 
 
 def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: DistributedContext,
-             chains: list[Chain], teacher_from: Path | None) -> DataBundle:
-    """Check and write the run directory and the split on rank 0, then let the other ranks read them."""
+             chains: list[Chain], teacher_from: Path | None, config_notes: Sequence[str]) -> DataBundle:
+    """Check and write the run directory and the split on rank 0, then let the other ranks read them.
+    ``config_notes`` (retired keys of the config given) go to pipeline.log with the saved config's."""
     if dist.is_main:
         # Check everything (resume rules, then the data itself) before the first file is written,
         # so a mistake leaves no half-made run directory behind to trip the corrected command.
         prepare_run_directory(run_dir, cfg, resume, write=False)
+        config_notes = [*config_notes, *run_dir.retired_notes()]  # before config.yaml is rewritten
         run_dir.remove_temp_files()
         reuse = plan_reuse(cfg, run_dir, chains, teacher_from) if teacher_from is not None else None
         for chain in chains:
@@ -68,6 +71,8 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
         setup_logging(log_file=run_dir.log_path)
         LOGGER.info("run directory %s, stages %s", run_dir.root, ",".join(cfg.stages))
+        for note in config_notes:
+            LOGGER.info(note)
         for note in notes:
             LOGGER.info("config changed on resume (allowed): %s", note)
         if reuse is not None:
@@ -99,10 +104,12 @@ def _run_chain(chain: Chain, data: DataBundle, device: torch.device, dist: Distr
 
 
 def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto",
-                 teacher_from: Path | None = None) -> dict[str, dict[str, Any]]:
+                 teacher_from: Path | None = None,
+                 config_notes: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Run ``cfg.stages`` in ``output_dir`` (skipping finished ones), once per seed of
     ``runtime.seeds``; write and print the report. ``teacher_from`` reuses another run's
-    finished teacher (and assistant, baseline) where they fit.
+    finished teacher (and assistant, baseline) where they fit. ``config_notes`` are logged to
+    pipeline.log (what the loader ignored: ``load_config(notes=...)``).
 
     Returns every finished stage's result.json content, in pipeline order (of the last seed's
     chain when there are several; each chain's are in its folder).
@@ -113,12 +120,12 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto",
     dist = DistributedContext.from_env(device)
     check_output_dir(run_dir.root)
     with RunLock(run_dir.root) if dist.is_main else contextlib.nullcontext():  # rank 0 alone writes
-        return _run_chains(cfg, run_dir, resume, checkpoint, teacher_from, device, dist)
+        return _run_chains(cfg, run_dir, resume, checkpoint, teacher_from, device, dist, config_notes)
 
 
 def _run_chains(cfg: RunConfig, run_dir: RunDirectory, resume: str, checkpoint: Path | None,
-                teacher_from: Path | None, device: torch.device,
-                dist: DistributedContext) -> dict[str, dict[str, Any]]:
+                teacher_from: Path | None, device: torch.device, dist: DistributedContext,
+                config_notes: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Everything ``run_pipeline`` does while it holds the run directory's lock."""
     from src.deploy.cost import run_costs
     from src.evidence.seeds_report import print_seeds_summary, write_seeds_report
@@ -126,7 +133,7 @@ def _run_chains(cfg: RunConfig, run_dir: RunDirectory, resume: str, checkpoint: 
 
     setup_reproducibility(cfg.runtime.seed, cfg.runtime.deterministic)
     chains = seed_chains(cfg, run_dir)
-    data = _prepare(cfg, run_dir, resume, dist, chains, teacher_from)
+    data = _prepare(cfg, run_dir, resume, dist, chains, teacher_from, config_notes)
     LOGGER.info(determinism_note(cfg.runtime.deterministic, device))
     results: dict[int, dict[str, dict[str, Any]]] = {}
     for chain in chains:

@@ -16,7 +16,7 @@ from src.engine.checkpoint import CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError, error_detail
-from src.runs.inputs import run_data
+from src.runs.inputs import run_data, stage_data
 from src.runs.rundir import open_run
 from src.runs.stage_models import build_model, load_weights
 
@@ -64,9 +64,9 @@ def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run, cfg = open_run(run_dir)
     stage = _stage_of(checkpoint, stage)
-    data = run_data(cfg, run.root)
+    data = stage_data(cfg, run_data(cfg, run.root), stage)  # the stage's own size and normalisation
     if checkpoint.suffix == ".onnx":  # the deployed artifact, through ONNX Runtime (src/deploy)
-        model, target = onnx_model_for(checkpoint, cfg.data.image_size, data.num_classes, run_dir, device)
+        model, target = onnx_model_for(checkpoint, data.image_size, data.num_classes, run_dir, device)
     else:
         model = build_model(cfg, stage, data.num_classes, initial=False)
         _load_into(model, checkpoint)

@@ -23,7 +23,7 @@ from src.config.schema import RunConfig
 from src.config.stage_settings import model_name
 from src.data.build import DataBundle
 from src.errors import UserError
-from src.runs.inputs import run_data
+from src.runs.inputs import run_data, stage_image_size
 from src.runs.rundir import RunDirectory, open_run
 from src.runs.seeds import Chain, seed_chains
 from src.runs.stage_models import verified_weights
@@ -122,7 +122,7 @@ def check_fingerprints(plan: ReusePlan, cfg: RunConfig, data: DataBundle) -> Non
         except UserError as exc:
             raise _fail(plan.source.root, str(exc), "or drop --teacher-from") from None
         expected = {"model": model_name(cfg, reuse.stage), "num_classes": data.num_classes,
-                    "image_size": cfg.data.image_size}
+                    "image_size": stage_image_size(cfg, reuse.stage)}
         wrong = [f"{key} {result.get(key)!r} (this run: {value!r})" for key, value in expected.items()
                  if result.get(key) != value]
         if wrong:

@@ -30,15 +30,16 @@ from src.engine.distributed import DistributedContext
 from src.engine.objective import CrossEntropyObjective, Objective
 from src.engine.trainer import Trainer
 from src.memory.planner import plan_stage
-from src.models.checkpointing import enforce_gradient_checkpointing
-from src.models.factory import count_parameters
-from src.models.lr_scale import stage_lr
+from src.models.checkpointing import require_gradient_checkpointing
+from src.models.factory import check_runs_at, count_parameters
+from src.models.lr_scale import get_model_specific_lr
+from src.runs.inputs import stage_data, teacher_view_change
 from src.runs.rundir import RunDirectory
-from src.runs.stage_models import build_model, is_vit_base, load_stage_model, stage_seed
+from src.runs.stage_models import build_model, load_stage_model, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.logger import SPLIT_METRICS
 from src.utils.weights import save_weights
-from src.visualization.attention import save_attention_maps, should_visualize
+from src.visualization.attention import has_vit_attention, save_attention_maps, should_visualize
 
 LOGGER = logging.getLogger("kd_pipeline.stage")
 
@@ -59,17 +60,19 @@ def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_
     return teacher, fingerprint
 
 
-def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, num_classes: int,
+def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBundle,
                    device: torch.device, teacher_result: dict[str, Any] | None) -> Objective:
-    """Labels only, or KD from the stage's frozen teacher (on ``device``)."""
+    """Labels only, or KD from the stage's frozen teacher (on ``device``), which sees each
+    training batch converted to its own view (``data``: the run's datasets, src/runs/inputs.py)."""
     teacher_stage = STAGES[stage].teacher_stage
     if teacher_stage is None:
         return CrossEntropyObjective(label_smoothing=cfg.train.label_smoothing)
     assert teacher_result is not None
-    teacher, fingerprint = load_teacher(cfg, run_dir, teacher_stage, num_classes, teacher_result)
+    teacher, fingerprint = load_teacher(cfg, run_dir, teacher_stage, data.num_classes, teacher_result)
     objective = DistillationObjective(teacher.to(device), cfg.distillation,
                                       label_smoothing=cfg.train.label_smoothing,
-                                      teacher_fingerprint=fingerprint)
+                                      teacher_fingerprint=fingerprint,
+                                      teacher_input=teacher_view_change(cfg, data, stage))
     return objective.to(device)
 
 
@@ -81,11 +84,12 @@ def first_val_batch(data: DataBundle, size: int) -> tuple[torch.Tensor, torch.Te
     return images, torch.tensor(data.val.targets[:count])
 
 
-def attention_callback(cfg: RunConfig, data: DataBundle, stage_dir: Path,
+def attention_callback(cfg: RunConfig, model: nn.Module, data: DataBundle, stage_dir: Path,
                        dist: DistributedContext) -> list[Any]:
-    """ViT stages: attention maps of one fixed validation batch every N epochs, on rank 0."""
+    """Stages whose model has ViT-style attention blocks: attention maps of one fixed validation
+    batch of the stage's view every N epochs, on rank 0."""
     every = cfg.runtime.attention_every
-    if cfg.models.family != "vit" or every <= 0 or not dist.is_main:
+    if every <= 0 or not dist.is_main or not has_vit_attention(model):
         return []
     images, _ = first_val_batch(data, 4)
 
@@ -101,22 +105,25 @@ def write_predictions(path: Path, y_true: Any, y_pred: Any) -> None:
     atomic_write_with(path, lambda tmp: frame.to_csv(tmp, index_label="index"))
 
 
-def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBundle, *,
+def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, run_datasets: DataBundle, *,
                 device: torch.device, dist: DistributedContext, resume: str | Path = "auto") -> None:
-    """Train, test and save ``stage``; everything built here is released when this returns."""
+    """Train, test and save ``stage`` on its own view of ``run_datasets``; everything built here
+    is released when this returns."""
     cfg = stage_config(cfg, stage)  # stage_overrides.<stage> applied to train: what this stage trains with
     spec, name = STAGES[stage], model_name(cfg, stage)
     stage_dir = run_dir.stage_dir(stage)
+    data = stage_data(cfg, run_datasets, stage)  # the stage's size and normalisation
     teacher_result = run_dir.read_result(spec.teacher_stage) if spec.teacher_stage else None
     # a stage continued from a checkpoint gets its weights from there: no pretrained download
     continuing = isinstance(resume, Path) or (resume == "auto"
                                               and (stage_dir / LATEST).exists())
     model = build_model(cfg, stage, data.num_classes, initial=not continuing)
-    if is_vit_base(name):
-        enforce_gradient_checkpointing(model, "vit_base", verbose=False)
+    check_runs_at(model, name, data.image_size)  # before the stage holds any state
+    if cfg.train.grad_checkpointing == "on":
+        require_gradient_checkpointing(model, name, f"train.grad_checkpointing=on (stage {stage})")
     model.to(device)
-    objective = make_objective(cfg, stage, run_dir, data.num_classes, device, teacher_result)
-    lr = stage_lr(name, cfg.train.lr)
+    objective = make_objective(cfg, stage, run_dir, run_datasets, device, teacher_result)
+    lr = get_model_specific_lr(name, cfg.train.lr)
     data.to(device, cfg.runtime.vram_budget_gb)  # resident images first: the memory plan counts them
     sample = first_val_batch(data, cfg.train.batch_size)
     plan = plan_stage(model, objective, sample, cfg.train, device, cfg.runtime.vram_budget_gb,
@@ -125,22 +132,21 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
     trainer = Trainer(
         model, objective, data.train, data.val, plan.apply(cfg.train), stage_dir,
         device=device, seed=cfg.runtime.seed, run_fingerprint=run_fingerprint(cfg, stage), dist=dist,
-        epoch_callbacks=attention_callback(cfg, data, stage_dir, dist), resume=resume, lr=lr,
+        epoch_callbacks=attention_callback(cfg, model, data, stage_dir, dist), resume=resume, lr=lr,
     )
     torch.manual_seed(stage_seed(cfg.runtime.seed, "train", stage))  # a resume restores its saved RNG
     fit = trainer.fit()
     test = trainer.evaluate(data.test)
     val = trainer.evaluate(data.val)  # the best weights' predictions: choices made without the test images
     if dist.is_main:
-        metadata = {"stage": stage, "arch": name, "family": cfg.models.family,
-                    "num_classes": str(data.num_classes), "image_size": str(cfg.data.image_size)}
+        metadata = {"stage": stage, "arch": name, "num_classes": str(data.num_classes),
+                    "image_size": str(data.image_size)}
         sha = save_weights(model, run_dir.weights_path(stage), metadata)
         write_predictions(run_dir.predictions_path(stage), test.y_true, test.y_pred)
         write_predictions(run_dir.predictions_path(stage, "val"), val.y_true, val.y_pred)
         result = {
             "stage": stage,
             "model": name,
-            "family": cfg.models.family,
             "params": count_parameters(model),
             "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run,
@@ -155,7 +161,8 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBun
             "weights_sha256": sha,
             "memory_plan": plan.to_dict(),
             "lr": lr,
-            "image_size": cfg.data.image_size,
+            "image_size": data.image_size,
+            "normalization": {"mean": list(data.mean), "std": list(data.std)},
             "num_classes": data.num_classes,
         }
         atomic_write_json(run_dir.result_path(stage), result)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config.change_rules import STATUS_ORDER, StageStatus, compare_configs
-from src.config.loader import config_from_dict, dump_config, read_yaml
+from src.config.loader import config_from_dict, dump_config, read_yaml, retired_notes
 from src.config.schema import RunConfig
 from src.config.stages import STAGES
 from src.data.split import SPLIT_FILE
@@ -113,6 +113,12 @@ class RunDirectory:
         for chain in self.chain_dirs():
             for folder in (chain.root, *(chain.stage_dir(stage) for stage in STAGES)):
                 remove_temp_files(folder)
+
+    def retired_notes(self) -> list[str]:
+        """A line per retired key its config.yaml still holds (a run made by an earlier version)."""
+        if not self.config_path.is_file():
+            return []
+        return retired_notes(read_yaml(self.config_path), str(self.config_path))
 
     def saved_config(self) -> RunConfig | None:
         """The config the run was started with, or None for a new run directory."""

@@ -19,14 +19,15 @@ from src.config.schema import RunConfig
 from src.config.stage_settings import model_name
 from src.config.stages import STAGES
 from src.errors import UserError, error_detail
-from src.models.factory import create_model, resolve_model_name
+from src.models.factory import create_model
+from src.runs.inputs import stage_image_size
 from src.runs.rundir import RunDirectory
 from src.utils.reproducibility import derive_seed
 from src.utils.weights import file_sha256, tensors_sha256
 
 
 def build_model(cfg: RunConfig, stage: str, num_classes: int, *, initial: bool) -> nn.Module:
-    """The architecture of ``stage`` under ``cfg`` (on the CPU).
+    """The architecture of ``stage`` under ``cfg`` (on the CPU), for the stage's own image size.
 
     ``initial=True`` builds the model a stage starts training from: only the teacher stage may
     start from pretrained weights, and the random initialisation is drawn from
@@ -40,10 +41,9 @@ def build_model(cfg: RunConfig, stage: str, num_classes: int, *, initial: bool) 
         if initial:
             torch.manual_seed(stage_seed(cfg.runtime.seed, "init", stage))
         return create_model(
-            cfg.models.family,
             model_name(cfg, stage),
             num_classes,
-            cfg.data.image_size,
+            stage_image_size(cfg, stage),
             small_input=cfg.models.small_input,
             patch_size=cfg.models.patch_size,
             pretrained=pretrained and cfg.models.pretrained,
@@ -58,11 +58,6 @@ def stage_seed(seed: int, purpose: Literal["init", "train"], stage: str) -> int:
     student, direct and baseline share them: their comparison is paired. Data order and
     augmentation are already functions of (seed, epoch, index), the same for every stage."""
     return derive_seed(seed, purpose, STAGES[stage].role)
-
-
-def is_vit_base(name: str) -> bool:
-    """ViT-Base always trains with gradient checkpointing (a promise: docs/CONTRACTS.md, "Decisions")."""
-    return resolve_model_name(name).startswith("vit_base")
 
 
 def load_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:

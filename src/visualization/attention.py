@@ -1,6 +1,8 @@
 """Where a ViT looks: the last block's CLS-token attention over the patches, saved as a PNG.
 
-timm's ``Attention`` normally runs fused ``scaled_dot_product_attention``, which never
+Any model with timm's ViT-style attention blocks qualifies (ViT, DeiT, EVA, BEiT, ...: a
+``patch_embed`` with a token grid, ``blocks`` whose attention has timm's explicit path), whatever
+its name. timm's ``Attention`` normally runs fused ``scaled_dot_product_attention``, which never
 materialises the attention probabilities. For one batch we switch the last block to timm's
 own explicit path (``fused_attn = False``) and read the probabilities at ``attn_drop`` (an
 identity in eval mode), so the maps are exactly what the model computes, with no copy of its
@@ -15,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from src.utils.atomic import atomic_write_with
@@ -26,7 +27,20 @@ def should_visualize(epoch: int, every: int) -> bool:
     return every > 0 and epoch % every == 0
 
 
-def _last_block_attention(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+def has_vit_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has timm's ViT-style attention blocks the maps can be read from: a
+    ``patch_embed`` with a ``grid_size``, prefix tokens, and a last block whose ``attn`` has
+    timm's switch to the explicit path (``fused_attn``), its ``attn_drop`` and ``num_heads``."""
+    model = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
+        return False
+    attn = getattr(blocks[-1], "attn", None)
+    return (hasattr(getattr(model, "patch_embed", None), "grid_size") and hasattr(model, "num_prefix_tokens")
+            and all(hasattr(attn, name) for name in ("fused_attn", "attn_drop", "num_heads")))
+
+
+def _last_block_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Attention probabilities (B, heads, tokens, tokens) of the last block, on the CPU."""
     attn = model.blocks[-1].attn
     captured: list[torch.Tensor] = []
@@ -46,13 +60,14 @@ def _last_block_attention(model: VisionTransformer, images: torch.Tensor) -> tor
     return captured.pop().float().cpu()
 
 
-def _cls_maps(model: VisionTransformer, probs: torch.Tensor) -> torch.Tensor:
+def _cls_maps(model: nn.Module, probs: torch.Tensor) -> torch.Tensor:
     """Per image and head, the attention the class token pays to each patch, as a (h, w) grid.
 
     Without a class token (average-pooled ViTs) the mean over all query tokens stands in.
     """
     prefix = model.num_prefix_tokens
-    rows = probs[:, :, 0, prefix:] if model.cls_token is not None else probs[:, :, prefix:, prefix:].mean(2)
+    has_cls = getattr(model, "cls_token", None) is not None
+    rows = probs[:, :, 0, prefix:] if has_cls else probs[:, :, prefix:, prefix:].mean(2)
     return rows.reshape(*rows.shape[:2], *model.patch_embed.grid_size)
 
 
@@ -78,8 +93,8 @@ def save_attention_maps(
     model's training mode is restored; no hooks or captured tensors outlive the call.
     """
     vit = getattr(model, "module", model)  # DistributedDataParallel wraps the model
-    if not isinstance(vit, VisionTransformer):
-        raise TypeError(f"attention maps need a timm VisionTransformer, got {type(vit).__name__}")
+    if not has_vit_attention(vit):
+        raise TypeError(f"attention maps need timm ViT-style attention blocks, got {type(vit).__name__}")
     num_heads = vit.blocks[-1].attn.num_heads
     if not heads or any(not 0 <= h < num_heads for h in heads):
         raise ValueError(f"heads must be indices in 0..{num_heads - 1}, got {tuple(heads)}")
