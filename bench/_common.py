@@ -2,8 +2,8 @@
 loader), building a stage's model and objective exactly as the pipeline does, and a line
 describing the machine.
 
-Benchmarks are scripts (``python bench/memory.py``), so this module also makes ``src``
-importable from the repository root.
+Benchmarks are scripts (``python bench/memory.py``) over the installed package (``pip install -e
+.``, as ``make`` does; ``make gpu-check`` sets PYTHONPATH instead).
 """
 from __future__ import annotations
 

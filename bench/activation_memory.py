@@ -20,7 +20,7 @@ import time
 import warnings
 
 import torch
-from _common import GPU_CONFIG, preset_config  # puts src on the path
+from _common import GPU_CONFIG, preset_config
 
 from src.config.presets import PRESETS
 from src.config.stage_settings import model_name, stage_config

@@ -17,7 +17,7 @@ import argparse
 
 import pandas as pd
 import torch
-from _common import (  # puts src on the path
+from _common import (
     NUM_CLASSES,
     add_preset_flag,
     add_threads_flag,

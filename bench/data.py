@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
-"""Data path speed: 7cccdd2's per-sample path against the batched device path, and against the
+"""Data path speed: a per-sample Dataset path against the batched device path, and against the
 student's training rate, side by side in one process on the run's device.
 
 Two input paths make the same kind of training batch (random crop with padding, flip, resize to
 the model's size, normalise) from CIFAR-shaped uint8 images (synthetic: nothing downloads):
 
-  * per-sample: 7cccdd2's ``TrainDataset.__getitem__`` (a generator per sample, pad/crop/flip on
-    one image, normalise; at 224 px CIFAR overflowed that version's 1 GiB cache, so every item was
-    also resized from 32 px), collated by a DataLoader with ``num_workers=0`` (the engine default)
-    and copied to the device, as the engine did;
+  * per-sample: a ``Dataset.__getitem__`` that pads, crops and flips one image, normalises it and
+    (at 224 px, where CIFAR overflows a 1 GiB cache) resizes every item from 32 px, collated by a
+    DataLoader with ``num_workers=0`` and copied to the device: the common hand-written path;
   * batched: the product's ``TrainDataset.batches`` on a resident store (src/data).
 
 Both consume the same (epoch, index) plan. The student rates are one optimizer update on batches
@@ -60,13 +59,13 @@ from src.utils.reproducibility import derive_seed, setup_reproducibility
 CIFAR = DATASETS["cifar10"].stats
 
 
-class PerSample7cccdd2(Dataset):
-    """The per-sample training path of 7cccdd2 (src/data/datasets.py + transforms.py there),
-    kept verbatim in behaviour as this benchmark's baseline."""
+class PerSampleDataset(Dataset):
+    """A per-sample training path (one image at a time: pad, crop, flip, normalise, resize): this
+    benchmark's baseline."""
 
     def __init__(self, images: torch.Tensor, targets: list[int], image_size: int, seed: int) -> None:
         self.images, self.targets, self.size, self.seed = images, targets, image_size, seed
-        self.cached = image_size == images.shape[-1]  # 32 px fitted that version's cache; 224 px did not
+        self.cached = image_size == images.shape[-1]  # 32 px fits a 1 GiB cache; 224 px does not
         self.padding = crop_padding(image_size)
 
     def __len__(self) -> int:
@@ -96,7 +95,7 @@ def data_runners(images: torch.Tensor, targets: list[int], size: int, batch: int
                  ) -> dict[str, Callable[[], int]]:
     order = epoch_order(0, 1, len(targets))
     plan = [[(1, i) for i in order[j : j + batch]] for j in range(0, len(order), batch)]
-    old, new = PerSample7cccdd2(images, targets, size, seed=0), batched_dataset(images, targets, size, seed=0)
+    old, new = PerSampleDataset(images, targets, size, seed=0), batched_dataset(images, targets, size, seed=0)
     new.store.on(device)
 
     def per_sample() -> int:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine_line  # puts src on the path
+from _common import machine_line
 
 from src.config.loader import read_yaml
 from src.config.stages import STAGES

@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from _common import (  # puts src on the path
+from _common import (
     add_preset_flag,
     add_threads_flag,
     build_stage,

@@ -34,7 +34,7 @@ from typing import TypeVar
 
 import pandas as pd
 import torch
-from _common import (  # puts src on the path
+from _common import (
     NUM_CLASSES,
     StageSetup,
     add_preset_flag,

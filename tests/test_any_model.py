@@ -124,7 +124,7 @@ def test_checkpointing_asked_of_a_model_without_it_fails_before_the_stage_holds_
     assert result(out, "teacher")["memory_plan"]["gradient_checkpointing"] is False
 
 
-# config.yaml as the code before models.family went away (367eb9a) wrote it for
+# config.yaml as a version with the models.family key wrote it for
 # `cnn_distillation/train.py --subset 40 --epochs 1 --batch-size 16 --stages teacher --device cpu
 #  --set report.benchmark=false --set models.teacher=resnet18` (the --image-size flag gives 8, as digits.yaml)
 OLD_CONFIG = """# kd-pipeline run configuration, written 2026-12-04 12:00:00 UTC

@@ -167,7 +167,7 @@ def trainer_scenario(fake_cuda: FakeCuda, tmp_path: Path, per_image_by_epoch: di
 
 
 def cleanup_scenario(fake_cuda: FakeCuda) -> dict[str, Any]:
-    """The seed's call with model, optimizer, scheduler and scaler the caller keeps holding; every
+    """The training_guards call with model, optimizer, scheduler and scaler the caller keeps holding; every
     tensor of theirs is booked on the fake card for as long as it lives."""
     torch.cuda.init()
     model = tiny_cnn()
@@ -255,7 +255,7 @@ def deploy_scenario(fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch) -> dic
 def test_fake_device_runs_torch_cuda_python_and_refuses_an_unindexed_device(fake_cuda: FakeCuda) -> None:
     """The fixture itself: torch.cuda's real argument checks run, tensors still cannot be made."""
     assert torch.cuda.is_available() and torch.cuda.device_count() == 1
-    with pytest.raises(ValueError, match="specified index"):  # issue 8, item 1: what every run hit
+    with pytest.raises(ValueError, match="specified index"):  # an unindexed device: what every run once hit
         torch.cuda.set_per_process_memory_fraction(0.5, torch.device("cuda"))
     with pytest.raises(TypeError, match="float"):
         torch.cuda.set_per_process_memory_fraction(1, torch.device("cuda", 0))
@@ -288,9 +288,9 @@ def test_resolve_device_without_cuda_is_a_user_error_or_the_cpu() -> None:
 @pytest.mark.slow
 def test_planner_caps_the_process_and_fits_the_search_through_torch_cuda(
         fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The regression of issue 8 item 1 goes through the real set_per_process_memory_fraction:
-    the device from resolve_device carries the index it needs. Issue 8 item 4: the probe measured
-    the CNN before the Trainer made it channels-last; it now probes the layout that trains."""
+    """The cap goes through the real set_per_process_memory_fraction: the device from
+    resolve_device carries the index it needs. The probe measures the layout that trains (the CNN
+    channels-last, as the Trainer makes it)."""
     found = covering("planner", lambda: planner_scenario(fake_cuda, monkeypatch))
     plan, model = found["plan"], found["model"]
     weights = param_bytes(model)
@@ -384,7 +384,7 @@ def test_epoch_peaks_are_per_epoch_and_result_peaks_include_reserved(fake_cuda: 
 
 def test_out_of_memory_empties_the_cache_only_after_the_failed_window_is_unreachable(
         fake_cuda: FakeCuda, tmp_path: Path) -> None:
-    """Issue 8 item 5, on the allocator's own figures: micro-batch 16 books 320 MiB of activations
+    """On the allocator's own figures: micro-batch 16 books 320 MiB of activations
     (held by its logits) and then runs out of memory asking for its 320 MiB workspace under a
     500 MiB cap. When empty_cache runs those 320 MiB must already be free: an empty_cache inside
     the except clause (whose traceback still holds the logits) would return nothing."""

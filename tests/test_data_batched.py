@@ -3,8 +3,8 @@
 The reference for "the per-sample path" is torchvision's own per-image functional ops applied to
 one image at a time with the same draws, in the product's order (crop and flip, normalise, resize
 the float image). Resizing the uint8 image before normalising (the earlier order) rounds the
-upsampled pixels to uint8: it differs by less than one uint8 level. 7cccdd2's
-per-sample code resized first and cropped at the model's size, which differs beyond that only in
+upsampled pixels to uint8: it differs by less than one uint8 level. A per-sample path that
+resizes first and cropped at the model's size, which differs beyond that only in
 resampling near the crop and padding edges (last test here).
 """
 from __future__ import annotations
@@ -136,12 +136,12 @@ def test_cifar_sized_data_is_stored_native_and_resized_per_batch() -> None:
     assert bundle.train.augment.padding == 1  # the crop shifts by whole stored pixels
 
 
-def test_the_order_of_7cccdd2_differs_only_near_crop_and_padding_edges() -> None:
-    """7cccdd2 resized CIFAR to 224 px first and cropped there (padding 28, offsets in 7 px steps);
-    now the crop happens at 32 px and the resize after it. Bilinear resizing commutes with whole
+def test_resizing_before_the_crop_differs_only_near_crop_and_padding_edges() -> None:
+    """Resizing CIFAR to 224 px first and cropping there (padding 28, offsets in 7 px steps) against
+    the product's crop at 32 px and resize after it. Bilinear resizing commutes with whole
     7 px shifts, so the two agree except within 4 px of the crop's border and of the edge between
     image and zero padding, where the resize now blends in the padding. "Agree" is below one uint8
-    level: 7cccdd2 rounded the resized image to uint8, the normalised float image is resized now
+    level: resizing first rounds the resized image to uint8, the product resizes the normalised float image
     (measured: at most 0.0138 inside, up to 2.7 near the edges)."""
     dataset = cifar_like(224, count=8)
     images = torch.cat([images for images, _ in dataset.batches([[(1, i) for i in range(8)]], CPU)])

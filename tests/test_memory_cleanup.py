@@ -1,5 +1,5 @@
-"""cleanup_training_state with the seed's call: what it releases from objects the caller still
-holds, measured on real storages (CPU here; the same on a GPU, see the gpu test and
+"""cleanup_training_state called as training_guards documents it: what it releases from objects
+the caller still holds, measured on real storages (CPU here; the same on a GPU, see the gpu test and
 tests/test_cuda_paths.py for the CUDA figures)."""
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def test_any_timm_model_works_at_8px(name: str) -> None:
 
 
 # build_model's state-dict hashes for every stage of the shipped digits configs (seed 42, 10
-# classes), computed with the code before models.family went away (367eb9a): the preset models
+# classes), computed with the family-specific model code this factory replaced: the preset models
 # must stay bit-identical (same modules, same init draws in the same order), so make run and
 # make run-vit train the very same networks.
 PRESET_WEIGHTS = {

@@ -42,7 +42,10 @@ class RunConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
-    stages: list[str] = field(default_factory=lambda: ["teacher", "assistant", "student", "baseline"])
+    # the chain, its labels-only baseline (did distillation help?) and the student taught by the
+    # teacher directly (did the assistant help?): every run answers both questions
+    stages: list[str] = field(
+        default_factory=lambda: ["teacher", "assistant", "student", "baseline", "direct"])
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage_overrides: StageOverrides = field(default_factory=StageOverrides)

@@ -1,4 +1,4 @@
-"""Early stopping with explicit semantics (the seed's version stopped after 10 epochs always).
+"""Early stopping with explicit semantics, resumable from its state.
 
 An epoch is an improvement only when its value is STRICTLY better than the best so far by
 more than ``min_delta``; only epochs that are not improvements increase ``wait``, and any

@@ -1,7 +1,7 @@
-"""Releasing a stage's memory between stages: the seed's ``cleanup_training_state``.
+"""Releasing a stage's memory between stages: ``cleanup_training_state``.
 
-The seed's version ``del``-ed its arguments, which only drops the function's own names: while
-the caller still held the model and optimizer nothing was freed. What can really be released
+``del`` on a function's arguments only drops the function's own names: while the caller still
+holds the model and optimizer nothing is freed that way. What can really be released
 from objects a caller still holds is released here: the optimizer's state (momentum, Adam's
 moments: one or two more copies of the weights), every gradient, and the model's parameters and
 buffers, which move to the CPU (the model stays usable there). Then unreachable objects are
@@ -80,7 +80,7 @@ def cleanup_training_state(model: Optional[nn.Module] = None,
     to the driver and report memory. Call it between stages, never every epoch (emptying the
     cache only slows training).
 
-    ``scheduler`` and ``scaler`` are accepted for the seed's call: they hold a few numbers, not
+    ``scheduler`` and ``scaler`` are accepted for the training_guards call: they hold a few numbers, not
     memory worth releasing, and are left as they are. Everything else the stage built is freed
     only once the caller drops it (end the scope that owns the stage, as the pipeline does).
 

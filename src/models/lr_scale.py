@@ -1,5 +1,5 @@
-"""``get_model_specific_lr``: the learning rate scaled by model size, the one rule of the seed's
-API and of every stage (re-exported by ``src.utils.training_guards``).
+"""``get_model_specific_lr``: the learning rate scaled by model size, the one rule for every stage
+and for users' own scripts (re-exported by ``src.utils.training_guards``).
 
 Why: a chain trains models of very different sizes with one configured rate (the teacher's).
 From scratch, the smaller models of a chain were less stable at it, so each stage trains at a

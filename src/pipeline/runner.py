@@ -2,8 +2,8 @@
 
 A stage's model, optimizer (inside the Trainer), teacher and loaders are locals of
 ``train_stage``; when it returns they are unreachable, and only then does
-``cleanup_training_state`` collect them and return the CUDA cache. This is the fix for the
-seed's cleanup function, which could not free objects its caller still referenced.
+``cleanup_training_state`` collect them and return the CUDA cache (a function cannot free
+objects its caller still references).
 """
 from __future__ import annotations
 

@@ -261,7 +261,7 @@ def setup_logging(
 
 
 def announce(message: str) -> None:
-    """A verbose summary of the seed's guards (``freeze_teacher(verbose=True)``, ...): logged to
+    """A verbose summary of the training guards (``freeze_teacher(verbose=True)``, ...): logged to
     ``kd_pipeline`` (so it lands in pipeline.log) once ``setup_logging`` configured it,
     printed otherwise, so a user calling the guards from their own script still sees it."""
     if logging.getLogger(PIPELINE_LOGGER).handlers:

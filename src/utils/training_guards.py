@@ -1,10 +1,10 @@
 """Guards that keep a distillation run inside a small GPU and stop it early when it goes wrong.
 
 These are the seven names users already import (``from src.utils.training_guards import
-freeze_teacher``). Each one fixes a failure the original scripts had: a teacher that still
-built gradient graphs, ViT-Base running out of memory without checkpointing, memory that was
-never returned between stages, training that ran on after the loss became NaN, per-epoch peak
-memory that was really a running maximum, a fixed KD weight, one learning rate for every size.
+freeze_teacher``). Each one prevents a failure distillation scripts meet: a teacher that still
+builds gradient graphs, ViT-Base running out of memory without checkpointing, memory that is
+never returned between stages, training that runs on after the loss became NaN, per-epoch peak
+memory that is really a running maximum, a fixed KD weight, one learning rate for every size.
 
 This module is their import surface; each guard lives next to the code that uses it:
 
