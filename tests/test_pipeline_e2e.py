@@ -75,7 +75,8 @@ def test_cnn_chain_leaves_the_run_directory_contract(cnn_run: tuple[Path, dict[s
     out, teacher_files, stdout = cnn_run
     for name in RUN_FILES + ("student_confusion_matrix.png", "student_per_class.csv"):
         assert (out / name).is_file(), name
-    teachers = {"teacher": None, "assistant": "teacher", "student": "assistant", "baseline": None}
+    teachers = {"teacher": None, "assistant": "teacher", "student": "assistant", "baseline": None,
+                "direct": "teacher"}
     results = {stage: check_stage(out / stage, stage, teacher) for stage, teacher in teachers.items()}
     assert results["student"]["model"] == results["baseline"]["model"] == "resnet18"
     assert results["student"]["lr"] < results["teacher"]["lr"]  # size-scaled learning rates
