@@ -21,8 +21,8 @@ from src.utils.logger import REQUIRED_COLUMNS
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--subset", "40", "--image-size", "8", "--device", "cpu"]
 RUN_FILES = ("config.yaml", "split.json", "pipeline.log", "summary.csv", "summary.md", "comparison.png")
-STAGE_FILES = ("epochs.csv", "metrics.jsonl", "checkpoint_latest.pt", "checkpoint_best.pt",
-               "model.safetensors", "result.json", "curves.png")
+STAGE_FILES = ("epochs.csv", "metrics.jsonl", "checkpoint_latest.pt", "model.safetensors", "result.json",
+               "curves.png")
 RESULT_KEYS = {"stage", "model", "params", "best_epoch", "epochs_run", "test", "peak_gpu_memory_mb",
                "train_time_sec", "teacher", "weights_sha256", "memory_plan", "lr"}
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from src.engine.batch_floor import refuse_below_floor
 from src.engine.checkpoint import LATEST, CheckpointStore
 from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
@@ -114,7 +115,7 @@ class Trainer:
         self.window = config.batch_size * config.accumulation_steps  # samples per update, per rank
         self.samples_per_rank = math.ceil(len(train_dataset) / self.dist.world_size)  # type: ignore[arg-type]
         # the out-of-memory fallback never halves below this (BatchNorm cannot train on one sample)
-        self.min_micro_batch = _smallest_micro_batch(model, config.batch_size, self.samples_per_rank)
+        self.min_micro_batch = refuse_below_floor(model, config.batch_size, self.samples_per_rank)
         updates_per_epoch = len(window_sizes(self.samples_per_rank, self.window))
         self.schedule = build_schedule(self.optimizer, config, updates_per_epoch)
         self.early = EarlyStopping(config.monitor, config.mode, config.patience, config.min_delta)
@@ -468,9 +469,10 @@ class Trainer:
 
     def _restore_best(self) -> None:
         """Load the best epoch's weights into ``model`` (every rank reads rank 0's file),
-        unless the last epoch was the best: then the model already holds them."""
+        unless the last epoch was the best: then the model already holds them. A finished stage
+        continued with more epochs that did not improve finds them in model.safetensors."""
         self.dist.barrier()
-        if self.early.best_epoch not in (0, self.epoch - 1) and self.store.best_path.exists():
+        if self.early.best_epoch not in (0, self.epoch - 1):
             self.model.load_state_dict(self.store.load_best()["model"])
 
     def _peak_reserved_mb(self) -> Optional[float]:
@@ -480,28 +482,6 @@ class Trainer:
         peaks = [record["peak_reserved_mb"] for record in self.metrics_log.records
                  if record.get("event") == "epoch_memory"]
         return max(peaks, default=None)
-
-
-def _smallest_micro_batch(model: nn.Module, batch_size: int, samples_per_rank: int) -> int:
-    """The smallest micro-batch ``model`` can train on: 2 with BatchNorm, which cannot take a batch
-    of one sample in training mode, else 1. The sampler merges a lone last sample into the batch
-    before it; a batch size of 1, or one training sample per process, is refused here instead of
-    crashing in the first forward."""
-    if not any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
-        return 1
-    if batch_size < 2:
-        raise UserError(
-            f"--batch-size {batch_size}: {type(model).__name__} has BatchNorm layers, which cannot train "
-            "on one sample per step; use --batch-size 2 or more (with --set train.accumulation_steps=N "
-            "to keep the memory of a small batch)"
-        )
-    if samples_per_rank < 2:
-        raise UserError(
-            f"{type(model).__name__} has BatchNorm layers, which cannot train on one sample per step, and "
-            f"each process gets {samples_per_rank} training sample; use more data (a larger --subset) "
-            "or fewer processes"
-        )
-    return 2
 
 
 def _output_classes(model: nn.Module) -> int:
