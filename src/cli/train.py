@@ -18,6 +18,7 @@ from src.config.presets import PRESETS
 from src.config.stages import STAGE_NAMES
 from src.data.registry import DATASETS
 from src.data.settings import DataConfig
+from src.engine.distributed import keep_exit_code_under_torchrun
 from src.errors import KDPipelineError, UserError
 from src.utils.cli_args import OneLineParser, user_path
 
@@ -135,12 +136,15 @@ def main(preset: str, argv: Sequence[str] | None = None) -> int:
     try:
         run(preset, argv)
     except UserError as exc:
+        keep_exit_code_under_torchrun()
         print(f"error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
     except KDPipelineError as exc:  # diverged (3) or interrupted after a checkpoint (130/143)
+        keep_exit_code_under_torchrun()
         print(f"error: {exc}" if exc.exit_code == 3 else str(exc), file=sys.stderr)  # "interrupted by ..."
         return exit_code_for(exc)
     except KeyboardInterrupt:
+        keep_exit_code_under_torchrun()
         print("interrupted: stopped by Ctrl-C; re-run the same command to continue", file=sys.stderr)
         return 130
     return 0

@@ -25,7 +25,7 @@ from src.engine.batch_floor import refuse_below_floor
 from src.engine.checkpoint import LATEST, CheckpointStore
 from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
-from src.engine.divergence import NonFiniteLossError, clear_divergence, record_divergence, validate_loss
+from src.engine.divergence import NonFiniteLossError, clear_divergence, record_divergence
 from src.engine.early_stopping import EarlyStopping
 from src.engine.evaluation import EvalResult, evaluate_model, num_classes_of
 from src.engine.layout import to_training_layout
@@ -112,6 +112,7 @@ class Trainer:
         self.lr = config.lr if lr is None else lr
 
         self.micro_batch = config.batch_size
+        self.eval_batch = config.batch_size  # halved for good by an out-of-memory error in evaluation
         self.window = config.batch_size * config.accumulation_steps  # samples per update, per rank
         self.samples_per_rank = math.ceil(len(train_dataset) / self.dist.world_size)  # type: ignore[arg-type]
         # the out-of-memory fallback never halves below this (BatchNorm cannot train on one sample)
@@ -139,6 +140,7 @@ class Trainer:
         self.train_time = 0.0
         self.peak_memory_mb: Optional[float] = None
         self.oom_history: list[str] = []
+        self.nonfinite_loss = 0  # under nonfinite_policy "raise": _nonfinite_code of the window that had one
 
     # ------------------------------------------------------------------ public API
 
@@ -190,13 +192,16 @@ class Trainer:
         )
 
     def evaluate(self, dataset: Dataset[Any]) -> EvalResult:
-        """Cross-entropy (sample weighted) and macro metrics of the current weights on ``dataset``."""
-        return evaluate_model(
-            self.model, dataset, device=self.device, batch_size=self.micro_batch,
+        """Cross-entropy (sample weighted) and macro metrics of the current weights on ``dataset``,
+        at the micro-batch, or the smaller batch an earlier evaluation fell back to."""
+        result = evaluate_model(
+            self.model, dataset, device=self.device, batch_size=min(self.micro_batch, self.eval_batch),
             num_workers=self.cfg.num_workers, seed=self.seed,
             num_classes=num_classes_of(dataset, self.num_classes),
             dist=self.dist, autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
         )
+        self.eval_batch = result.batch_size
+        return result
 
     # ------------------------------------------------------------------ the epoch
 
@@ -282,8 +287,8 @@ class Trainer:
         if outcome.applied:
             self.schedule.step_update()
         if outcome.loss_nonfinite and self.cfg.nonfinite_policy == "raise":
-            losses = torch.stack([piece.loss.float() for piece in window])
-            validate_loss(losses[~torch.isfinite(losses)][0], self.global_step)  # raises NonFiniteLossError
+            self.nonfinite_loss = _nonfinite_code(window)  # raised at the boundary, by every rank alike
+            return False, False
         try:
             for piece in window:
                 self.epoch_tally.add_micro_batch(piece.contribution, piece.parts, piece.samples)
@@ -300,14 +305,17 @@ class Trainer:
 
     def _at_update_boundary(self, signals: StopSignals, started: float, step_oom: bool,
                             books_oom: bool) -> Optional[str]:
-        """Log, checkpoint and obey signals; every rank takes the same decision. Returns what ran
-        out of memory in the update on any rank (the caller falls back from it), or None."""
+        """Stop on a non-finite loss (policy ``raise``), log, checkpoint and obey signals; every
+        rank takes the same decision, so a loss that is non-finite on one rank stops all of them
+        with the same error. Returns what ran out of memory in the update on any rank (the caller
+        falls back from it), or None."""
         every_steps = self.cfg.checkpoint_every_steps
         every_minutes = self.cfg.checkpoint_every_minutes
         time_due = every_minutes is not None and time.monotonic() - self._last_save >= every_minutes * 60
         update = self.global_step + 1 if step_oom else self.global_step  # ours failed: not counted
-        stop, time_due, step_oom, books_oom = self.dist.any_flags(signals.received is not None, time_due,
-                                                                   step_oom, books_oom)
+        stop, time_due, step_oom, books_oom, nonfinite = self.dist.max_codes(
+            int(signals.received is not None), int(time_due), int(step_oom), int(books_oom),
+            self.nonfinite_loss)
         if step_oom:
             if self.dist.enabled:  # some ranks applied the update, others did not: they cannot agree again
                 raise UserError(
@@ -317,6 +325,8 @@ class Trainer:
                     "processes, then re-run the same command to continue from the last checkpoint"
                 )
             return f"micro-batch {self.micro_batch} (optimizer step)"
+        if nonfinite:  # on any rank: all stop with the same error (nothing of the update is saved)
+            raise NonFiniteLossError(self.global_step, _NONFINITE[nonfinite - 1])
         if self.global_step % self.cfg.log_interval == 0:
             self._log_interval()
         steps_due = every_steps is not None and self.global_step % every_steps == 0
@@ -482,6 +492,17 @@ class Trainer:
         peaks = [record["peak_reserved_mb"] for record in self.metrics_log.records
                  if record.get("event") == "epoch_memory"]
         return max(peaks, default=None)
+
+
+_NONFINITE = (float("nan"), float("inf"), float("-inf"))
+
+
+def _nonfinite_code(window: list[_Piece]) -> int:
+    """The window's first non-finite micro-batch loss as 1 + its index in ``_NONFINITE``: the code
+    the ranks agree on (their largest), so every rank reports the same value."""
+    losses = torch.stack([piece.loss.float() for piece in window]).cpu()
+    value = float(losses[~torch.isfinite(losses)][0])
+    return 1 if math.isnan(value) else 2 if value > 0 else 3
 
 
 def _output_classes(model: nn.Module) -> int:
