@@ -20,8 +20,9 @@ from src.utils.logger import SPLIT_METRICS
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="evaluate.py",
-        description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
-        "on a split of the run it belongs to; a model.onnx from export.py is scored through ONNX Runtime.",
+        description="Score a stage's model.safetensors (a finished stage's best weights) or a checkpoint "
+        "(checkpoint_latest.pt; checkpoint_best.pt while it trains) on a split of the run it belongs to; "
+        "a model.onnx from export.py is scored through ONNX Runtime.",
     )
     parser.add_argument("--checkpoint", type=user_path, required=True,
                         help="a .pt checkpoint, model.safetensors or model.onnx")
