@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from src.data.coverage import missing_class_notes
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
 from src.data.registry import DATASETS
 from src.data.settings import DataConfig, validate_data
@@ -32,6 +34,7 @@ class DataBundle:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what limits the scores (coverage.py)
 
     def with_seed(self, seed: int) -> DataBundle:
         """This bundle for another seed's chain: the same split and images (one resident copy, on
@@ -99,6 +102,8 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
                          seed=seed)
     val = ImageDataset(*part_of("val"), source.class_names, plain)
     test = ImageDataset(*part_of("test"), source.class_names, plain)
+    counts = Counter(t for part in source.parts.values() for t in part.targets)
+    warnings = missing_class_notes({"val": val.targets, "test": test.targets}, source.class_names, counts)
     if write and run_dir is not None and not info.reused:
         info = dataclasses.replace(info, path=save_split(record, run_dir))
     return DataBundle(
@@ -112,4 +117,5 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
         image_size=cfg.image_size,
         mean=normalize.mean,
         std=normalize.std,
+        warnings=warnings,
     )

@@ -75,6 +75,8 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
             LOGGER.info(note)
         for note in notes:
             LOGGER.info("config changed on resume (allowed): %s", note)
+        for warning in data.warnings:
+            LOGGER.warning(warning)
         if reuse is not None:
             apply_reuse(reuse)
         dist.barrier()

@@ -1,0 +1,88 @@
+"""Image folders as users have them: GIFs beside PNGs, a Latin-1 folder name from a zip, a class
+too small to reach the test split. Each ends in the right result with a word in the log, or in one
+error line; the report never crashes on a name or scores a class the split lacks as 0."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from src.cli.train import main
+from src.data.build import build_datasets
+from src.data.settings import DataConfig
+from src.errors import UserError
+from src.pipeline.report import write_confusion
+from src.runs.rundir import RunDirectory
+
+LATIN1 = b"caf\xe9"  # "café" as a Latin-1 zip stores it: not valid UTF-8
+
+
+def _images(folder: Path, count: int, colour: tuple[int, int, int], kind: str = "png") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (10, 10), colour).save(folder / f"{kind}{i}.{kind}")
+
+
+def test_gifs_are_counted_and_named_with_the_fix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _images(tmp_path / "train" / "cat", 8, (200, 0, 0))
+    _images(tmp_path / "train" / "dog", 8, (0, 200, 0))
+    _images(tmp_path / "train" / "dog", 7, (0, 0, 200), "gif")
+    with caplog.at_level(logging.WARNING, logger="kd_pipeline"):
+        bundle = build_datasets(DataConfig(name="imagefolder", data_dir=str(tmp_path), image_size=8), None, 0)
+    assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 16  # the PNGs, as ImageFolder takes
+    messages = [record.getMessage() for record in caplog.records]
+    warning = next(m for m in messages if "formats ImageFolder does not take" in m)
+    assert "7 image(s)" in warning and "convert them to PNG" in warning and "gif0.gif" in warning
+    assert "gif5.gif" not in warning and "..." in warning  # the first five named
+
+
+def test_a_class_of_gifs_only_is_refused_with_the_count(tmp_path: Path) -> None:
+    _images(tmp_path / "train" / "cat", 8, (200, 0, 0))
+    _images(tmp_path / "train" / "dog", 3, (0, 0, 200), "gif")
+    with pytest.raises(UserError, match=r"holds only 3 image\(s\) in formats .* convert them to PNG"):
+        build_datasets(DataConfig(name="imagefolder", data_dir=str(tmp_path), image_size=8), None, 0)
+
+
+def test_two_class_names_that_read_the_same_are_refused(tmp_path: Path) -> None:
+    _images(tmp_path / "train" / "cat", 4, (200, 0, 0))
+    _images(Path(os.fsdecode(bytes(tmp_path / "train") + b"/" + LATIN1)), 4, (0, 200, 0))
+    _images(tmp_path / "train" / "caf\\xe9", 4, (0, 0, 200))
+    with pytest.raises(UserError, match=r"read the same \(caf\\xe9\).*rename one of them"):
+        build_datasets(DataConfig(name="imagefolder", data_dir=str(tmp_path), image_size=8), None, 0)
+
+
+@pytest.mark.slow
+def test_a_latin1_class_name_and_a_class_missing_from_test_reach_a_readable_report(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    _images(data / "train" / "cat", 12, (200, 0, 0))
+    latin1 = Path(os.fsdecode(bytes(data / "train") + b"/" + LATIN1))
+    _images(latin1, 12, (0, 200, 0))
+    _images(data / "train" / "owl", 2, (0, 0, 200))  # too few to reach every split
+    out = tmp_path / "run"
+    args = ["--dataset", "imagefolder", "--data-dir", str(data), "--output-dir", str(out), "--epochs", "1",
+            "--image-size", "8", "--device", "cpu", "--stages", "teacher", "--set", "train.warmup_epochs=0",
+            "--set", "report.benchmark=false", "--set", "data.val_fraction=0.2",
+            "--set", "data.test_fraction=0.2", "--set", "models.teacher=resnet18"]
+    assert main("cnn", args) == 0
+    err = capsys.readouterr().err
+    lacks = [line for line in err.splitlines() if "the test split holds no image of 1 of 3 classes" in line]
+    assert lacks and "'owl' (2 images in the data)" in lacks[0] and "data.test_fraction" in lacks[0]
+    assert "the test split holds no image of 1 of 3 classes" in (out / "pipeline.log").read_text()
+    assert "the test split holds no image of 1 of 3 classes" in (out / "summary.md").read_text()
+    # the per-class table and the confusion plot take the Latin-1 name, shown with \\xe9
+    run = RunDirectory(out)
+    files = write_confusion(run, "teacher", ["caf\udce9", "cat", "owl"])
+    per_class = pd.read_csv(files[1], index_col="class")
+    assert list(per_class.index[:3]) == ["caf\\xe9", "cat", "owl"]
+    assert per_class.at["owl", "support"] == 0 and pd.isna(per_class.at["owl", "recall"])
+    result = json.loads((out / "teacher" / "result.json").read_text())
+    held = per_class.loc[["caf\\xe9", "cat"], "recall"].mean()
+    assert result["test"]["recall"] == pytest.approx(held, abs=1e-6)  # over the classes the split holds
+    assert main("cnn", args) == 0  # the same command again: the finished run is reused, not refused
+    assert "finished earlier" in capsys.readouterr().err
