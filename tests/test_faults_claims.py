@@ -10,11 +10,14 @@ import pandas as pd
 import pytest
 from test_deploy_cost import result_of, table_of
 
+from src.config.loader import load_config
 from src.deploy.cost_report import cost_sentences
 from src.evidence.chance import ChanceTest
+from src.evidence.seeds_report import write_seeds_report
 from src.pipeline.report import write_report
 from src.pipeline.train_stage import write_predictions
 from src.runs.rundir import RunDirectory
+from src.runs.seeds import Chain
 
 CLASSES = [str(i) for i in range(10)]
 COSTS = dict(teacher=(2_000, 2_000, 2.0), student=(1_000, 1_000, 1.0), baseline=(1_000, 1_000, 1.0))
@@ -65,3 +68,18 @@ def test_a_verdict_does_not_claim_help_its_exact_mcnemar_test_rejects(tmp_path: 
     assert comparison.outcome == "no difference"
     assert "distillation helped" not in (tmp_path / "summary.md").read_text()
     assert "p = 0.125" in comparison.verdict and "only 4 images got different answers" in comparison.verdict
+
+
+def test_the_seeds_report_names_a_stage_at_chance_over_its_seeds(tmp_path: Path) -> None:
+    chains, results = [], {}
+    for seed in (1, 2):
+        run = RunDirectory(tmp_path / f"seed-{seed}")
+        guess, learnt = np.zeros(20, dtype=bool), np.ones(20, dtype=bool)
+        guess[:seed] = True  # 1 and 2 of 20 among 10 classes
+        results[seed] = {"teacher": {**_stage(run, "teacher", learnt), "seed": seed},
+                         "student": {**_stage(run, "student", guess), "seed": seed}}
+        chains.append(Chain(seed, load_config(None), run))
+    summary = write_seeds_report(RunDirectory(tmp_path), chains, results, table_of(**COSTS))
+    text = (tmp_path / "summary.md").read_text()
+    assert "At chance: student (3 of 40 right" in text and "teacher (" not in text
+    assert "keeps" not in text and "keeps" not in " ".join(summary.cost_sentences)
