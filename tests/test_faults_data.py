@@ -86,3 +86,35 @@ def test_a_latin1_class_name_and_a_class_missing_from_test_reach_a_readable_repo
     assert result["test"]["recall"] == pytest.approx(held, abs=1e-6)  # over the classes the split holds
     assert main("cnn", args) == 0  # the same command again: the finished run is reused, not refused
     assert "finished earlier" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1])  # a worker process: its error reaches the command as one line
+def test_a_broken_image_met_mid_run_keeps_the_updates_and_a_readable_copy_continues(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: int) -> None:
+    data = tmp_path / "data"
+    for name, colour in (("cat", (200, 0, 0)), ("dog", (0, 200, 0))):
+        _images(data / "train" / name, 12, colour)
+    out = tmp_path / "run"
+    # streamed (device_cache_gb=0): every batch is decoded from the files, as for a folder too big to cache
+    args = ["--dataset", "imagefolder", "--data-dir", str(data), "--output-dir", str(out),
+            "--image-size", "8", "--device", "cpu", "--stages", "baseline", "--batch-size", "4",
+            "--num-workers", str(workers),
+            "--set", "models.student=test_resnet", "--set", "models.small_input=false",
+            "--set", "data.device_cache_gb=0", "--set", "train.warmup_epochs=0",
+            "--set", "report.benchmark=false"]
+    assert main("cnn", [*args, "--epochs", "1"]) == 0
+    (out / "baseline" / "result.json").unlink()  # continued with more epochs: the files are read again
+    image = data / "train" / "dog" / "png3.png"
+    readable = image.read_bytes()
+    image.write_bytes(b"\0" * len(readable))  # broken in place, same name and size
+    capsys.readouterr()
+    assert main("cnn", [*args, "--epochs", "2"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert f"cannot read image {image}" in line and "Traceback" not in line and "worker" not in line
+    assert "the updates so far are saved" in line
+    assert "replace it with a readable copy under the same name and re-run the same command" in line
+    assert (out / "baseline" / "checkpoint_latest.pt").is_file()
+    image.write_bytes(readable)  # what the advice says
+    assert main("cnn", [*args, "--epochs", "2"]) == 0
+    assert pd.read_csv(out / "baseline" / "epochs.csv")["epoch"].tolist() == [1, 2]

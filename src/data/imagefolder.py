@@ -23,6 +23,7 @@ import torchvision
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from src.data.feed import UnreadableImage
 from src.data.settings import DataConfig
 from src.data.sources import Source, SourcePart
 from src.data.transforms import resize_square
@@ -67,8 +68,8 @@ def load_image(path: str) -> torch.Tensor:
             upright = ImageOps.exif_transpose(image)
             return torch.from_numpy(np.array(_to_rgb(upright, path))).permute(2, 0, 1).contiguous()
     except (OSError, Image.DecompressionBombError) as exc:  # unreadable, truncated, not an image
-        raise UserError(f"imagefolder: cannot read image {path} ({type(exc).__name__}); "
-                        "remove or replace that file") from None
+        raise UnreadableImage(f"imagefolder: cannot read image {readable_name(path)} "
+                              f"({type(exc).__name__}); remove or replace that file") from None
 
 
 @dataclass
