@@ -136,6 +136,7 @@ def test_the_cpu_smoke_command_differs_from_the_real_one_only_in_sizes(preset: s
     assert smoke.train.warmup_epochs == real.train.warmup_epochs
 
 
+@pytest.mark.slow
 def test_a_command_the_cli_refuses_is_a_failed_check_not_a_crash(tmp_path: Path) -> None:
     code = gpu_check.main(["--cpu-smoke", "--presets", "cnn", "--skip", "pytest", "--epochs", "0",
                            "--train-images", "20", "--test-images", "10", "--out", str(tmp_path)])
