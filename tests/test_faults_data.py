@@ -13,6 +13,7 @@ from PIL import Image
 
 from src.cli.train import main
 from src.data.build import build_datasets
+from src.data.imagefolder import ScannedImageFolder
 from src.data.settings import DataConfig
 from src.errors import UserError
 from src.pipeline.report import write_confusion
@@ -119,3 +120,35 @@ def test_a_broken_image_met_mid_run_keeps_the_updates_and_a_readable_copy_contin
     image.write_bytes(readable)  # what the advice says
     assert main("cnn", [*args, "--epochs", "2"]) == 0
     assert pd.read_csv(out / "baseline" / "epochs.csv")["epoch"].tolist() == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_broken_validation_image_keeps_the_epochs_updates_and_a_readable_copy_continues(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    for name, colour in (("cat", (200, 0, 0)), ("dog", (0, 200, 0))):
+        _images(data / "train" / name, 12, colour)
+    out = tmp_path / "run"
+    args = ["--dataset", "imagefolder", "--data-dir", str(data), "--output-dir", str(out),
+            "--image-size", "8", "--device", "cpu", "--stages", "baseline", "--batch-size", "2",
+            "--num-workers", "0", "--set", "data.val_fraction=0.25", "--set", "models.student=test_resnet",
+            "--set", "models.small_input=false",
+            "--set", "data.device_cache_gb=0", "--set", "train.warmup_epochs=0",
+            "--set", "report.benchmark=false"]
+    assert main("cnn", [*args, "--epochs", "1"]) == 0
+    (out / "baseline" / "result.json").unlink()
+    val = json.loads((out / "split.json").read_text())["splits"]["val"]
+    # the last validation image: the memory planner reads only the first micro-batch before training
+    image = Path(ScannedImageFolder(str(data / val["part"])).samples[val["indices"][-1]][0])
+    readable = image.read_bytes()
+    image.write_bytes(b"\0" * len(readable))
+    capsys.readouterr()
+    assert main("cnn", [*args, "--epochs", "2"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert f"cannot read image {image}" in line and "the updates so far are saved" in line
+    image.write_bytes(readable)
+    assert main("cnn", [*args, "--epochs", "2"]) == 0
+    assert pd.read_csv(out / "baseline" / "epochs.csv")["epoch"].tolist() == [1, 2]
+    resumed = [json.loads(line) for line in (out / "baseline" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in resumed if r.get("event") == "resume"]
+    assert steps and steps[-1] == 2 * steps[0]  # the re-run started after epoch 2's updates, not before

@@ -30,7 +30,7 @@ class UnreadableImage(UserError):
     :meth:`mid_run` gives the advice that keeps the run: the trainer saves its updates first, and
     a readable copy under the same name keeps the split's identity."""
 
-    FIX = "remove or replace that file"
+    FIX = "replace it with a readable copy under the same name and re-run the same command"
 
     @property
     def what(self) -> str:

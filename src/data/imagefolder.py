@@ -69,7 +69,7 @@ def load_image(path: str) -> torch.Tensor:
             return torch.from_numpy(np.array(_to_rgb(upright, path))).permute(2, 0, 1).contiguous()
     except (OSError, Image.DecompressionBombError) as exc:  # unreadable, truncated, not an image
         raise UnreadableImage(f"imagefolder: cannot read image {readable_name(path)} "
-                              f"({type(exc).__name__}); remove or replace that file") from None
+                              f"({type(exc).__name__}); {UnreadableImage.FIX}") from None
 
 
 @dataclass

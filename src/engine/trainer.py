@@ -386,7 +386,11 @@ class Trainer:
         started = time.perf_counter()
         self.dist.broadcast_buffers(self.model)
         train, parts = self._train_metrics()
-        val = self.evaluate(self.val_dataset)
+        try:
+            val = self.evaluate(self.val_dataset)
+        except UnreadableImage as exc:  # the epoch's updates are done: keep them, validate on the re-run
+            self._save_latest(epoch_elapsed=self.epoch_elapsed + time.perf_counter() - started)
+            raise exc.mid_run(str(self.stage_dir / LATEST)) from None
         self.epoch_elapsed += time.perf_counter() - started
         peaks = self.memory.peaks()  # this epoch's: reset at its start
         peak = None if peaks is None else peaks.allocated_mib
