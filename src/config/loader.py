@@ -18,10 +18,12 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from src.config.limits import check_limits
 from src.config.schema import MAX_SEED, RunConfig
 from src.config.stage_overrides import drop_unset
 from src.config.stage_settings import check_stage_overrides
 from src.config.stages import ROLES, STAGE_NAMES
+from src.config.yaml_file import read_yaml_file
 from src.data.registry import DATASETS
 from src.data.settings import validate_data
 from src.distillation.settings import check_distillation
@@ -216,18 +218,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The YAML mapping in ``path`` ({} for an empty file); unreadable or malformed -> UserError."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    """The YAML mapping in ``path`` ({} for an empty file); unreadable, non-UTF-8, malformed or
+    with a key given twice -> UserError (src/config/yaml_file.py)."""
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -423,6 +416,7 @@ def validate(cfg: RunConfig) -> None:
     cfg.stages = [s for s in STAGE_NAMES if s in cfg.stages]
     DATASETS.for_key("data.name", cfg.data.name)
     validate_data(cfg.data)
+    check_limits(cfg)
     m, r = cfg.models, cfg.runtime
     _validate_models(cfg)
     _check(0.0 <= m.drop_path_rate < 1.0, "config key 'models.drop_path_rate': must be in [0, 1)")

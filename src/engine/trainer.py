@@ -11,7 +11,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Optional, Union
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from src.data.feed import UnreadableImage
 from src.engine.checkpoint import LATEST, CheckpointStore
 from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
@@ -234,6 +235,15 @@ class Trainer:
         waiting in a collective the others skipped (docs/ARCHITECTURE.md)."""
         loader = load_batches(self.train_dataset, [mb.keys for mb in plan], self.device, self.cfg.num_workers,
                               self.seed, "train", self.epoch)
+        try:
+            return self._run_batches(plan, loader, signals, started)
+        except UnreadableImage as exc:  # a streamed folder's broken file: keep the updates made so far
+            self._save_latest(epoch_elapsed=self.epoch_elapsed + time.perf_counter() - started)
+            raise exc.mid_run(str(self.stage_dir / LATEST)) from None
+
+    def _run_batches(self, plan: list[MicroBatch], loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     signals: StopSignals, started: float) -> Optional[str]:
+        """``_run_plan``'s loop over the loaded micro-batches."""
         window: list[_Piece] = []
         for mb, (images, labels) in zip(plan, loader, strict=True):
             piece = self._compute(mb, images, labels)
@@ -376,7 +386,11 @@ class Trainer:
         started = time.perf_counter()
         self.dist.broadcast_buffers(self.model)
         train, parts = self._train_metrics()
-        val = self.evaluate(self.val_dataset)
+        try:
+            val = self.evaluate(self.val_dataset)
+        except UnreadableImage as exc:  # the epoch's updates are done: keep them, validate on the re-run
+            self._save_latest(epoch_elapsed=self.epoch_elapsed + time.perf_counter() - started)
+            raise exc.mid_run(str(self.stage_dir / LATEST)) from None
         self.epoch_elapsed += time.perf_counter() - started
         peaks = self.memory.peaks()  # this epoch's: reset at its start
         peak = None if peaks is None else peaks.allocated_mib
