@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_threads_flag(parser)
     args = parser.parse_args(argv)
     if args.images < args.batch or args.batch < 2:
-        raise SystemExit("error: --images must be at least --batch, and --batch at least 2")
+        print("error: --images must be at least --batch, and --batch at least 2", file=sys.stderr)
+        raise SystemExit(2)
     device = resolve_device_and_threads(args.device, args.threads)
     trainer_module.plot_curves = lambda *paths: None  # the benchmark measures training, not plotting
     print(machine_line(device))
