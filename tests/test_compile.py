@@ -7,6 +7,7 @@ check the engine's handling with torch's own cheap backends.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from torch import nn
 
 from src.data.build import build_datasets
 from src.data.settings import DataConfig
+from src.distillation.distiller import DistillationObjective
 from src.engine.compiling import AUTO_MIN_UPDATES, EAGER, CompiledModule, CompileSettings, should_compile
 from src.engine.objective import CrossEntropyObjective, Objective, StepOutput
 from src.engine.optim import build_optimizer
@@ -201,3 +203,18 @@ def test_without_a_cpp_compiler_the_real_command_line_trains_eager_after_one_lin
     assert len(warnings) == 1, output[-2000:]
     assert "training step" in warnings[0] and "C++ compiler" in warnings[0]
     assert (tmp_path / "run" / "baseline" / "result.json").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_compiled_kd_stage_trains_on_cuda_with_a_fused_optimizer_and_a_cuda_graph_teacher(
+        tmp_path: Path) -> None:
+    objective = DistillationObjective(tiny_cnn(seed=5))
+    trainer = Trainer(tiny_cnn(seed=6), objective, KeyedTrain(40), PlainEval(16), engine_config(epochs=2),
+                      tmp_path, device=torch.device("cuda", torch.cuda.current_device()), seed=0,
+                      run_fingerprint=fingerprint(), compilation=CompileSettings("on"))
+    result = trainer.fit()
+    assert result.epochs_run == 2 and math.isfinite(result.best_metric)
+    assert trainer.optimizer.defaults["fused"] is True
+    assert trainer.stepper.compiled.active  # the student's forward and backward stayed compiled
+    assert objective.teacher_forward.active and objective.teacher_forward.cuda_graphs
