@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import gpu_check
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,6 +38,17 @@ def test_compiled_prints_one_line_per_stage_with_both_rates() -> None:
                  "--batch", "4", "--steps", "1", "--rounds", "1", "--warmup", "1", "--backend", "eager",
                  "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
+    stage_line, headline = done.stdout.splitlines()[-2:]
     assert re.fullmatch(r"cnn baseline resnet18: eager [\d.]+ images/s, compiled [\d.]+ images/s, "
-                        r"compiled/eager \d+\.\d\d", done.stdout.splitlines()[-1])
+                        r"compiled/eager (\d+\.\d\d)", stage_line)
+    assert headline == f"compiled/eager throughput ratio: {stage_line.rsplit(' ', 1)[1]}"
     assert "could not compile" not in done.stdout + done.stderr
+
+
+def test_gpu_check_runs_both_benchmarks_on_cuda_against_the_issue_targets() -> None:
+    benches = {bench.name: bench for bench in gpu_check.benchmark_commands("python")}
+    peers = benches["peers"]
+    assert (peers.label, peers.target) == ("kd-pipeline/peer throughput ratio", 1.5)
+    assert peers.command[1] == "bench/peers.py" and "cuda" in peers.command
+    assert benches["compiled cnn"].target == 2.0  # the ResNet-18 32 px KD stage, on an H-class GPU
+    assert benches["compiled vit"].target is None  # reported per stage, no target
