@@ -435,6 +435,14 @@ def benchmark_commands(python: str) -> list[Benchmark]:
         Benchmark("engine-bare", [python, "bench/overhead.py", "--device", "cuda", "--batch-size", "128",
                                   "--seconds", "4", "--warmup-seconds", "5", "--rounds", "5"],
                   "engine/bare throughput ratio", 0.97, ceilings={"engine/bare round spread": 0.05}),
+        # eager vs compiled per stage; the target is the ResNet-18 32 px KD stage's (an H-class GPU)
+        *(Benchmark(f"compiled {preset}", [python, "bench/compiled.py", "--device", "cuda", "--preset",
+                                           preset, "--stages", "teacher,student", "--batch", "128"],
+                    "compiled/eager throughput ratio", 2.0 if preset == "cnn" else None)
+          for preset in preset_names()),
+        Benchmark("peers", [python, "bench/peers.py", "--device", "cuda", "--images", "25600", "--batch",
+                            "128", "--workers", "8", "--compile", "on"],
+                  "kd-pipeline/peer throughput ratio", 1.5),
     ]
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from src.data.feed import UnreadableImage
 from src.engine.checkpoint import LATEST, CheckpointStore
+from src.engine.compiling import EAGER, CompiledModule, CompileSettings, should_compile
 from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
 from src.engine.divergence import NonFiniteLossError, clear_divergence, record_divergence, validate_loss
@@ -87,7 +88,8 @@ class Trainer:
                  val_dataset: Dataset[Any], config: TrainConfig, stage_dir: Path, *, device: torch.device,
                  seed: int, run_fingerprint: dict[str, Any], dist: Optional[DistributedContext] = None,
                  epoch_callbacks: Sequence[EpochCallback] = (), resume: ResumeMode = "auto",
-                 lr: Optional[float] = None, logger: Optional[logging.Logger] = None) -> None:
+                 lr: Optional[float] = None, logger: Optional[logging.Logger] = None,
+                 compilation: CompileSettings = EAGER) -> None:
         if config.monitor not in MONITORABLE:
             raise UserError(f"cannot monitor {config.monitor!r}: choose one of {', '.join(MONITORABLE)}")
         if len(train_dataset) == 0 or len(val_dataset) == 0:  # type: ignore[arg-type]
@@ -108,7 +110,7 @@ class Trainer:
         self.memory = DeviceMemory(device)
         self.objective = objective.to(device)
         self.autocast_dtype, self.scaler = resolve_precision(config.amp, device)
-        self.optimizer = build_optimizer(self.model, config, lr=lr)
+        self.optimizer = build_optimizer(self.model, config, lr=lr, fused=device.type == "cuda")
         self.lr = config.lr if lr is None else lr
 
         self.micro_batch = config.batch_size
@@ -126,7 +128,8 @@ class Trainer:
 
         self.dist.broadcast_weights(self.model)  # every rank starts from rank 0's model
         self.stepper = UpdateStep(self.model, self.objective, self.optimizer, config, device,
-                                  self.autocast_dtype, self.scaler, self.channels_last)
+                                  self.autocast_dtype, self.scaler, self.channels_last,
+                                  self._compiled_model(compilation))
 
         # Position and running state: everything below goes into checkpoint_latest.pt.
         self.epoch = 1  # the epoch in progress (1-based)
@@ -197,6 +200,16 @@ class Trainer:
             num_classes=num_classes_of(dataset, self.num_classes),
             dist=self.dist, autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
         )
+
+    def _compiled_model(self, settings: CompileSettings) -> Optional[CompiledModule]:
+        """The student's compiled forward (and the objective's teacher compiled) when
+        ``runtime.compile`` applies to this stage (src/engine/compiling.py), else None."""
+        if not should_compile(settings.mode, self.device, self.schedule.total_updates):
+            return None
+        self.logger.info("runtime.compile=%s: compiling the training step (%d updates on %s)",
+                         settings.mode, self.schedule.total_updates, self.device.type)
+        self.objective.compile(settings, self.device)
+        return CompiledModule(self.model, "training step", settings, self.device, logger=self.logger)
 
     # ------------------------------------------------------------------ the epoch
 
