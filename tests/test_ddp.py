@@ -94,3 +94,36 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_one_line_and_exit_code_3(t
     assert codes == {"0": "3", "1": "3"}, output[-3000:]  # torchrun's summary, per rank
     assert output.count("Traceback (most recent call last)") == 1  # torchrun's; none from a rank
     assert "ChildFailedError" in output
+
+
+def test_a_rank_torchrun_stops_while_it_ends_with_the_agreed_error_reports_that_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The slower rank is still cleaning up after the NaN when torchrun, seeing the other rank's
+    exit, sends it SIGTERM: outside training that raises CommandInterrupted over the error. The
+    command still ends with the error's line and exit code 3, and ignores later SIGTERMs."""
+    import signal
+
+    from src.cli import train
+    from src.engine.divergence import NonFiniteLossError
+    from src.engine.signals import CommandInterrupted
+
+    def diverged_then_stopped(preset: str, argv: object) -> None:
+        try:
+            raise NonFiniteLossError(2, float("nan"))
+        finally:
+            raise CommandInterrupted(signal.SIGTERM)  # torchrun's SIGTERM, during the clean-up
+
+    monkeypatch.setattr(train, "run", diverged_then_stopped)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert train.main("cnn", []) == 3
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err.startswith("error: non-finite loss at step 2: nan. ")
+    monkeypatch.delenv("WORLD_SIZE")  # a single process stopped by SIGTERM is an interruption
+    monkeypatch.setattr(train, "run", diverged_then_stopped)
+    assert train.main("cnn", []) == 143
+    assert capsys.readouterr().err.startswith("interrupted: stopped by SIGTERM")
