@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=64)
     parser.add_argument("--ddp", action="store_true")
     parser.add_argument("--oom", default="", help="RANK:CALL,...: out-of-memory errors to inject")
+    parser.add_argument("--nan", default="", help="RANK:CALL,...: NaN losses to inject")
     parser.add_argument("--dump-ranks", action="store_true",
                         help="every rank writes rank<R>.pt (weights) and rank<R>.json (split, updates)")
     parser.add_argument("--data", choices=("keyed", "digits"), default="keyed",
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from src.config.schema import RuntimeConfig
     from src.data.build import build_datasets
     from src.data.settings import DataConfig
-    from src.engine.distributed import DistributedContext
+    from src.engine.distributed import DistributedContext, keep_exit_code_under_torchrun
     from src.engine.trainer import Trainer
     from src.errors import KDPipelineError
     from src.utils.reproducibility import setup_reproducibility
@@ -198,9 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     writes = record_writes_under(args.stage_dir) if dist is not None and not dist.is_main else None
     cfg = engine_config(**json.loads(args.config))
     rank = dist.rank if dist is not None else 0
-    bad_calls = {int(call) for where in args.oom.split(",") if where
-                 for r, call in [where.split(":")] if int(r) == rank}
-    objective = OutOfMemoryAt(bad_calls) if args.oom else CrossEntropyObjective()
+    def calls(script: str) -> set[int]:
+        return {int(call) for where in script.split(",") if where for r, call in [where.split(":")]
+                if int(r) == rank}
+
+    objective = (OutOfMemoryAt(calls(args.oom)) if args.oom else ScriptedLoss(calls(args.nan)) if args.nan
+                 else CrossEntropyObjective())
     if args.data == "digits":
         data = build_datasets(DataConfig(image_size=8, subset=args.train), None, seed=0)
         model, train, val = tiny_cnn(in_chans=3), data.train, data.val
@@ -211,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = trainer.fit()
     except KDPipelineError as exc:
+        keep_exit_code_under_torchrun()  # as src/cli/train.py does
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:

@@ -1,19 +1,21 @@
-"""What a finished stage keeps: at most ``train.keep_checkpoints`` full training states (latest
-first, then best, then previous), checkpoint_best.pt always (as the best weights alone when it
-is beyond the limit), no temporary files, and a stage continued with more epochs still ends on
-its best weights."""
+"""What a finished stage keeps: its best weights once (model.safetensors), at most
+``train.keep_checkpoints`` full training states (latest first, then best, then previous),
+checkpoint_best.pt only as a full state of its own, no temporary files, and a stage continued
+with more epochs still ends on its best weights."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_vit
+from safetensors.torch import save_file
 
 from src.engine.checkpoint import CheckpointStore
 from src.engine.objective import CrossEntropyObjective
 from src.engine.trainer import Trainer
+
+WEIGHTS = "model.safetensors"
 
 
 def _state(tag: float) -> dict:
@@ -21,13 +23,17 @@ def _state(tag: float) -> dict:
             "best_metric": tag}
 
 
-def _store(tmp_path: Path, best_is_latest: bool) -> CheckpointStore:
-    """Three epochs saved; best is epoch 3 (linked to latest) or epoch 1."""
+def _store(tmp_path: Path, best_is_latest: bool, finished: bool = True) -> CheckpointStore:
+    """Three epochs saved; best is epoch 3 (linked to latest) or epoch 1. A finished stage also
+    holds the best weights in model.safetensors, as train_stage writes them."""
     store = CheckpointStore(tmp_path)
+    best = 3 if best_is_latest else 1
     for tag in (1, 2, 3):
         store.save_latest(_state(tag))
-        if tag == (3 if best_is_latest else 1):
+        if tag == best:
             store.link_best(store.latest_path)
+    if finished:
+        save_file(_state(best)["model"], str(tmp_path / WEIGHTS))
     (tmp_path / ".checkpoint_latest.pt.x1.tmp").write_bytes(b"left by a killed save")
     return store
 
@@ -39,12 +45,12 @@ def _names(folder: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("keep", "best_is_latest", "files", "best_full"),
     [
-        (1, True, ["checkpoint_best.pt", "checkpoint_latest.pt"], True),  # one file, two names
-        (1, False, ["checkpoint_best.pt", "checkpoint_latest.pt"], False),
-        (2, False, ["checkpoint_best.pt", "checkpoint_latest.pt"], True),
-        (2, True, ["checkpoint_best.pt", "checkpoint_latest.pt", "checkpoint_previous.pt"], True),
-        (3, False, ["checkpoint_best.pt", "checkpoint_latest.pt", "checkpoint_previous.pt"], True),
-        (0, True, ["checkpoint_best.pt"], False),
+        (1, True, ["checkpoint_latest.pt", WEIGHTS], False),
+        (1, False, ["checkpoint_latest.pt", WEIGHTS], False),
+        (2, False, ["checkpoint_best.pt", "checkpoint_latest.pt", WEIGHTS], True),
+        (2, True, ["checkpoint_latest.pt", "checkpoint_previous.pt", WEIGHTS], False),
+        (3, False, ["checkpoint_best.pt", "checkpoint_latest.pt", "checkpoint_previous.pt", WEIGHTS], True),
+        (0, True, [WEIGHTS], False),
     ],
 )
 def test_prune_keeps_what_keep_checkpoints_says(tmp_path: Path, keep: int, best_is_latest: bool,
@@ -54,11 +60,29 @@ def test_prune_keeps_what_keep_checkpoints_says(tmp_path: Path, keep: int, best_
     assert _names(tmp_path) == files
     best = store.load_best()
     assert ("optimizer" in best) == best_full
-    assert float(best["model"]["w"][0]) == (3 if best_is_latest else 1) and best["epoch"] in (2, 4)
+    assert float(best["model"]["w"][0]) == (3 if best_is_latest else 1)
     if "checkpoint_latest.pt" in files:
         assert float(store.load_latest()[0]["model"]["w"][0]) == 3
     store.prune(keep)  # idempotent: the runner prunes finished stages on every run
     assert _names(tmp_path) == files
+
+
+def test_a_finished_stage_stores_its_best_weights_once(tmp_path: Path) -> None:
+    """The default keeps one full state and one copy of the best weights: no checkpoint_best.pt
+    repeating model.safetensors (a weights-alone one, as runs made before this rule kept, goes too)."""
+    store = _store(tmp_path, best_is_latest=False)
+    torch.save({"model": _state(1)["model"], "epoch": 2}, store.best_path)  # an older run's reduced best
+    removed = store.prune(1)
+    assert store.best_path in removed and _names(tmp_path) == ["checkpoint_latest.pt", WEIGHTS]
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) == (
+        store.latest_path.stat().st_size + (tmp_path / WEIGHTS).stat().st_size)
+
+
+def test_without_model_safetensors_checkpoint_best_is_never_removed(tmp_path: Path) -> None:
+    """It may be the only copy of the best weights (a stage whose weights file was lost)."""
+    store = _store(tmp_path, best_is_latest=False, finished=False)
+    store.prune(0)
+    assert _names(tmp_path) == ["checkpoint_best.pt"] and float(store.load_best()["model"]["w"][0]) == 1
 
 
 def test_a_pruned_stage_continued_with_more_epochs_ends_on_its_best_weights(tmp_path: Path) -> None:
@@ -74,8 +98,9 @@ def test_a_pruned_stage_continued_with_more_epochs_ends_on_its_best_weights(tmp_
     assert first.best_epoch == 1  # the setting of this test: the best epoch is not the last one
     store = CheckpointStore(tmp_path)
     best_weights = {k: v.clone() for k, v in store.load_best()["model"].items()}
+    save_file(best_weights, str(tmp_path / WEIGHTS))  # what train_stage writes once the stage finished
     store.prune(1)
-    assert not os.path.samefile(store.best_path, store.latest_path) and "optimizer" not in store.load_best()
+    assert not store.best_path.exists()  # the best weights are in model.safetensors alone
     extended = trainer(4)
     result = extended.fit()
     assert result.resumed_from == store.latest_path and result.epochs_run == 4
@@ -99,7 +124,7 @@ def test_pruning_a_pruned_stage_maps_best_instead_of_reading_it(tmp_path: Path, 
     monkeypatch.setattr(torch, "load", recording_load)
     before = _names(tmp_path)
     assert store.prune(keep) == [] and _names(tmp_path) == before
-    assert loads == [True]  # best looked at once, through a memory map
+    assert loads == ([] if keep == 1 else [True])  # a kept full best looked at once, through a memory map
 
 
 def test_a_best_that_cannot_be_mapped_is_read_and_kept(tmp_path: Path) -> None:
@@ -107,6 +132,6 @@ def test_a_best_that_cannot_be_mapped_is_read_and_kept(tmp_path: Path) -> None:
     store = _store(tmp_path, best_is_latest=False)
     store.best_path.unlink()
     torch.save(_state(1), store.best_path, _use_new_zipfile_serialization=False)
-    store.prune(1)
+    store.prune(2)
     best = store.load_best()
-    assert float(best["model"]["w"][0]) == 1 and "optimizer" not in best  # reduced, not removed
+    assert float(best["model"]["w"][0]) == 1 and "optimizer" in best  # a full state, kept

@@ -27,6 +27,7 @@ from fake_cuda import GIB, MIB, FakeCuda, SimulatedStep, StepMemory
 import src.deploy.benchmark as benchmark_module
 import src.memory.probe as probe_module
 from src.deploy.cost import describe_device
+from src.engine.batch_floor import micro_batch_floor
 from src.engine.device import resolve_device
 from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
@@ -356,7 +357,8 @@ def test_a_stage_that_does_not_fit_without_checkpointing_says_why_it_was_not_tri
     message = str(refused.value)  # one line: what was tried, why checkpointing was not, the fixes
     assert "\n" not in message and "does not fit a 5.75 GiB VRAM budget" in message  # 6 GiB less the margin
     assert "(tried without checkpointing 64: oom" in message
-    assert message.endswith(f"1: oom); {why}; use smaller images or models, or raise --vram-budget")
+    floor = micro_batch_floor(model)  # 2 for the DLA (BatchNorm), 1 for the ViT
+    assert message.endswith(f"{floor}: oom); {why}; use smaller images or models, or raise --vram-budget")
     assert not getattr(model, "grad_checkpointing", False)
 
 

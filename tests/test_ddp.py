@@ -1,10 +1,12 @@
 """Two CPU processes under torchrun (gloo): the run trains end to end, resumes, and only
 rank 0 writes files, with metrics computed over both ranks' samples; an out-of-memory error on
-one rank makes both redo the window with the same smaller micro-batch."""
+one rank makes both redo the window with the same smaller micro-batch; a NaN loss on one rank
+stops both with the same error line and exit code 3."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +75,55 @@ def test_out_of_memory_on_one_rank_makes_every_rank_redo_the_window_alike(tmp_pa
     assert ranks[1]["oom_history"] == ["micro-batch 8", "micro-batch 4 on another rank"]
     weights = [torch.load(stage / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_one_line_and_exit_code_3(tmp_path: Path) -> None:
+    """Rank 1's loss is NaN in update 2 (its 3rd micro-batch); rank 0's is finite. Each rank
+    prints the same error line and exits 3. torchrun itself then exits 1 with its own failure
+    summary (a ChildFailedError traceback of the launcher, listing each rank's exit code), which
+    no program it starts can change; before the fix rank 0 trained on and failed in a collective
+    that rank 1 had left (a gloo error, another exit code)."""
+    run = _torchrun(tmp_path / "stage", 1, "--nan", "1:3")
+    output = run.stdout + run.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and errors[0] == errors[1], output[-3000:]
+    assert errors[0].startswith("error: non-finite loss at step 2: nan. Likely causes: ")
+    assert run.returncode == 1  # torchrun's own code when a worker fails
+    codes = dict(re.findall(r"rank\s*: (\d) \(local_rank: \d\)\s+exitcode\s*: (-?\d+)", output))
+    assert codes == {"0": "3", "1": "3"}, output[-3000:]  # torchrun's summary, per rank
+    assert output.count("Traceback (most recent call last)") == 1  # torchrun's; none from a rank
+    assert "ChildFailedError" in output
+
+
+def test_a_rank_torchrun_stops_while_it_ends_with_the_agreed_error_reports_that_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The slower rank is still cleaning up after the NaN when torchrun, seeing the other rank's
+    exit, sends it SIGTERM: outside training that raises CommandInterrupted over the error. The
+    command still ends with the error's line and exit code 3, and ignores later SIGTERMs."""
+    import signal
+
+    from src.cli import train
+    from src.engine.divergence import NonFiniteLossError
+    from src.engine.signals import CommandInterrupted
+
+    def diverged_then_stopped(preset: str, argv: object) -> None:
+        try:
+            raise NonFiniteLossError(2, float("nan"))
+        finally:
+            raise CommandInterrupted(signal.SIGTERM)  # torchrun's SIGTERM, during the clean-up
+
+    monkeypatch.setattr(train, "run", diverged_then_stopped)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert train.main("cnn", []) == 3
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err.startswith("error: non-finite loss at step 2: nan. ")
+    monkeypatch.delenv("WORLD_SIZE")  # a single process stopped by SIGTERM is an interruption
+    monkeypatch.setattr(train, "run", diverged_then_stopped)
+    assert train.main("cnn", []) == 143
+    assert capsys.readouterr().err.startswith("interrupted: stopped by SIGTERM")

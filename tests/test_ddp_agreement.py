@@ -1,7 +1,7 @@
-"""The decisions ranks take together after an out-of-memory error, seen from rank 0 of two with
-the other rank scripted (one process, no process group: the real two-process run is in
-tests/test_ddp.py). The scripted rank computes exactly what this one does, except that it
-reports an out-of-memory error where the script says."""
+"""The decisions ranks take together after an out-of-memory error or a non-finite loss, seen from
+rank 0 of two with the other rank scripted (one process, no process group: the real two-process
+run is in tests/test_ddp.py). The scripted rank computes exactly what this one does, except that
+it reports an out-of-memory error or a NaN loss where the script says."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +12,7 @@ import torch
 from engine_fixtures import KeyedTrain, PlainEval, engine_config, fingerprint, tiny_vit
 
 from src.engine.distributed import DistributedContext
+from src.engine.divergence import NonFiniteLossError
 from src.engine.objective import CrossEntropyObjective
 from src.engine.trainer import Trainer
 from src.errors import UserError
@@ -22,25 +23,29 @@ CPU = torch.device("cpu")
 class ScriptedPeer(DistributedContext):
     """Rank 0 of 2. The other rank mirrors this one (its sums and predictions equal ours) but runs
     out of memory in the window after update ``compute_oom_after`` or in the optimizer step of
-    update ``step_oom_at``; its flags are OR-ed into every agreement, as the all-reduce would."""
+    update ``step_oom_at``, or has a NaN loss in update ``nan_at``; its codes are max-reduced
+    into every agreement, as the all-reduce would."""
 
-    def __init__(self, compute_oom_after: int | None = None, step_oom_at: int | None = None) -> None:
+    def __init__(self, compute_oom_after: int | None = None, step_oom_at: int | None = None,
+                 nan_at: int | None = None) -> None:
         super().__init__(rank=0, world_size=2)
-        self.compute_oom_after, self.step_oom_at = compute_oom_after, step_oom_at
+        self.compute_oom_after, self.step_oom_at, self.nan_at = compute_oom_after, step_oom_at, nan_at
         self.trainer: Trainer | None = None
         self.window_agreements = 0
 
-    def any_flags(self, *flags: bool) -> list[bool]:
+    def max_codes(self, *codes: int) -> list[int]:
         assert self.trainer is not None
         step = self.trainer.global_step
-        peer = [False] * len(flags)
-        if len(flags) == 1 and self.compute_oom_after == step:
+        peer = [0] * len(codes)
+        if len(codes) == 1 and self.compute_oom_after == step:
             self.window_agreements += 1
-            peer[0] = True
+            peer[0] = 1
             self.compute_oom_after = None  # once
-        if len(flags) == 4 and self.step_oom_at == step:
-            peer[2] = True
-        return [mine or theirs for mine, theirs in zip(flags, peer, strict=True)]
+        if len(codes) == 5 and self.step_oom_at == step:
+            peer[2] = 1
+        if len(codes) == 5 and self.nan_at == step:
+            peer[4] = 1  # NaN (src/engine/trainer.py, _nonfinite_code)
+        return [max(mine, theirs) for mine, theirs in zip(codes, peer, strict=True)]
 
     def broadcast_flag(self, flag: bool, src: int = 0) -> bool:
         return flag
@@ -95,3 +100,15 @@ def test_an_optimizer_step_out_of_memory_on_another_rank_stops_every_rank_alike(
     assert trainer.global_step == 2
     state = torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)
     assert state["global_step"] == 1  # the last checkpoint before the failed step, left as it was
+
+
+def test_a_nan_loss_on_another_rank_stops_every_rank_with_the_same_error(tmp_path: Path) -> None:
+    """This rank's losses are finite; the other rank's loss of update 2 is NaN. This rank must stop
+    with the error that rank raises (exit code 3, the same step and value), not train on into a
+    collective the other rank never joins; nothing of update 2 is saved."""
+    trainer = make(tmp_path, ScriptedPeer(nan_at=2), checkpoint_every_steps=1)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 2: nan\. ") as caught:
+        trainer.fit()
+    assert caught.value.exit_code == 3
+    assert torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)["global_step"] == 1
+    assert (tmp_path / "diverged.json").is_file()  # the recovery settings may change on the re-run

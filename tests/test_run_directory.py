@@ -64,13 +64,10 @@ def test_a_run_without_its_config_or_split_is_refused_not_reused(finished_run: P
 
 def test_a_finished_stage_keeps_one_training_checkpoint_and_best_weights(finished_run: Path) -> None:
     """Two epochs leave latest, previous and best while the stage trains; once finished, one full
-    training state (latest) and the best weights (a link to latest, or the weights alone)."""
+    training state (latest) and the best weights once (model.safetensors)."""
     stage = finished_run / "baseline"
     kept = sorted(p.name for p in stage.glob("checkpoint_*.pt"))
-    assert kept == ["checkpoint_best.pt", "checkpoint_latest.pt"]
-    best = CheckpointStore(stage).load_best()
-    linked = os.path.samefile(stage / "checkpoint_best.pt", stage / "checkpoint_latest.pt")
-    assert linked or "optimizer" not in best
+    assert kept == ["checkpoint_latest.pt"] and (stage / "model.safetensors").is_file()
     assert not list(finished_run.rglob("*.tmp")) and not (finished_run / ".kd-pipeline.lock").exists()
 
 
@@ -140,7 +137,6 @@ def test_the_advice_for_a_checkpoint_that_cannot_be_used_works(finished_run: Pat
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """It used to say "use --resume never", which is refused for every non-empty run directory."""
     out = _unfinish(finished_run, tmp_path / "run")
-    (out / "baseline" / "checkpoint_best.pt").unlink()
     (out / "baseline" / "checkpoint_latest.pt").write_bytes(b"damaged")
     assert main("cnn", [*QUICK, "--output-dir", str(out)]) == 2
     line = _error(capsys)
@@ -195,8 +191,10 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
         holder.kill()
 
 
-def test_evaluate_reads_a_finished_stage_best_checkpoint_reduced_to_its_weights(
+def test_evaluate_scores_a_finished_stage_best_checkpoint_from_its_weights_file(
         finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """checkpoint_best.pt is not kept once a stage finished: evaluate.py scores the same best
+    weights from model.safetensors, and says so."""
     import shutil
 
     from src.cli import evaluate
@@ -204,11 +202,14 @@ def test_evaluate_reads_a_finished_stage_best_checkpoint_reduced_to_its_weights(
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
     CheckpointStore(copy / "baseline").prune(0)  # train.keep_checkpoints=0: no full state at all
-    assert sorted(p.name for p in (copy / "baseline").glob("checkpoint_*.pt")) == ["checkpoint_best.pt"]
-    scores = []
+    assert not list((copy / "baseline").glob("checkpoint_*.pt"))
+    scores, notes = [], []
     for name in ("checkpoint_best.pt", "model.safetensors"):
         assert evaluate.main(["--checkpoint", str(copy / "baseline" / name), "--device", "cpu"]) == 0
-        scores.append(json.loads(capsys.readouterr().out)["accuracy"])
+        out, err = capsys.readouterr()
+        scores.append(json.loads(out)["accuracy"])
+        notes.append("note: checkpoint_best.pt is not kept once a stage has finished; scoring" in err)
+    assert notes == [True, False]
     result = json.loads((copy / "baseline" / "result.json").read_text())
     assert scores[0] == scores[1] == result["test"]["accuracy"]
 

@@ -11,7 +11,7 @@ import torch
 
 from src.config.stages import STAGES
 from src.errors import UserError
-from src.pipeline.scoring import SPLITS, evaluate_file
+from src.pipeline.scoring import SPLITS, evaluate_file, finished_best
 from src.runs.seeds import run_dir_of
 from src.utils.cli_args import OneLineParser, user_path
 from src.utils.logger import SPLIT_METRICS
@@ -20,8 +20,9 @@ from src.utils.logger import SPLIT_METRICS
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="evaluate.py",
-        description="Score a stage's checkpoint_best.pt, checkpoint_latest.pt or model.safetensors "
-        "on a split of the run it belongs to; a model.onnx from export.py is scored through ONNX Runtime.",
+        description="Score a stage's model.safetensors (a finished stage's best weights) or a checkpoint "
+        "(checkpoint_latest.pt; checkpoint_best.pt while it trains) on a split of the run it belongs to; "
+        "a model.onnx from export.py is scored through ONNX Runtime.",
     )
     parser.add_argument("--checkpoint", type=user_path, required=True,
                         help="a .pt checkpoint, model.safetensors or model.onnx")
@@ -40,13 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with torch.inference_mode():
-            run_dir = args.run_dir or run_dir_of(args.checkpoint)
-            stage, result = evaluate_file(args.checkpoint, run_dir, args.split, stage=args.stage,
+            checkpoint = finished_best(args.checkpoint)
+            if checkpoint != args.checkpoint:
+                print(f"note: {args.checkpoint.name} is not kept once a stage has finished; scoring "
+                      f"{checkpoint}, the same best weights", file=sys.stderr)
+            run_dir = args.run_dir or run_dir_of(checkpoint)
+            stage, result = evaluate_file(checkpoint, run_dir, args.split, stage=args.stage,
                                           device=args.device, batch_size=args.batch_size)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     metrics = {name: getattr(result, name) for name in SPLIT_METRICS}
-    print(json.dumps({"checkpoint": str(args.checkpoint), "stage": stage, "split": args.split,
+    print(json.dumps({"checkpoint": str(checkpoint), "stage": stage, "split": args.split,
                       "samples": len(result.y_true), **metrics}, indent=2))
     return 0

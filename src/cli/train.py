@@ -19,6 +19,8 @@ from src.config.presets import PRESETS
 from src.config.stages import STAGE_NAMES
 from src.data.registry import DATASETS
 from src.data.settings import DataConfig
+from src.engine.device import torchrun_local_rank
+from src.engine.distributed import keep_exit_code_under_torchrun
 from src.engine.signals import CommandInterrupted, CommandSignals
 from src.errors import KDPipelineError, UserError
 from src.utils.cli_args import OneLineParser, user_path
@@ -132,6 +134,11 @@ def exit_code_for(exc: BaseException) -> int:
     return 1
 
 
+def _error_line(exc: KDPipelineError) -> str:
+    """The line printed for ``exc``: "error: ..." unless it is an interruption ("interrupted by ...")."""
+    return f"error: {exc}" if isinstance(exc, UserError) or exc.exit_code == 3 else str(exc)
+
+
 def _interrupted(signum: int) -> str:
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     return (f"interrupted: stopped by {name}; every finished stage is saved: "
@@ -146,16 +153,20 @@ def main(preset: str, argv: Sequence[str] | None = None) -> int:
     try:
         with signals:
             run(preset, argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
-    except KDPipelineError as exc:  # diverged (3) or interrupted after a checkpoint (130/143)
-        print(f"error: {exc}" if exc.exit_code == 3 else str(exc), file=sys.stderr)  # "interrupted by ..."
+    except KDPipelineError as exc:  # a user error (2), diverged (3), interrupted after a checkpoint (130/143)
+        keep_exit_code_under_torchrun()
+        print(_error_line(exc), file=sys.stderr)
         return exit_code_for(exc)
     except CommandInterrupted as exc:
+        keep_exit_code_under_torchrun()
+        ending = exc.__context__  # under torchrun: stopped while ending with the error every rank agreed on
+        if isinstance(ending, KDPipelineError) and torchrun_local_rank() is not None:
+            print(_error_line(ending), file=sys.stderr)
+            return exit_code_for(ending)
         print(_interrupted(exc.signum), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        keep_exit_code_under_torchrun()
         print(_interrupted(signal.SIGINT), file=sys.stderr)
         return 130
     if signals.received is not None:  # raised where it was ignored: the command still stops here

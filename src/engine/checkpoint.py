@@ -7,8 +7,10 @@ Files in the stage folder while it trains:
     checkpoint_best.pt      the state with the best monitored validation value (a hard link to
                             latest when that is the best, so it costs no space)
 
-Once the stage has finished, ``prune`` keeps at most ``keep`` full states (``train.keep_checkpoints``,
-default 1: latest); checkpoint_best.pt stays, reduced to the best weights when it is not latest.
+A finished stage's best weights are in model.safetensors (the engine ends on them). ``prune``
+then keeps at most ``keep`` full states (``train.keep_checkpoints``, default 1: latest), and
+checkpoint_best.pt only as a full state of its own within that limit: anything less would store
+the best weights a second time. ``load_best`` reads model.safetensors when checkpoint_best.pt is gone.
 
 State contract: a checkpoint is a dict holding only data ``torch.load(weights_only=True)``
 accepts: tensors, numbers, strings, bools, None, lists, tuples and dicts of these (model,
@@ -35,9 +37,12 @@ from typing import Any
 import timm
 import torch
 import torchvision
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from src.errors import UserError
 from src.utils.atomic import atomic_link_or_copy, atomic_write_with, remove_temp_files
+from src.utils.weights import WEIGHTS_FILE
 
 LATEST = "checkpoint_latest.pt"
 PREVIOUS = "checkpoint_previous.pt"
@@ -67,6 +72,7 @@ class CheckpointStore:
         self.latest_path = self.stage_dir / LATEST
         self.previous_path = self.stage_dir / PREVIOUS
         self.best_path = self.stage_dir / BEST
+        self.weights_path = self.stage_dir / WEIGHTS_FILE  # a finished stage's best weights
         self._latest_damaged = False  # set when a load found latest unusable: never rotate it
 
     def save_latest(self, state: dict[str, Any]) -> Path:
@@ -137,35 +143,37 @@ class CheckpointStore:
             raise UserError(f"cannot load checkpoint {path}: {err}") from None
 
     def load_best(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        """The best epoch's state; of a finished stage it may hold only the weights (see ``prune``)."""
-        if not self.best_path.is_file():
-            raise UserError(f"checkpoint {self.best_path} does not exist")
+        """The best epoch's state (``{"model": ...}`` at least): checkpoint_best.pt, or once the
+        stage has finished and ``prune`` removed it, the best weights in model.safetensors."""
+        if self.best_path.is_file():
+            try:
+                return self._read(self.best_path, map_location, required=("model",))
+            except _Damaged as err:
+                raise UserError(f"cannot load checkpoint {self.best_path}: {err}") from None
+        if not self.weights_path.is_file():
+            raise UserError(f"checkpoint {self.best_path} does not exist, nor does {self.weights_path}: the "
+                            f"best weights are lost (delete {self.stage_dir} to train the stage again)")
         try:
-            return self._read(self.best_path, map_location, required=("model",))
-        except _Damaged as err:
-            raise UserError(f"cannot load checkpoint {self.best_path}: {err}") from None
+            return {"model": load_file(str(self.weights_path), device=str(map_location))}
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"cannot load {self.weights_path}: {type(err).__name__}: {err}") from None
 
     def prune(self, keep: int) -> list[Path]:
-        """Once the stage is finished: keep at most ``keep`` full training states (largest files of a
-        run), preferring latest (the stage can be continued with more epochs), then best, then
-        previous. checkpoint_best.pt itself always stays, as a hard link to latest or, beyond the
-        limit, as the best weights alone: evaluate.py and the best-weights restore of an extended
-        stage read it. Temporary files a killed save left are removed too. Returns what it deleted."""
+        """Once the stage is finished (its best weights in model.safetensors): keep at most ``keep``
+        full training states (largest files of a run), preferring latest (the stage can be
+        continued with more epochs), then best, then previous. checkpoint_best.pt goes unless it
+        is such a state of its own: as a second name of latest, or as weights alone (what runs made
+        before this rule kept), it would only repeat model.safetensors. Without model.safetensors
+        it stays: it may be the only copy of the best weights. Temporary files a killed save left
+        are removed too. Returns what it deleted."""
         removed = remove_temp_files(self.stage_dir, CHECKPOINT_FILES)
         keep_latest = keep >= 1 and self.latest_path.is_file()
         budget = keep - int(keep_latest)
-        if self.best_path.is_file() and not (keep_latest and _same_file(self.best_path, self.latest_path)):
-            try:  # mapped, not read: every run looks only at its keys (weights alone after the first prune)
-                best = self._read(self.best_path, "cpu", required=("model",), mmap=True)
-            except _Damaged as err:  # nothing to gain from it; the stage's weights are in model.safetensors
-                log.warning("checkpoint %s is unusable (%s); removing it", self.best_path, err)
-                removed.append(self.best_path)
+        if self.best_path.is_file() and self.weights_path.is_file():
+            if budget >= 1 and not _same_file(self.best_path, self.latest_path) and self._full_best():
+                budget -= 1
             else:
-                if budget >= 1 and "optimizer" in best:
-                    budget -= 1
-                elif "optimizer" in best:
-                    weights = {key: best[key] for key in ("model", "epoch", "best_metric") if key in best}
-                    atomic_write_with(self.best_path, lambda tmp: _save(weights, tmp))
+                removed.append(self.best_path)
         if budget < 1 and self.previous_path.is_file():
             removed.append(self.previous_path)
         if not keep_latest and self.latest_path.is_file():
@@ -173,6 +181,15 @@ class CheckpointStore:
         for path in removed:
             path.unlink(missing_ok=True)
         return removed
+
+    def _full_best(self) -> bool:
+        """Whether checkpoint_best.pt is a full training state (not the weights alone, not damaged).
+        Mapped, not read: the runner prunes every finished stage on every run."""
+        try:
+            return "optimizer" in self._read(self.best_path, "cpu", required=("model",), mmap=True)
+        except _Damaged as err:  # nothing to gain from it; the stage's weights are in model.safetensors
+            log.warning("checkpoint %s is unusable (%s); removing it", self.best_path, err)
+            return False
 
     def _read(self, path: Path, map_location: str | torch.device,
               required: Iterable[str] | None = None, *, mmap: bool = False) -> dict[str, Any]:

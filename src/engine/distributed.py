@@ -9,6 +9,8 @@ after the ranks agreed that every one of them computed its share (docs/ARCHITECT
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -61,11 +63,16 @@ class DistributedContext:
     def any_flags(self, *flags: bool) -> list[bool]:
         """Each flag is true on every rank when it is true on at least one (a signal reaches
         ranks at different steps); one small all-reduce for all of them."""
+        return [bool(v) for v in self.max_codes(*(int(f) for f in flags))]
+
+    def max_codes(self, *codes: int) -> list[int]:
+        """Each code at its largest over ranks: a flag that also says what happened (which
+        non-finite value a loss took), the same on every rank; one small all-reduce for all."""
         if not self.enabled:
-            return list(flags)
-        value = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=self.comm_device)
+            return list(codes)
+        value = torch.tensor(codes, dtype=torch.int64, device=self.comm_device)
         torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
-        return [bool(v) for v in value.tolist()]
+        return [int(v) for v in value.tolist()]
 
     def broadcast_flag(self, flag: bool, src: int = 0) -> bool:
         """Rank ``src``'s decision, on every rank."""
@@ -125,3 +132,12 @@ class DistributedContext:
     def destroy(self) -> None:
         if self.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def keep_exit_code_under_torchrun() -> None:
+    """Call once this process is ending with an error of its own (printed, exit code chosen).
+    torchrun stops every other rank with SIGTERM as soon as one has exited and reports a rank it
+    stopped as killed (-15): ranks that agreed to stop with the same error would show different
+    exit codes by a race. Ignoring SIGTERM from here lets each finish exiting with its own code."""
+    if torchrun_local_rank() is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -3,10 +3,18 @@ over every rank's predictions.
 
 Validation loss is always label cross-entropy, whatever the training objective, so
 ``val_loss`` means the same thing for every stage and early stopping compares like with like.
+
+An out-of-memory error during a pass (a validation or test pass can need more than training at
+the same batch: no step frees its activations in between, a resident split may have grown) is
+recovered: the pass goes on from the batch that failed at half the batch size, down to one
+image; the caller keeps the size that worked (``EvalResult.batch_size``). Each rank halves on its
+own (a pass has no collective until its end); one that cannot evaluate even one image makes
+every rank raise the same error at that end, so no rank is left waiting for it.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,10 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
 from src.engine.sampling import load_batches, rank_shard
+from src.errors import UserError
 from src.utils.logger import SPLIT_METRICS
 from src.utils.metrics import classification_metrics
+
+log = logging.getLogger("kd_pipeline.engine")
 
 
 @dataclass
@@ -33,6 +45,7 @@ class EvalResult:
     f1_score: float
     y_true: np.ndarray
     y_pred: np.ndarray
+    batch_size: int  # the one that finished the pass: smaller than asked after an out-of-memory error
 
     def as_row(self, prefix: str) -> dict[str, float]:
         """The epochs.csv columns for this split, e.g. ``val_loss``, ``val_accuracy``."""
@@ -48,30 +61,52 @@ def evaluate_model(model: nn.Module, dataset: Dataset[Any], *, device: torch.dev
                    num_workers: int, seed: int, num_classes: int, dist: Optional[DistributedContext] = None,
                    autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> EvalResult:
     """Run ``model`` over ``dataset`` (int keys) in eval mode under inference mode. Each rank
-    takes its unpadded share; predictions are gathered and put back in dataset order."""
+    takes its unpadded share; predictions are gathered and put back in dataset order. Out of
+    memory, the rest of the pass runs at half the batch size (see the module's docstring)."""
     dist = dist or DistributedContext()
     indices = rank_shard(range(len(dataset)), dist.rank, dist.world_size, pad=False)  # type: ignore[arg-type]
-    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    loader = load_batches(dataset, batches, device, num_workers, seed, "eval")
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    preds, targets = [], []
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
+    preds: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    done, out_of_memory = 0, False  # images of this rank's share scored so far
     try:
-        with torch.inference_mode(), autocast:
-            for images, labels in loader:
-                images = images.to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                labels = labels.to(device, non_blocking=True)
-                logits = model(images).float()
-                loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-                preds.append(logits.argmax(dim=1))
-                targets.append(labels)
+        while done < len(indices):
+            batches = [indices[i : i + batch_size] for i in range(done, len(indices), batch_size)]
+            loader = load_batches(dataset, batches, device, num_workers, seed, "eval")
+            autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                        else contextlib.nullcontext())
+            try:
+                with torch.inference_mode(), autocast:
+                    for images, labels in loader:
+                        images = images.to(device, non_blocking=True)
+                        if channels_last:
+                            images = images.contiguous(memory_format=torch.channels_last)
+                        labels = labels.to(device, non_blocking=True)
+                        logits = model(images).float()
+                        loss, pred = F.cross_entropy(logits, labels, reduction="sum"), logits.argmax(dim=1)
+                        loss_sum += loss  # counted only once the whole batch is scored
+                        preds.append(pred)
+                        targets.append(labels)
+                        done += len(labels)
+            except torch.OutOfMemoryError:  # returning from here drops the failed batch's tensors
+                out_of_memory = True
+            if out_of_memory:
+                DeviceMemory(device).release_cached()
+                if batch_size == 1:
+                    break
+                log.warning("out of GPU memory evaluating %d images at a time; going on with %d",
+                            batch_size, max(batch_size // 2, 1))
+                batch_size, out_of_memory = max(batch_size // 2, 1), False
     finally:
         model.train(was_training)
+    if dist.any_flags(out_of_memory)[0]:  # every rank reaches this, whether or not it gave up
+        raise UserError(
+            "out of GPU memory evaluating even one image at a time"
+            + (f" on at least one of the {dist.world_size} ranks" if dist.enabled else "")
+            + "; free the GPU of other processes or raise --vram-budget, then re-run the same command"
+        )
     y_pred = torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.long)
     y_true = torch.cat(targets).cpu() if targets else torch.empty(0, dtype=torch.long)
     parts = dist.all_gather_object((indices, y_true.numpy(), y_pred.numpy(), float(loss_sum)))
@@ -89,4 +124,5 @@ def evaluate_model(model: nn.Module, dataset: Dataset[Any], *, device: torch.dev
         f1_score=float(metrics["f1_score"]),
         y_true=y_true_all,
         y_pred=y_pred_all,
+        batch_size=batch_size,
     )

@@ -22,11 +22,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from src.data.feed import UnreadableImage
+from src.engine.batch_floor import refuse_below_floor
 from src.engine.checkpoint import LATEST, CheckpointStore
 from src.engine.compiling import EAGER, CompiledModule, CompileSettings, should_compile
 from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
-from src.engine.divergence import NonFiniteLossError, clear_divergence, record_divergence, validate_loss
+from src.engine.divergence import NonFiniteLossError, clear_divergence, record_divergence
 from src.engine.early_stopping import EarlyStopping
 from src.engine.evaluation import EvalResult, evaluate_model, num_classes_of
 from src.engine.layout import to_training_layout
@@ -114,10 +115,11 @@ class Trainer:
         self.lr = config.lr if lr is None else lr
 
         self.micro_batch = config.batch_size
+        self.eval_batch = config.batch_size  # halved for good by an out-of-memory error in evaluation
         self.window = config.batch_size * config.accumulation_steps  # samples per update, per rank
         self.samples_per_rank = math.ceil(len(train_dataset) / self.dist.world_size)  # type: ignore[arg-type]
         # the out-of-memory fallback never halves below this (BatchNorm cannot train on one sample)
-        self.min_micro_batch = _smallest_micro_batch(model, config.batch_size, self.samples_per_rank)
+        self.min_micro_batch = refuse_below_floor(model, config.batch_size, self.samples_per_rank)
         updates_per_epoch = len(window_sizes(self.samples_per_rank, self.window))
         self.schedule = build_schedule(self.optimizer, config, updates_per_epoch)
         self.early = EarlyStopping(config.monitor, config.mode, config.patience, config.min_delta)
@@ -142,6 +144,7 @@ class Trainer:
         self.train_time = 0.0
         self.peak_memory_mb: Optional[float] = None
         self.oom_history: list[str] = []
+        self.nonfinite_loss = 0  # under nonfinite_policy "raise": _nonfinite_code of the window that had one
 
     # ------------------------------------------------------------------ public API
 
@@ -193,13 +196,16 @@ class Trainer:
         )
 
     def evaluate(self, dataset: Dataset[Any]) -> EvalResult:
-        """Cross-entropy (sample weighted) and macro metrics of the current weights on ``dataset``."""
-        return evaluate_model(
-            self.model, dataset, device=self.device, batch_size=self.micro_batch,
+        """Cross-entropy (sample weighted) and macro metrics of the current weights on ``dataset``,
+        at the micro-batch, or the smaller batch an earlier evaluation fell back to."""
+        result = evaluate_model(
+            self.model, dataset, device=self.device, batch_size=min(self.micro_batch, self.eval_batch),
             num_workers=self.cfg.num_workers, seed=self.seed,
             num_classes=num_classes_of(dataset, self.num_classes),
             dist=self.dist, autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
         )
+        self.eval_batch = result.batch_size
+        return result
 
     def _compiled_model(self, settings: CompileSettings) -> Optional[CompiledModule]:
         """The student's compiled forward (and the objective's teacher compiled) when
@@ -304,8 +310,8 @@ class Trainer:
         if outcome.applied:
             self.schedule.step_update()
         if outcome.loss_nonfinite and self.cfg.nonfinite_policy == "raise":
-            losses = torch.stack([piece.loss.float() for piece in window])
-            validate_loss(losses[~torch.isfinite(losses)][0], self.global_step)  # raises NonFiniteLossError
+            self.nonfinite_loss = _nonfinite_code(window)  # raised at the boundary, by every rank alike
+            return False, False
         try:
             for piece in window:
                 self.epoch_tally.add_micro_batch(piece.contribution, piece.parts, piece.samples)
@@ -322,14 +328,17 @@ class Trainer:
 
     def _at_update_boundary(self, signals: StopSignals, started: float, step_oom: bool,
                             books_oom: bool) -> Optional[str]:
-        """Log, checkpoint and obey signals; every rank takes the same decision. Returns what ran
-        out of memory in the update on any rank (the caller falls back from it), or None."""
+        """Stop on a non-finite loss (policy ``raise``), log, checkpoint and obey signals; every
+        rank takes the same decision, so a loss that is non-finite on one rank stops all of them
+        with the same error. Returns what ran out of memory in the update on any rank (the caller
+        falls back from it), or None."""
         every_steps = self.cfg.checkpoint_every_steps
         every_minutes = self.cfg.checkpoint_every_minutes
         time_due = every_minutes is not None and time.monotonic() - self._last_save >= every_minutes * 60
         update = self.global_step + 1 if step_oom else self.global_step  # ours failed: not counted
-        stop, time_due, step_oom, books_oom = self.dist.any_flags(signals.received is not None, time_due,
-                                                                   step_oom, books_oom)
+        stop, time_due, step_oom, books_oom, nonfinite = self.dist.max_codes(
+            int(signals.received is not None), int(time_due), int(step_oom), int(books_oom),
+            self.nonfinite_loss)
         if step_oom:
             if self.dist.enabled:  # some ranks applied the update, others did not: they cannot agree again
                 raise UserError(
@@ -339,6 +348,8 @@ class Trainer:
                     "processes, then re-run the same command to continue from the last checkpoint"
                 )
             return f"micro-batch {self.micro_batch} (optimizer step)"
+        if nonfinite:  # on any rank: all stop with the same error (nothing of the update is saved)
+            raise NonFiniteLossError(self.global_step, _NONFINITE[nonfinite - 1])
         if self.global_step % self.cfg.log_interval == 0:
             self._log_interval()
         steps_due = every_steps is not None and self.global_step % every_steps == 0
@@ -495,9 +506,10 @@ class Trainer:
 
     def _restore_best(self) -> None:
         """Load the best epoch's weights into ``model`` (every rank reads rank 0's file),
-        unless the last epoch was the best: then the model already holds them."""
+        unless the last epoch was the best: then the model already holds them. A finished stage
+        continued with more epochs that did not improve finds them in model.safetensors."""
         self.dist.barrier()
-        if self.early.best_epoch not in (0, self.epoch - 1) and self.store.best_path.exists():
+        if self.early.best_epoch not in (0, self.epoch - 1):
             self.model.load_state_dict(self.store.load_best()["model"])
 
     def _peak_reserved_mb(self) -> Optional[float]:
@@ -509,26 +521,15 @@ class Trainer:
         return max(peaks, default=None)
 
 
-def _smallest_micro_batch(model: nn.Module, batch_size: int, samples_per_rank: int) -> int:
-    """The smallest micro-batch ``model`` can train on: 2 with BatchNorm, which cannot take a batch
-    of one sample in training mode, else 1. The sampler merges a lone last sample into the batch
-    before it; a batch size of 1, or one training sample per process, is refused here instead of
-    crashing in the first forward."""
-    if not any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
-        return 1
-    if batch_size < 2:
-        raise UserError(
-            f"--batch-size {batch_size}: {type(model).__name__} has BatchNorm layers, which cannot train "
-            "on one sample per step; use --batch-size 2 or more (with --set train.accumulation_steps=N "
-            "to keep the memory of a small batch)"
-        )
-    if samples_per_rank < 2:
-        raise UserError(
-            f"{type(model).__name__} has BatchNorm layers, which cannot train on one sample per step, and "
-            f"each process gets {samples_per_rank} training sample; use more data (a larger --subset) "
-            "or fewer processes"
-        )
-    return 2
+_NONFINITE = (float("nan"), float("inf"), float("-inf"))
+
+
+def _nonfinite_code(window: list[_Piece]) -> int:
+    """The window's first non-finite micro-batch loss as 1 + its index in ``_NONFINITE``: the code
+    the ranks agree on (their largest), so every rank reports the same value."""
+    losses = torch.stack([piece.loss.float() for piece in window]).cpu()
+    value = float(losses[~torch.isfinite(losses)][0])
+    return 1 if math.isnan(value) else 2 if value > 0 else 3
 
 
 def _output_classes(model: nn.Module) -> int:

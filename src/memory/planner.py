@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from src.engine.batch_floor import refuse_below_floor
 from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
 from src.engine.layout import to_training_layout
@@ -71,6 +72,7 @@ def choose_plan(
     force_checkpointing: bool = False,
     allow_checkpointing: bool = True,
     min_micro_batch: int = MIN_USEFUL_MICRO_BATCH,
+    floor: int = 1,
     what: str = "the stage",
 ) -> MemoryPlan:
     """The search, plus the checkpointing decision: ``measure`` reflects whatever
@@ -79,9 +81,10 @@ def choose_plan(
     Checkpointing stays off unless forced, or unless it is allowed and without it nothing fits or
     only a micro-batch below ``min_micro_batch`` does (BatchNorm statistics and GPU utilisation
     suffer there) and with it a larger one fits. Raises UserError when nothing fits either way,
-    saying when checkpointing was not allowed or the model cannot do it.
+    saying when checkpointing was not allowed or the model cannot do it. No micro-batch below
+    ``floor`` (``micro_batch_floor``) is ever tried or chosen.
     """
-    plan = search_micro_batch(effective_batch, measure, budget_bytes, margin)
+    plan = search_micro_batch(effective_batch, measure, budget_bytes, margin, floor=floor)
     plan.gradient_checkpointing = force_checkpointing
     rejected: list[tuple[int, Optional[int]]] = []
     wants_more = not plan.fits or plan.micro_batch < min(min_micro_batch, effective_batch)
@@ -92,7 +95,7 @@ def choose_plan(
         elif not checkpointing(True):
             unable = "the model cannot use gradient checkpointing"
         else:
-            with_gc = search_micro_batch(effective_batch, measure, budget_bytes, margin)
+            with_gc = search_micro_batch(effective_batch, measure, budget_bytes, margin, floor=floor)
             if with_gc.fits and (not plan.fits or with_gc.micro_batch > plan.micro_batch):
                 without = "nothing fits" if not plan.fits else f"only micro-batch {plan.micro_batch} fits"
                 with_gc.gradient_checkpointing = True
@@ -109,7 +112,7 @@ def choose_plan(
         also = f", with checkpointing {_fmt_tried(rejected)}" if rejected else ""
         because = f"; {unable}" if unable else ""
         raise UserError(f"{what} does not fit a {budget_bytes / GIB:.2f} GiB VRAM budget less {margin:.0%} "
-                        f"margin even at micro-batch 1 (tried {gc_state} checkpointing "
+                        f"margin even at micro-batch {floor} (tried {gc_state} checkpointing "
                         f"{_fmt_tried(plan.tried)}{also}){because}; use smaller images or models, "
                         "or raise --vram-budget")
     return plan
@@ -154,11 +157,13 @@ def plan_stage(
     in its training layout (``to_training_layout``: channels-last for CNNs on CUDA), so the probe
     measures what will train; otherwise both are left exactly as they were, except that
     checkpointing is switched on when ``engine_cfg.grad_checkpointing`` is ``on`` or the plan
-    says so (``auto``). Raises UserError when even micro-batch 1 does not fit. Under DDP pass
+    says so (``auto``). Raises UserError when even the model's smallest micro-batch (2 with
+    BatchNorm, else 1) does not fit. Under DDP pass
     ``dist``: every rank probes its own GPU, then all take the smallest micro-batch (a collective:
     every rank must call this). Apply with ``plan.apply(engine_cfg)``.
     """
     effective = engine_cfg.batch_size * engine_cfg.accumulation_steps
+    floor = refuse_below_floor(model, effective)  # the engine's out-of-memory fallback stops there too
     force = engine_cfg.grad_checkpointing == "on"
     # the setting decides, not what the model was left with: on, or off until the plan says otherwise
     if not set_checkpointing(model, force):
@@ -186,7 +191,7 @@ def plan_stage(
         plan = choose_plan(
             effective, measure, budget, lambda on: set_checkpointing(model, on), margin=margin,
             force_checkpointing=force, allow_checkpointing=engine_cfg.grad_checkpointing != "off",
-            min_micro_batch=min_micro_batch, what=_stage(model_name),
+            min_micro_batch=min_micro_batch, floor=floor, what=_stage(model_name),
         )
     finally:
         memory = DeviceMemory(device)

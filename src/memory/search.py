@@ -90,6 +90,7 @@ def search_micro_batch(
     budget_bytes: int,
     margin: float = 0.1,
     start: Optional[int] = None,
+    floor: int = 1,
 ) -> MemoryPlan:
     """The largest divisor of ``effective_batch`` whose measured peak is <= budget * (1 - margin).
 
@@ -99,12 +100,13 @@ def search_micro_batch(
     doubling strides (the next divisor, i.e. about half for powers of two, then 2, 4, ... places
     down) until something fits, and bisects the divisors left between that fit and the last miss:
     at most about 2 * log2(number of divisors) + 1 probes, each micro-batch measured once.
-    ``start`` caps the first candidate (the largest divisor <= start).
+    ``start`` caps the first candidate (the largest divisor <= start); ``floor`` is the smallest
+    micro-batch the model can train on (src/engine/batch_floor.py), never tried below.
     """
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must be in [0, 1), got {margin}")
     limit = int(budget_bytes * (1.0 - margin))
-    cands = [d for d in divisors(effective_batch) if start is None or d <= start] or [1]
+    cands = [d for d in divisors(effective_batch) if d >= floor and (start is None or d <= start)] or [floor]
     tried: list[tuple[int, Optional[int]]] = []
 
     def fits(i: int) -> bool:

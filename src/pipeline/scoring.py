@@ -13,13 +13,14 @@ from torch import nn
 
 from src.config.stages import STAGES
 from src.deploy.onnx_runtime import onnx_model_for
-from src.engine.checkpoint import CheckpointStore
+from src.engine.checkpoint import BEST, CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError, error_detail
 from src.runs.inputs import run_data, stage_data
 from src.runs.rundir import open_run
 from src.runs.stage_models import build_model, load_weights
+from src.utils.weights import WEIGHTS_FILE
 
 LOGGER = logging.getLogger("kd_pipeline.scoring")  # unconfigured in evaluate.py: stderr
 SPLITS = ("test", "val", "train")
@@ -40,6 +41,15 @@ def _stage_of(checkpoint: Path, given: str | None) -> str:
     if checkpoint.parent.name in STAGES:
         return checkpoint.parent.name
     raise UserError(f"cannot tell which stage {checkpoint} belongs to; pass --stage")
+
+
+def finished_best(checkpoint: Path) -> Path:
+    """What to score for ``checkpoint``: itself, or for a finished stage's checkpoint_best.pt,
+    which is not kept (CheckpointStore.prune), model.safetensors beside it: the same best weights."""
+    weights = checkpoint.parent / WEIGHTS_FILE
+    if checkpoint.name != BEST or checkpoint.exists() or not weights.is_file():
+        return checkpoint
+    return weights
 
 
 def _load_into(model: nn.Module, checkpoint: Path) -> None:

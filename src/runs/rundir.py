@@ -25,6 +25,7 @@ from src.engine.divergence import has_diverged
 from src.errors import IncompatibleResumeError, UserError, error_detail
 from src.runs.lock import LOCK_FILE
 from src.utils.atomic import atomic_write_text, is_temp_file, remove_temp_files
+from src.utils.weights import WEIGHTS_FILE
 
 LOGGER = logging.getLogger("kd_pipeline.rundir")
 # What the product itself puts in a run directory before config.yaml exists (a crash between
@@ -59,7 +60,7 @@ class RunDirectory:
         return self.stage_dir(stage) / "result.json"
 
     def weights_path(self, stage: str) -> Path:
-        return self.stage_dir(stage) / "model.safetensors"
+        return self.stage_dir(stage) / WEIGHTS_FILE
 
     def read_result(self, stage: str) -> dict[str, Any]:
         """A finished stage's result.json; unreadable means the user must retrain that stage."""

@@ -18,6 +18,8 @@ from torch import nn
 
 from src.utils.atomic import atomic_write_bytes
 
+WEIGHTS_FILE = "model.safetensors"  # a stage folder's final (best) weights
+
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     """The identity of a set of named tensors, independent of the file that holds them."""
