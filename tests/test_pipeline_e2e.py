@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -84,7 +85,10 @@ def test_cnn_chain_leaves_the_run_directory_contract(cnn_run: tuple[Path, dict[s
         assert [row["stage"] for row in csv.DictReader(handle)] == list(teachers)
     assert "student vs baseline" in stdout and "resnet50" in stdout
     # the cost table (src/deploy): measured side by side after the stages, the sentence printed
-    assert "The student keeps" in stdout and "fewer FLOPs" in stdout and (out / "cost.json").is_file()
+    # (a share of the teacher's accuracy, or why none is claimed: this tiny run may be at chance)
+    assert re.search(r"The student (keeps [\d.]+% of the \w+'s accuracy with|\(no share of the \w+'s "
+                     r"accuracy is claimed: [^)]+\) has) ", stdout), stdout
+    assert "fewer FLOPs" in stdout and (out / "cost.json").is_file()
     # the second command skipped the finished teacher: its files were not touched
     assert snapshot(out / "teacher") == teacher_files
     assert "stage teacher: finished earlier" in (out / "pipeline.log").read_text()
