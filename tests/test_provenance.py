@@ -1,0 +1,111 @@
+"""Provenance: a finished stage is reused only while what it was made from (the split, the
+weights of the stage that taught it) is what this run would use now; through the real command."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from src.cli.train import main
+
+pytestmark = pytest.mark.slow
+
+# timm's smallest ResNet in every role: a stage trains in a second or two
+QUICK = ["--subset", "30", "--epochs", "1", "--image-size", "8", "--device", "cpu",
+         "--set", "models.small_input=false", "--set", "report.benchmark=false", *(f"--set=models.{role}=test_resnet"
+                                                 for role in ("teacher", "assistant", "student"))]
+
+
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.splitlines()
+    assert not any("Traceback" in line for line in err), err
+    (line,) = [line for line in err if line.startswith("error:")]
+    return line
+
+
+def _result(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("provenance") / "run"
+    assert main("cnn", [*QUICK, "--output-dir", str(out), "--stages", "teacher,assistant"]) == 0
+    return out
+
+
+def test_every_result_records_what_it_was_made_from(chain: Path) -> None:
+    split = json.loads((chain / "split.json").read_text())["hash"]
+    teacher, assistant = _result(chain, "teacher"), _result(chain, "assistant")
+    assert teacher["provenance"]["split_sha256"] == assistant["provenance"]["split_sha256"] == split
+    assert "teacher_sha256" not in teacher["provenance"]
+    assert assistant["provenance"]["teacher_sha256"] == teacher["weights_sha256"]
+    assert assistant["provenance"]["budget"] == {"epochs": 1, "patience": 10, "min_delta": 0.0}
+    assert assistant["provenance"]["config"]["models.assistant"] == "test_resnet"
+
+
+def _retrain_teacher(run: Path) -> dict:
+    """The teacher trained again to other weights, as a CUDA run that is not bit-reproducible
+    does with the same command (here: the assistant's weights, which have its architecture)."""
+    shutil.copyfile(run / "assistant" / "model.safetensors", run / "teacher" / "model.safetensors")
+    teacher = _result(run, "teacher")
+    teacher["weights_sha256"] = _result(run, "assistant")["weights_sha256"]
+    (run / "teacher" / "result.json").write_text(json.dumps(teacher))
+    return teacher
+
+
+def test_a_retrained_teacher_makes_exactly_the_stages_it_taught_stale(
+        chain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The assistant distilled from the teacher's old weights was reused without a word."""
+    run = tmp_path / "run"
+    shutil.copytree(chain, run)
+    old_assistant = _result(run, "assistant")
+    teacher = _retrain_teacher(run)
+    # the student needs the stale assistant, which is not asked for: the fix, exit 2, nothing trained
+    asked = [*QUICK, "--output-dir", str(run)]
+    assert main("cnn", [*asked, "--stages", "teacher,student"]) == 2
+    assert _error(capsys) == ("error: assistant is stale: distilled from other teacher weights than the "
+                              "teacher finished now (it was retrained); add assistant to --stages "
+                              "(e.g. --stages teacher,assistant,student)")
+    assert not (run / "student").exists() and _result(run, "assistant") == old_assistant
+    assert main("cnn", [*asked, "--stages", "teacher,assistant,student"]) == 0
+    (aside,) = run.glob("assistant.stale-*")
+    assert json.loads((aside / "result.json").read_text()) == old_assistant  # moved, never deleted
+    assert _result(run, "teacher") == teacher  # not stale itself
+    assert _result(run, "assistant")["provenance"]["teacher_sha256"] == teacher["weights_sha256"]
+    assert _result(run, "student")["provenance"]["teacher_sha256"] == _result(run, "assistant")["weights_sha256"]
+    log = (run / "pipeline.log").read_text()
+    assert f"stage assistant is stale (distilled from other teacher weights than the teacher finished now " \
+           f"(it was retrained)): moved to {aside}, training it again" in log
+    assert "stage teacher: finished earlier" in log
+
+
+def test_a_stale_stage_is_never_retrained_under_resume_path(chain: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(chain, run)
+    result = _result(run, "assistant")
+    result["provenance"]["split_sha256"] = "0" * 64
+    (run / "assistant" / "result.json").write_text(json.dumps(result))
+    checkpoint = next((run / "assistant").glob("checkpoint_*.pt"))
+    argv = [*QUICK, "--output-dir", str(run), "--stages", "teacher,assistant"]
+    assert main("cnn", [*argv, "--resume", str(checkpoint)]) == 2
+    assert _error(capsys) == ("error: assistant is stale: trained on another split; re-run with --resume "
+                              "auto, which moves it aside and trains it again")
+    assert _result(run, "assistant") == result
+
+
+def test_results_of_earlier_versions_are_reused_as_they_are(chain: Path, tmp_path: Path) -> None:
+    """An upgrade must never retrain a finished run: without provenance its history is unknown."""
+    run = tmp_path / "run"
+    shutil.copytree(chain, run)
+    for stage in ("teacher", "assistant"):
+        result = _result(run, stage)
+        del result["provenance"]
+        (run / stage / "result.json").write_text(json.dumps(result))
+    assert main("cnn", [*QUICK, "--output-dir", str(run), "--stages", "teacher,assistant"]) == 0
+    log = (run / "pipeline.log").read_text()
+    assert "stage assistant: finished earlier" in log and "recorded no provenance (history unknown)" in log
+    assert "stale" not in log and "provenance" not in _result(run, "assistant")
