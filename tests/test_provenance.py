@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 # timm's smallest ResNet in every role: a stage trains in a second or two
 QUICK = ["--subset", "30", "--epochs", "1", "--image-size", "8", "--device", "cpu",
-         "--set", "models.small_input=false", "--set", "report.benchmark=false", *(f"--set=models.{role}=test_resnet"
-                                                 for role in ("teacher", "assistant", "student"))]
+         "--set", "models.small_input=false", "--set", "report.benchmark=false",
+         *(f"--set=models.{role}=test_resnet" for role in ("teacher", "assistant", "student"))]
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -75,7 +75,8 @@ def test_a_retrained_teacher_makes_exactly_the_stages_it_taught_stale(
     assert json.loads((aside / "result.json").read_text()) == old_assistant  # moved, never deleted
     assert _result(run, "teacher") == teacher  # not stale itself
     assert _result(run, "assistant")["provenance"]["teacher_sha256"] == teacher["weights_sha256"]
-    assert _result(run, "student")["provenance"]["teacher_sha256"] == _result(run, "assistant")["weights_sha256"]
+    student = _result(run, "student")
+    assert student["provenance"]["teacher_sha256"] == _result(run, "assistant")["weights_sha256"]
     log = (run / "pipeline.log").read_text()
     assert f"stage assistant is stale (distilled from other teacher weights than the teacher finished now " \
            f"(it was retrained)): moved to {aside}, training it again" in log

@@ -11,7 +11,7 @@ import torch
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
 from src.data.registry import DATASETS
 from src.data.settings import DataConfig, validate_data
-from src.data.split import SplitInfo, load_or_create_split, save_split
+from src.data.split import SplitInfo, check_decodable, load_or_create_split, save_split
 from src.data.transforms import Augment, ModelInput, Normalize, crop_padding
 from src.errors import UserError
 
@@ -100,6 +100,8 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
     val = ImageDataset(*part_of("val"), source.class_names, plain)
     test = ImageDataset(*part_of("test"), source.class_names, plain)
     if write and run_dir is not None and not info.reused:
+        if not resident:  # read per batch: decode each image once now, not a broken one mid-run
+            check_decodable(source, record)
         info = dataclasses.replace(info, path=save_split(record, run_dir))
     return DataBundle(
         train=train,

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from src.data.settings import DataConfig
-from src.data.sources import Source, SourcePart
+from src.data.sources import Source, SourcePart, file_entries
 from src.data.transforms import resize_square
 from src.errors import UserError
 
@@ -62,8 +62,8 @@ def load_image(path: str) -> torch.Tensor:
             upright = ImageOps.exif_transpose(image)
             return torch.from_numpy(np.array(_to_rgb(upright, path))).permute(2, 0, 1).contiguous()
     except (OSError, Image.DecompressionBombError) as exc:  # unreadable, truncated, not an image
-        raise UserError(f"imagefolder: cannot read image {path} ({type(exc).__name__}); "
-                        "remove or replace that file") from None
+        raise UserError(f"imagefolder: cannot read image {path} ({type(exc).__name__}); replace that "
+                        "file with a readable copy under the same name (the run continues on it)") from None
 
 
 @dataclass
@@ -205,7 +205,8 @@ def load_imagefolder_source(cfg: DataConfig) -> Source:
         name: SourcePart(targets=list(folder.targets), read=FolderReader([p for p, _ in folder.samples]))
         for name, folder in folders.items()
     }
-    return Source(cfg.name, list(classes), parts)
+    files = {name: file_entries(root, [p for p, _ in folder.samples]) for name, folder in folders.items()}
+    return Source(cfg.name, list(classes), parts, files=files)
 
 
 def _refuse_shared_files(folders: dict[str, ScannedImageFolder]) -> None:
