@@ -110,3 +110,21 @@ def test_results_of_earlier_versions_are_reused_as_they_are(chain: Path, tmp_pat
     log = (run / "pipeline.log").read_text()
     assert "stage assistant: finished earlier" in log and "recorded no provenance (history unknown)" in log
     assert "stale" not in log and "provenance" not in _result(run, "assistant")
+
+
+def test_teacher_from_trains_a_baseline_of_another_budget_here(chain: Path, tmp_path: Path) -> None:
+    """Epochs and patience are free keys on resume, so a 1-epoch baseline was paired with 2-epoch
+    students as if they had the same budget."""
+    source = tmp_path / "source"
+    shutil.copytree(chain, source)
+    assert main("cnn", [*QUICK, "--output-dir", str(source), "--stages", "teacher,baseline"]) == 0
+    run = tmp_path / "run"
+    assert main("cnn", [*QUICK, "--output-dir", str(run), "--teacher-from", str(source), "--epochs", "2",
+                        "--stages", "baseline"]) == 0
+    assert "reused_from" in _result(run, "teacher")  # the teacher's budget does not pair with anything
+    baseline = _result(run, "baseline")
+    assert "reused_from" not in baseline and baseline["epochs_run"] == 2
+    assert baseline["provenance"]["budget"]["epochs"] == 2
+    assert (f"baseline (seed 42) is not reused from {source / 'baseline'}: it was trained with another "
+            "budget (epochs 1 -> 2), so it would not pair with this run's students; it is trained here"
+            ) in (run / "pipeline.log").read_text()
