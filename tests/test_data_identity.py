@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from src.cli.evaluate import main as evaluate_main
+from src.cli.export import main as export_main
 from src.cli.train import main
 from src.data.build import build_datasets
 from src.data.settings import DataConfig
@@ -29,15 +31,19 @@ def _cfg(root: Path, **kwargs: object) -> DataConfig:
     return DataConfig(name="imagefolder", data_dir=str(root), image_size=8, **kwargs)  # type: ignore[arg-type]
 
 
+def _train_argv(data: Path | str, out: Path | str) -> list[str]:
+    return ["--dataset", "imagefolder", "--data-dir", str(data), "--output-dir", str(out), "--epochs", "1",
+            "--image-size", "8", "--device", "cpu", "--stages", "baseline", "--set", "report.benchmark=false",
+            "--set", "models.student=test_resnet", "--set", "models.small_input=false",
+            "--set", "train.warmup_epochs=0"]
+
+
 def test_a_deleted_and_an_added_image_with_the_same_counts_are_refused_by_name(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """split.json stored indices: the swap kept every count, so the old split was reused by index."""
     data = _folder(tmp_path / "data")
     out = tmp_path / "run"
-    argv = ["--dataset", "imagefolder", "--data-dir", str(data), "--output-dir", str(out), "--epochs", "1",
-            "--image-size", "8", "--device", "cpu", "--stages", "baseline", "--set", "report.benchmark=false",
-            "--set", "models.student=test_resnet", "--set", "models.small_input=false",
-            "--set", "train.warmup_epochs=0"]
+    argv = _train_argv(data, out)
     assert main("cnn", argv) == 0
     split = json.loads((out / "split.json").read_text())
     assert split["format"] == 2 and "train/a/0.png" in split["identity"]["files"]["train"]
@@ -95,3 +101,29 @@ def test_a_broken_image_of_a_folder_read_per_batch_is_named_before_split_json(tm
     Image.new("RGB", (10, 10), (0, 0, 200)).save(broken)  # the advised fix
     assert not build_datasets(_cfg(data, device_cache_gb=0.0), tmp_path / "run", seed=0).train.store.resident
     assert (tmp_path / "run" / "split.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_evaluate_and_export_find_the_data_from_anywhere_and_after_it_moved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A relative --data-dir was stored, and neither tool could be told where the data is now."""
+    monkeypatch.chdir(tmp_path)
+    _folder(tmp_path / "data")
+    assert main("cnn", _train_argv("data", "run")) == 0
+    capsys.readouterr()  # the run's summary
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    score = ["--checkpoint", str(tmp_path / "run" / "baseline" / "model.safetensors"), "--device", "cpu"]
+    assert evaluate_main(score) == 0
+    accuracy = json.loads(capsys.readouterr().out)["accuracy"]
+    moved = tmp_path / "moved"
+    (tmp_path / "data").rename(moved)
+    assert evaluate_main(score) == 2
+    assert "no train/ folder under" in capsys.readouterr().err
+    assert evaluate_main([*score, "--data-dir", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == accuracy
+    assert export_main(["--run-dir", str(tmp_path / "run"), "--stage", "baseline", "--format", "torchscript",
+                        "--data-dir", str(moved)]) == 0
+    (moved / "train" / "b" / "5.png").unlink()  # not the data it was trained on: refused by name
+    assert evaluate_main([*score, "--data-dir", str(moved)]) == 2
+    assert "train/b/5.png is gone" in capsys.readouterr().err

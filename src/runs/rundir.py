@@ -131,11 +131,16 @@ class RunDirectory:
                             "or choose a new --output-dir") from None
 
 
-def open_run(root: Path, option: str = "--run-dir") -> tuple[RunDirectory, RunConfig]:
+def open_run(root: Path, option: str = "--run-dir",
+             data_dir: str | Path | None = None) -> tuple[RunDirectory, RunConfig]:
     """A run directory whose config.yaml and split.json can rebuild its data exactly (evaluate.py,
-    export.py, --teacher-from); ``option`` is the flag that named it, for the advice."""
+    export.py, --teacher-from); ``option`` is the flag that named it, for the advice. ``data_dir``
+    says where the data is now (``--data-dir``: moved since training); split.json's identity check
+    proves it is the same data. A relative data_dir saved by older versions resolves against the cwd."""
     run = RunDirectory(root)
     cfg = run.saved_config()
+    if cfg is not None and data_dir is not None:
+        cfg.data.data_dir = str(data_dir)
     if cfg is None:
         raise UserError(f"{root} is not a run directory (no config.yaml); pass a training run's "
                         f"--output-dir as {option}")
