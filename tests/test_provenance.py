@@ -128,3 +128,20 @@ def test_teacher_from_trains_a_baseline_of_another_budget_here(chain: Path, tmp_
     assert (f"baseline (seed 42) is not reused from {source / 'baseline'}: it was trained with another "
             "budget (epochs 1 -> 2), so it would not pair with this run's students; it is trained here"
             ) in (run / "pipeline.log").read_text()
+
+
+def test_seeds_in_a_finished_one_seed_run_reuse_it_as_the_first_seed_chain(
+        chain: Path, tmp_path: Path) -> None:
+    """The README suggests --seeds after make run; the root chain, which is seed 42's, was retrained."""
+    run = tmp_path / "run"
+    shutil.copytree(chain, run)
+    before = {stage: _result(run, stage) for stage in ("teacher", "assistant")}
+    assert main("cnn", [*QUICK, "--output-dir", str(run), "--stages", "teacher", "--seeds", "42,43"]) == 0
+    for stage, result in before.items():
+        assert _result(run, stage) == result  # the one-seed run's files stay
+        assert _result(run / "seed-42", stage) == result  # the same training, not a new one
+        assert (run / "seed-42" / stage / "model.safetensors").samefile(run / stage / "model.safetensors")
+    assert _result(run / "seed-43", "teacher")["seed"] == 43
+    log = (run / "pipeline.log").read_text()
+    assert (f"seed 42: the one-seed run's finished teacher, assistant are its chain's, linked into "
+            f"{run / 'seed-42'} (the files in {run} stay)") in log

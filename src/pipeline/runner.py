@@ -33,7 +33,7 @@ from src.runs.inputs import run_data
 from src.runs.lock import RunLock
 from src.runs.provenance import Staleness, has_provenance, stale_reason
 from src.runs.rundir import RunDirectory, check_output_dir, check_stage_plan, prepare_run_directory
-from src.runs.seeds import Chain, seed_chains
+from src.runs.seeds import Chain, adopt_one_seed_run, seed_chains
 from src.utils.logger import setup_logging
 from src.utils.reproducibility import determinism_note, setup_reproducibility
 
@@ -64,6 +64,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         prepare_run_directory(run_dir, cfg, resume, write=False)
         config_notes = [*config_notes, *run_dir.retired_notes()]  # before config.yaml is rewritten
         run_dir.remove_temp_files()
+        adopted = adopt_one_seed_run(cfg, run_dir)  # before the plans: its stages are finished then
         reuse = plan_reuse(cfg, run_dir, chains, teacher_from) if teacher_from is not None else None
         for chain in chains:
             reused = reuse.stages_for(chain) if reuse is not None else []
@@ -75,7 +76,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
         setup_logging(log_file=run_dir.log_path)
         LOGGER.info("run directory %s, stages %s", run_dir.root, ",".join(cfg.stages))
-        for note in config_notes:
+        for note in [*config_notes, *([adopted] if adopted else [])]:
             LOGGER.info(note)
         for note in notes:
             LOGGER.info("config changed on resume (allowed): %s", note)
