@@ -72,6 +72,10 @@ class FolderReader:
 
     paths: list[str]
 
+    def decode(self, index: int) -> None:
+        """Decode one image fully, unresized: a broken file raises the UserError naming it."""
+        load_image(self.paths[index])
+
     def __call__(self, indices: Sequence[int], size: int) -> torch.Tensor:
         images = [resize_square(load_image(self.paths[i]), size) for i in indices]
         return torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
@@ -201,10 +205,9 @@ def load_imagefolder_source(cfg: DataConfig) -> Source:
                 f"differ from those of {root / 'train'} ({', '.join(classes)})"
             )
     _refuse_shared_files(folders)
-    parts = {
-        name: SourcePart(targets=list(folder.targets), read=FolderReader([p for p, _ in folder.samples]))
-        for name, folder in folders.items()
-    }
+    readers = {name: FolderReader([p for p, _ in folder.samples]) for name, folder in folders.items()}
+    parts = {name: SourcePart(targets=list(folder.targets), read=readers[name], decode=readers[name].decode)
+             for name, folder in folders.items()}
     files = {name: file_entries(root, [p for p, _ in folder.samples]) for name, folder in folders.items()}
     return Source(cfg.name, list(classes), parts, files=files)
 

@@ -12,7 +12,7 @@ Python 3.14 on Linux).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +39,9 @@ class SourcePart:
 
     targets: list[int]
     read: Reader
+    # decodes one image fully, for the check of a folder read per batch (src/data/split.py);
+    # None where the images are already in memory (digits, CIFAR)
+    decode: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ SPLIT_FILE = "split.json"
 SPLITS = ("train", "val", "test")
 FORMAT = 1  # part sizes identify the data
 FILES_FORMAT = 2  # every file of an image folder identifies it
-DECODE_CHECK_SIZE = 8  # the check decodes each image fully; resizing it this small costs nothing
 
 log = logging.getLogger("kd_pipeline.data")  # under the pipeline logger: lands in pipeline.log
 
@@ -206,14 +205,14 @@ def read_split(path: Path, source: Source) -> dict[str, Any]:
 def check_decodable(source: Source, record: dict[str, Any]) -> None:
     """Decode every image of the split once (threads: Pillow decodes outside the GIL), so a broken
     file of a folder read per batch is named now, before split.json exists, not mid-run; the
-    first failure is the loader's one-line UserError naming the file. Only for sources with files."""
-    if source.files is None:
-        return
+    first failure is the loader's one-line UserError naming the file. Parts held in memory
+(digits, CIFAR) have nothing to check."""
     entries = [record["splits"][name] for name in SPLITS]
-    jobs = [(source.parts[entry["part"]], index) for entry in entries for index in entry["indices"]]
+    jobs = [(decode, index) for entry in entries for index in entry["indices"]
+            if (decode := source.parts[entry["part"]].decode) is not None]
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
-        for _ in pool.map(lambda job: job[0].read([job[1]], DECODE_CHECK_SIZE), jobs):
+        for _ in pool.map(lambda job: job[0](job[1]), jobs):
             pass
     finally:  # the first broken file ends the check: the images not yet read are not waited for
         pool.shutdown(cancel_futures=True)
