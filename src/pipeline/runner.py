@@ -97,19 +97,24 @@ def _stale(chain: Chain, stage: str, split_sha256: str) -> Staleness | None:
     return stale_reason(stage, chain.run_dir.read_result(stage), split_sha256, teacher_result)
 
 
-def _set_aside(chain: Chain, stale: Staleness, retrain: bool) -> None:
-    """Move a stale stage to ``<stage>.stale-<UTC time>/`` (nothing is deleted), or say the fix."""
+def _refusal(chain: Chain, stale: Staleness, retrain: bool) -> UserError | None:
+    """The fix for a stale stage this command may not set aside (every rank decides alike)."""
     stage = stale.stage
     if stage not in chain.cfg.stages:
         asked = ",".join(s for s in STAGES if s == stage or s in chain.cfg.stages)
-        raise UserError(f"{stage} is stale: {stale.reason}; add {stage} to --stages (e.g. --stages {asked})")
+        return UserError(f"{stage} is stale: {stale.reason}; add {stage} to --stages (e.g. --stages {asked})")
     if not retrain:
-        raise UserError(f"{stage} is stale: {stale.reason}; re-run with --resume auto, which moves it "
-                        "aside and trains it again")
+        return UserError(f"{stage} is stale: {stale.reason}; re-run with --resume auto, which moves it "
+                         "aside and trains it again")
+    return None
+
+
+def _set_aside(chain: Chain, stale: Staleness) -> None:
+    """Move a stale stage to ``<stage>.stale-<UTC time>/``: nothing is deleted."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = chain.run_dir.stage_dir(stage).with_name(f"{stage}.stale-{stamp}")
-    os.replace(chain.run_dir.stage_dir(stage), target)
-    LOGGER.info("stage %s is stale (%s): moved to %s, training it again", stage, stale.reason, target)
+    target = chain.run_dir.stage_dir(stale.stage).with_name(f"{stale.stage}.stale-{stamp}")
+    os.replace(chain.run_dir.stage_dir(stale.stage), target)
+    LOGGER.info("stage %s is stale (%s): moved to %s, training it again", stale.stage, stale.reason, target)
 
 
 def _reuse_or_set_aside(chain: Chain, stage: str, split_sha256: str, dist: DistributedContext,
@@ -118,8 +123,12 @@ def _reuse_or_set_aside(chain: Chain, stage: str, split_sha256: str, dist: Distr
     stale = _stale(chain, stage, split_sha256)
     taught = [s for s in chain.cfg.stages if STAGES[s].teacher_stage == stage]
     if stale is not None and (stage in chain.cfg.stages or taught):
+        refusal = _refusal(chain, stale, retrain)
+        if refusal is not None:
+            raise refusal
+        dist.barrier()  # every rank has read the stage's result before rank 0 moves it
         if dist.is_main:
-            _set_aside(chain, stale, retrain)
+            _set_aside(chain, stale)
         dist.barrier()
         return False
     where = chain.run_dir.result_path(stage)
@@ -131,7 +140,7 @@ def _reuse_or_set_aside(chain: Chain, stage: str, split_sha256: str, dist: Distr
                     "(history unknown), reusing it as it is", stage, where)
     elif stage in chain.cfg.stages:
         LOGGER.info("stage %s: finished earlier (%s), reusing its results", stage, where)
-    if dist.is_main:  # a finished stage's spare checkpoints (also of runs made before pruning)
+    if dist.is_main and stage in chain.cfg.stages:  # its spare checkpoints (also of runs made before pruning)
         CheckpointStore(chain.run_dir.stage_dir(stage)).prune(chain.cfg.train.keep_checkpoints)
     return True
 

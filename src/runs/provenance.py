@@ -71,18 +71,18 @@ def stale_reason(stage: str, result: dict[str, Any], split_sha256: str,
     """Why the finished ``stage`` (its ``result``) cannot be reused on this split after this
     teacher (``teacher_result``: its teacher stage's result.json now); None when it can, or when
     it records no provenance (made by an earlier version: ``has_provenance``)."""
-    recorded = result.get("provenance")
+    recorded = result.get("provenance") if isinstance(result, dict) else None
     if not isinstance(recorded, dict):
         return None
     if recorded.get("split_sha256") != split_sha256:
         return Staleness(stage, "trained on another split")
     teacher = STAGES[stage].teacher_stage
-    if teacher is not None and teacher_result is not None:
+    if teacher is not None and isinstance(teacher_result, dict):
         if recorded.get("teacher_sha256") != teacher_result.get("weights_sha256"):
             return Staleness(stage, f"distilled from other {teacher} weights than the {teacher} "
                              "finished now (it was retrained)")
     return None
 
 
-def has_provenance(result: dict[str, Any]) -> bool:
-    return isinstance(result.get("provenance"), dict)
+def has_provenance(result: Any) -> bool:
+    return isinstance(result, dict) and isinstance(result.get("provenance"), dict)
