@@ -132,14 +132,16 @@ def make_split(source: Source, cfg: DataConfig, seed: int) -> dict[str, Any]:
 def _changed_files(path: Path, recorded: dict[str, list[str]], source: Source) -> str | None:
     """The first file gone from (or, failing that, added to) the data since ``path`` was made."""
     now = source.identity.get("files", {})
-    for part in sorted(set(recorded) | set(now)):
-        gone = set(recorded.get(part, [])) - set(now.get(part, []))
-        first = next((name for name in recorded.get(part, []) if name in gone), None)
-        if first is not None:
-            return (f"the data changed since {path} was made: {first} is gone (restore it; replace a "
+    parts = sorted(set(recorded) | set(now))
+    before = {part: set(recorded.get(part, [])) for part in parts}
+    after = {part: set(now.get(part, [])) for part in parts}
+    for part in parts:
+        gone = next((name for name in recorded.get(part, []) if name not in after[part]), None)
+        if gone is not None:
+            return (f"the data changed since {path} was made: {gone} is gone (restore it; replace a "
                     "broken image under its own name), or use a new --output-dir for the data as it is now")
-    for part in sorted(now):
-        added = next((name for name in now[part] if name not in set(recorded.get(part, []))), None)
+    for part in parts:
+        added = next((name for name in now.get(part, []) if name not in before[part]), None)
         if added is not None:
             return (f"the data changed since {path} was made: {added} was added (move it out of the data "
                     "folder), or use a new --output-dir for the data as it is now")
@@ -206,7 +208,7 @@ def check_decodable(source: Source, record: dict[str, Any]) -> None:
     """Decode every image of the split once (threads: Pillow decodes outside the GIL), so a broken
     file of a folder read per batch is named now, before split.json exists, not mid-run; the
     first failure is the loader's one-line UserError naming the file. Parts held in memory
-(digits, CIFAR) have nothing to check."""
+    (digits, CIFAR) have nothing to check."""
     entries = [record["splits"][name] for name in SPLITS]
     jobs = [(decode, index) for entry in entries for index in entry["indices"]
             if (decode := source.parts[entry["part"]].decode) is not None]
