@@ -8,7 +8,6 @@ objects its caller still references).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -176,9 +175,6 @@ def run_pipeline(cfg: RunConfig, output_dir: str | Path, resume: str = "auto",
     chain when there are several; each chain's are in its folder).
     """
     run_dir = RunDirectory(Path(output_dir))
-    # recorded as an absolute path: evaluate.py and export.py find the data from any directory
-    cfg = copy.deepcopy(cfg)
-    cfg.data.data_dir = os.path.abspath(cfg.data.data_dir)
     device = resolve_device(cfg.runtime.device)  # indexed: this rank's GPU under torchrun
     checkpoint = resume_target(resume)
     dist = DistributedContext.from_env(device)

@@ -7,6 +7,7 @@ Nothing here ever deletes user data.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -202,6 +203,13 @@ def _check_output_dir(root: Path) -> None:
         raise UserError(f"cannot write to --output-dir {root}: {parent} is not writable")
 
 
+def _with_absolute_data_dir(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.data_dir`` as an absolute path (as this process sees it), for config.yaml."""
+    absolute = copy.deepcopy(cfg)
+    absolute.data.data_dir = os.path.abspath(cfg.data.data_dir)
+    return absolute
+
+
 def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *, write: bool) -> list[str]:
     """Decide whether ``cfg`` may run in ``run_dir``; write or update config.yaml (when ``write``).
 
@@ -216,6 +224,7 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
             "choose another --output-dir (or --resume auto to continue that run)"
         )
     check_output_dir(run_dir.root)
+    cfg = _with_absolute_data_dir(cfg)  # evaluate.py and export.py find the data from any directory
     saved = run_dir.saved_config()
     statuses = run_dir.stage_statuses()
     trained = [stage for stage, status in statuses.items() if status != "fresh"]
