@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -138,3 +141,48 @@ def machine_line(device: torch.device) -> str:
     else:
         where = f"CPU {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
     return f"machine: {where}; torch {torch.__version__}, python {platform.python_version()}"
+
+
+def add_timing_flags(parser: Any, *, seconds: float, warmup_seconds: float, rounds: int) -> None:
+    """``--seconds``, ``--warmup-seconds``, ``--rounds``: benchmarks sized by time, not steps, so a
+    fast GPU gets as long a measurement as a slow CPU (a few hundred steps on an H-class GPU last
+    under a second: too short to rise above its clock and launch noise)."""
+    parser.add_argument("--seconds", type=float, default=seconds,
+                        help=f"timed seconds per side (or mode) per round (default {seconds:g})")
+    parser.add_argument("--warmup-seconds", type=float, default=warmup_seconds,
+                        help="seconds of untimed work first: kernels, allocator, optimizer state; on a GPU "
+                             f"it also brings the clocks up (default {warmup_seconds:g})")
+    parser.add_argument("--rounds", type=int, default=rounds,
+                        help=f"alternating rounds; the median counts, the spread shows (default {rounds})")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warm_up(runs: Sequence[Callable[[], Any]], seconds: float, device: torch.device) -> list[float]:
+    """Call ``runs`` in turn (each at least twice) until ``seconds`` have passed; returns each
+    one's wall seconds per call over the calls after its first. A GPU runs at its full clock only
+    after some seconds of load, so the timed rounds start after this."""
+    times: list[list[float]] = [[] for _ in runs]
+    start = time.perf_counter()
+    while not all(len(t) >= 2 for t in times) or time.perf_counter() - start < seconds:
+        for run, took in zip(runs, times, strict=True):
+            synchronize(device)
+            began = time.perf_counter()
+            run()
+            synchronize(device)
+            took.append(time.perf_counter() - began)
+    return [statistics.mean(took[1:]) for took in times]
+
+
+def steps_for(seconds: float, seconds_per_step: float, minimum: int = 1) -> int:
+    """How many steps fill ``seconds`` (at least ``minimum``)."""
+    return max(minimum, round(seconds / max(seconds_per_step, 1e-9)))
+
+
+def spread(values: Sequence[float]) -> float:
+    """(max - min) / median of per-round figures: how far apart rounds of the same thing land; a
+    difference between two sides smaller than this is noise."""
+    return (max(values) - min(values)) / statistics.median(values)

@@ -10,15 +10,19 @@ measures, in one process on the same synthetic batches:
     (inference mode, the engine's autocast) and the real KD step (DistillationObjective),
 
 all through the engine's own ``UpdateStep`` (autocast, scaler, channels-last, clipping, optimizer
-step) with the optimizer from ``build_optimizer``. Modes alternate within each round and the
-median round counts, so a neighbour's load spike hits every mode alike. The last line is the
-worst KD stage's ``kd/ideal throughput ratio`` (target: 0.95 or better). Data loading is left
-out on purpose (batches are already on the device): it is the same for both sides of the ratio.
+step) with the optimizer from ``build_optimizer``. Sized by time: a warm-up of
+``--warmup-seconds`` (on a GPU it brings the clocks up) times every mode, and each round then
+gives each mode as many updates as fill ``--seconds``. Modes alternate within each round and the
+median round counts, so a neighbour's load spike hits every mode alike; each KD stage's per-round
+ratios and their spread, ``(max - min) / median``, show how much of a ratio is noise. The last
+line is the worst KD stage's ``kd/ideal throughput ratio`` (target: 0.95 or better). Data
+loading is left out on purpose (batches are already on the device): it is the same for both
+sides of the ratio.
 
 The models and training settings are a preset's shipped GPU config (cifar10.yaml, loaded by the
 product's config loader); ``--image-size`` and ``--batch`` replace its size and batch.
 
-    python bench/throughput.py          # CPU default: resnet50 teacher, resnet18 <- resnet34 KD, ~1 min
+    python bench/throughput.py          # CPU default: resnet50 teacher, resnet18 <- resnet34 KD
     python bench/throughput.py --device cuda --image-size 32 --batch 128 --stages teacher,assistant,student
     python bench/throughput.py --device cuda --preset vit --image-size 224 --batch 64 \
         --stages teacher,assistant,student
@@ -39,11 +43,15 @@ from _common import (
     StageSetup,
     add_preset_flag,
     add_threads_flag,
+    add_timing_flags,
     build_stage,
     machine_line,
     preset_config,
     resolve_device_and_threads,
+    spread,
+    steps_for,
     synthetic_batch,
+    warm_up,
 )
 
 from src.config.stages import STAGE_NAMES, STAGES
@@ -115,11 +123,8 @@ def repeated(run: Runner, steps: int, batch: int) -> Callable[[], int]:
 
 def alternating_rates(runners: dict[Key, Callable[[], int]], rounds: int,
                       device: torch.device) -> dict[Key, list[float]]:
-    """Each runner's images/s in every round, after one warm-up call each (allocator, kernels,
-    optimizer state). Modes alternate within a round, so a neighbour's load spike hits every mode
-    alike; the median round counts."""
-    for run in runners.values():
-        run()
+    """Each runner's images/s in every round (after ``warm_up``). Modes alternate within a round,
+    so a neighbour's load spike hits every mode alike; the median round counts."""
     rates: dict[Key, list[float]] = {key: [] for key in runners}
     for _ in range(rounds):
         for key, run in runners.items():
@@ -156,8 +161,7 @@ def main() -> None:
                         help=f"comma list of {', '.join(STAGE_NAMES)} (default: teacher,student)")
     parser.add_argument("--image-size", type=int, default=32, help="default 32 (CIFAR-sized)")
     parser.add_argument("--batch", type=int, default=32, help="default 32 (GPU default: 128)")
-    parser.add_argument("--steps", type=int, default=1, help="timed updates per mode per round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median counts")
+    add_timing_flags(parser, seconds=1.0, warmup_seconds=3.0, rounds=5)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], default="auto",
                         help="as train.amp (CUDA only)")
@@ -172,11 +176,13 @@ def main() -> None:
     cfg.train.amp = args.amp
     print(machine_line(device), flush=True)
     unit = "images/s" if device.type == "cuda" else "images per CPU-second (process CPU time)"
-    print(f"preset {args.preset}, {args.image_size}px, batch {args.batch}, amp {args.amp}, "
-          f"{args.rounds} rounds x {args.steps} update(s) per mode; rates in {unit}", flush=True)
-
     runners = build_runners(cfg, stages, args.batch, device)
-    rates = alternating_rates({key: repeated(run, args.steps, args.batch) for key, run in runners.items()},
+    per_update = dict(zip(runners, warm_up(list(runners.values()), args.warmup_seconds, device), strict=True))
+    steps = {key: steps_for(args.seconds, seconds) for key, seconds in per_update.items()}
+    print(f"preset {args.preset}, {args.image_size}px, batch {args.batch}, amp {args.amp}, "
+          f"{args.rounds} rounds x ~{args.seconds:g} s per mode ({min(steps.values())}-{max(steps.values())} "
+          f"updates); rates in {unit}", flush=True)
+    rates = alternating_rates({key: repeated(run, steps[key], args.batch) for key, run in runners.items()},
                               args.rounds, device)
     median = {key: statistics.median(r) for key, r in rates.items()}
 
@@ -184,7 +190,7 @@ def main() -> None:
                            "min": min(rates[(stage, mode)]), "max": max(rates[(stage, mode)])}
                           for stage, mode in runners])
     print(table.to_string(index=False, float_format="{:.1f}".format))
-    ratios = {}
+    ratios, spreads = {}, {}
     for stage in stages:
         if STAGES[stage].teacher_stage is None:
             continue
@@ -193,7 +199,13 @@ def main() -> None:
         ratios[stage] = kd / ideal
         print(f"{stage}: kd {kd:.1f} images/s, ideal {ideal:.1f} images/s "
               f"(student training {student:.1f}, teacher inference {teacher:.1f})")
+        rounds = [k / (1.0 / (1.0 / s + 1.0 / t))
+                  for s, t, k in zip(*(rates[key] for key in runners if key[0] == stage), strict=True)]
+        spreads[stage] = spread(rounds)
+        print(f"{stage}: per-round kd/ideal {', '.join(f'{r:.3f}' for r in rounds)}; "
+              f"spread {spreads[stage]:.3f}")
     if ratios:
+        print(f"kd/ideal round spread: {max(spreads.values()):.3f} (the noisiest KD stage's)")
         print(f"kd/ideal throughput ratio: {min(ratios.values()):.2f}")
 
 

@@ -147,12 +147,32 @@ class FakeStream:
         return None
 
 
+class FakeCudart:
+    """The CUDA runtime module torch.cuda.cudart() returns, as far as torch.cuda.mem_get_info uses it."""
+
+    def __init__(self, fake: FakeCuda) -> None:
+        self.fake = fake
+
+    def cudaMemGetInfo(self, index: int) -> tuple[int, int]:  # noqa: N802 - the runtime's name
+        """(free, total) bytes as the driver reports them: the card less this process's context
+        and reserved memory, and what other processes hold."""
+        self.fake.calls.append("cudaMemGetInfo")
+        allocator = self.fake.allocators[self.fake._initialized_device(index)]
+        used = self.fake.context_bytes + self.fake.held_elsewhere + allocator.reserved.current
+        return max(0, allocator.total_memory - used), allocator.total_memory
+
+
 class FakeCuda:
-    """``devices`` identical fake GPUs (default: one 6 GiB Ampere laptop card)."""
+    """``devices`` identical fake GPUs (default: one 6 GiB Ampere laptop card). ``context_bytes``:
+    what this process's CUDA context takes once initialised; ``held_elsewhere``: what other
+    processes (a display, another job) hold on each card. Both are outside the allocator and only
+    show in ``torch.cuda.mem_get_info``."""
 
     def __init__(self, devices: int = 1, total_memory: int = 6 * GIB, capability: tuple[int, int] = (8, 6),
-                 name: str = "Fake GeForce RTX 3060 Laptop GPU") -> None:
+                 name: str = "Fake GeForce RTX 3060 Laptop GPU", context_bytes: int = 0,
+                 held_elsewhere: int = 0) -> None:
         self.properties = FakeDeviceProperties(name, capability[0], capability[1], total_memory)
+        self.context_bytes, self.held_elsewhere = context_bytes, held_elsewhere
         self.allocators = [FakeAllocator(total_memory) for _ in range(devices)]
         self.current = 0
         self.initialized = False
@@ -277,8 +297,7 @@ class FakeCuda:
                             raising=False)
         monkeypatch.setattr(cuda, "_raw_device_count_nvml", lambda: len(self.allocators))
         monkeypatch.setattr(cuda, "_raw_device_uuid_nvml", lambda: None)
-        if cuda._cudart is None:  # a CPU-only torch build: lazy init only checks that it exists
-            monkeypatch.setattr(cuda, "_cudart", object())
+        monkeypatch.setattr(cuda, "_cudart", FakeCudart(self))  # lazy init checks it exists; mem_get_info
         # torch.cuda's own state starts as in a process that never touched CUDA
         monkeypatch.setattr(cuda, "_initialized", False)
         monkeypatch.setattr(cuda, "_cached_device_count", None)

@@ -83,7 +83,9 @@ def test_one_seed_says_helped_only_when_the_exact_test_agrees_and_says_why_not()
     assert disagree.outcome == "no difference"
     assert disagree.verdict == ("no detectable difference at this size (+25.00 points, 95% CI +4.20 to "
                                 "+45.80, 1 seed; the interval excludes zero but the exact McNemar test "
-                                "does not (p = 0.0625))")
+                                "does not (p = 0.0625): only 5 images got different answers, too few for an "
+                                "exact test to reach p < 0.05 (6 needed), so the interval's approximation is "
+                                "not trusted)")
     agree = _comparison(0.25, 0.042, 0.458, 1, mcnemar={None: McNemar(9, 0, 0.0039)})
     assert agree.outcome == "helped"
     several = _comparison(0.25, 0.042, 0.458, 3, mcnemar={s: McNemar(5, 0, 0.0625) for s in (1, 2, 3)})

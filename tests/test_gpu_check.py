@@ -14,6 +14,7 @@ import torch
 from bench import gpu_check
 from bench.gpu_check import (
     Check,
+    Part,
     Report,
     StageRow,
     configured_effective_batch,
@@ -21,7 +22,7 @@ from bench.gpu_check import (
     read_stage,
     stage_checks,
 )
-from src.config.loader import load_config
+from src.config.loader import flatten, load_config
 from src.config.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,15 +95,59 @@ def test_verdicts_fail_a_missing_stage_one_over_the_limit_and_a_changed_effectiv
 
 
 def test_the_configured_effective_batch_is_the_stages_own_after_set_overrides() -> None:
-    script, config, sets = gpu_check.preset_run("cnn", cpu_smoke=False)
-    assert (script, config.name, sets) == ("cnn_distillation/train.py", "cifar10.yaml", gpu_check.RUN_SETS)
-    cfg = load_config(config, ["train.accumulation_steps=2", "stage_overrides.teacher.batch_size=64"])
+    cfg = load_config(PRESETS["cnn"].config_path("cifar10"),
+                      ["train.accumulation_steps=2", "stage_overrides.teacher.batch_size=64"])
     assert configured_effective_batch(cfg, "student") == 128 * 2
     assert configured_effective_batch(cfg, "teacher") == 64 * 2  # its stage_overrides batch
 
 
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_each_presets_real_gpu_check_command_is_accepted_by_the_cli_and_loader(preset: str,
+                                                                               tmp_path: Path) -> None:
+    """The exact command a GPU machine runs, read through the entry script's parser and the config
+    loader without training: 2 epochs of every configured stage on CUDA under a 6 GiB budget, at
+    the configured effective batch (the shipped 5-epoch warm-up made this command exit 2)."""
+    args = gpu_check.build_parser().parse_args([])
+    command = gpu_check.preset_command(preset, sys.executable, tmp_path, epochs=args.epochs,
+                                       vram_budget=args.vram_budget, cpu_smoke=False)
+    assert command[1] == f"{PRESETS[preset].package}/train.py"
+    cfg = gpu_check.command_config(command)
+    shipped = load_config(PRESETS[preset].config_path("cifar10"))
+    assert (cfg.train.epochs, cfg.runtime.device, cfg.runtime.vram_budget_gb) == (2, "cuda", 6.0)
+    assert cfg.stages == shipped.stages == ["teacher", "assistant", "student", "baseline", "direct"]
+    effective = {stage: configured_effective_batch(cfg, stage) for stage in cfg.stages}
+    assert effective == dict.fromkeys(cfg.stages, 128)
+    assert 0 < cfg.train.warmup_epochs < 2
+
+
+SIZES = {"models.teacher", "models.assistant", "data.image_size", "train.batch_size", "train.num_workers",
+         "data.subset"}
+
+
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_the_cpu_smoke_command_differs_from_the_real_one_only_in_sizes(preset: str, tmp_path: Path) -> None:
+    real, smoke = (gpu_check.command_config(gpu_check.preset_command(
+        preset, sys.executable, tmp_path, epochs=2, vram_budget=6.0, cpu_smoke=cpu_smoke))
+        for cpu_smoke in (False, True))
+    real_keys, smoke_keys = flatten(real), flatten(smoke)
+    differ = {key for key in real_keys | smoke_keys if real_keys.get(key) != smoke_keys.get(key)}
+    assert differ - {"runtime.device"} <= SIZES, differ - SIZES
+    assert (real.runtime.device, smoke.runtime.device) == ("cuda", "cpu")
+    assert smoke.train.warmup_epochs == real.train.warmup_epochs
+
+
+@pytest.mark.slow
+def test_a_command_the_cli_refuses_is_a_failed_check_not_a_crash(tmp_path: Path) -> None:
+    code = gpu_check.main(["--cpu-smoke", "--presets", "cnn", "--skip", "pytest", "--epochs", "0",
+                           "--train-images", "20", "--test-images", "10", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert code == 1 and not report["ok"]
+    refused = next(check for check in report["checks"] if check["name"] == "cnn command accepted")
+    assert refused["ok"] is False and "train.epochs" in refused["measured"]
+
+
 def test_the_kd_benchmarks_run_every_preset_at_its_gpu_configs_size_and_batch() -> None:
-    commands = {name: command for name, command, _, _ in gpu_check.benchmark_commands("python")}
+    commands = {bench.name: bench.command for bench in gpu_check.benchmark_commands("python")}
     for preset in PRESETS:
         cfg = load_config(PRESETS[preset].config_path("cifar10"))
         command = commands[f"kd-ideal {preset}"]
@@ -110,6 +155,21 @@ def test_the_kd_benchmarks_run_every_preset_at_its_gpu_configs_size_and_batch() 
         assert flags["--preset"] == preset
         assert flags["--image-size"] == str(cfg.data.image_size)
         assert flags["--batch"] == str(cfg.train.batch_size)
+
+
+def test_engine_bare_must_beat_its_target_with_a_spread_under_5_percent() -> None:
+    (bench,) = [b for b in gpu_check.benchmark_commands("python") if b.name == "engine-bare"]
+    flags = dict(zip(bench.command[2::2], bench.command[3::2], strict=False))
+    assert {"--seconds", "--warmup-seconds", "--rounds"} <= set(flags)  # sized by time, not by steps
+    assert "--steps" not in flags
+    part = Part("engine-bare", bench.command, 0, 60.0, "log")
+    quiet = "engine/bare round spread: 0.021 (...)\nengine/bare throughput ratio: 0.98\n"
+    assert [c.ok for c in gpu_check.benchmark_checks(bench, part, quiet)] == [True, True]
+    noisy = gpu_check.benchmark_checks(bench, part, quiet.replace("0.021", "0.140"))
+    spread = noisy[1]
+    assert (spread.name, spread.measured) == ("engine-bare: engine/bare round spread", "0.140")
+    assert spread.ok is False
+    assert noisy[0].measured == "0.98; engine/bare round spread 0.140"  # the report shows it with the ratio
 
 
 def test_benchmark_headlines_are_read_from_the_last_line_that_has_them() -> None:
@@ -124,14 +184,34 @@ def test_cpu_smoke_runs_the_real_cli_on_synthetic_cifar_files(tmp_path: Path) ->
     """The whole orchestration: synthetic CIFAR-10 in torchvision's files (accepted through the
     checksum shim), the real training CLI for a labels stage and a KD stage, the reports."""
     code = gpu_check.main(["--cpu-smoke", "--presets", "cnn", "--stages", "teacher,direct",
-                           "--skip", "pytest", "--train-images", "80", "--test-images", "20", "--epochs", "1",
-                           "--out", str(tmp_path)])
+                           "--skip", "pytest", "--train-images", "80", "--test-images", "20",
+                           "--epochs", "1", "--keep", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "report.json").read_text())
     assert code == 0 and report["ok"], (tmp_path / "logs" / "cnn-pipeline.log").read_text()[-3000:]
+    # the shipped 5 of 200 warm-up epochs, kept as a share of the 1-epoch run, and logged
+    (log,) = tmp_path.glob("gpu-check-*/runs/cnn/pipeline.log")
+    assert "train.warmup_epochs 5 -> 0.025 (5 of the configured 200 epochs)" in log.read_text()
     stages = {row["stage"]: StageRow(**row) for row in report["stages"]}
     assert list(stages) == ["teacher", "direct"]
     for row in stages.values():
         assert row.completed and row.effective_batch == row.configured_effective_batch == 16
-        assert row.images_per_s and row.images_per_s > 0 and row.test_accuracy is not None
+        assert row.test_accuracy is not None
+        assert row.images_per_s is None  # 5 updates: no interval logged (every 20), no made-up rate
         assert row.peak_allocated_mib is None  # the CPU: no made-up memory figure
     assert "| cnn | direct | resnet18 |" in (tmp_path / "report.md").read_text()
+
+
+def test_the_simulated_card_leaves_exactly_its_size_free() -> None:
+    from bench.card_hold import GIB, bytes_to_hold
+
+    assert bytes_to_hold(free=139 * GIB, card_bytes=6 * GIB) == 133 * GIB  # H200 after its context
+    assert bytes_to_hold(free=5 * GIB, card_bytes=6 * GIB) == 0  # a card already that small: nothing held
+    assert gpu_check.build_parser().parse_args([]).card_gib == 6.0  # gpu-check simulates a 6 GB card
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_card_that_cannot_be_held_is_reported_not_raised() -> None:
+    with gpu_check.simulated_card(6.0, sys.executable) as (held, line):
+        assert not held and line == "card_hold: no CUDA GPU is visible"
+    with gpu_check.simulated_card(None, sys.executable) as (held, line):
+        assert held and line == "the whole card"

@@ -28,10 +28,12 @@ def test_classification_metrics_are_macro_averages():
     assert all(isinstance(v, float) for v in m.values())
 
 
-def test_num_classes_includes_absent_classes():
+def test_num_classes_averages_over_the_classes_the_split_holds():
     m = classification_metrics([0, 1], [0, 1], num_classes=4)
     assert m["accuracy"] == 1.0
-    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.5)  # 2 of 4 classes
+    assert m["precision"] == 1.0 and m["recall"] == 1.0 and m["f1_score"] == 1.0  # not 0.5: 2 of 4 held
+    wrong = classification_metrics([0, 0, 1], [0, 3, 1], num_classes=4)  # a guess of an absent class
+    assert wrong["recall"] == pytest.approx((0.5 + 1) / 2)
     assert classification_metrics([0, 1], [0, 1])["f1_score"] == 1.0
 
 

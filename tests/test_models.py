@@ -17,7 +17,6 @@ from src.models.factory import check_runs_at, count_parameters, create_model, re
 from src.models.small_input import adapt_conv_stem
 from src.models.vit_patches import default_patch_size
 from src.runs.stage_models import build_model
-from src.utils.weights import tensors_sha256
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_base"])
@@ -36,27 +35,46 @@ def test_any_timm_model_works_at_8px(name: str) -> None:
         assert model.eval()(torch.randn(2, 3, 8, 8)).shape == (2, 3)
 
 
-# build_model's state-dict hashes for every stage of the shipped digits configs (seed 42, 10
-# classes), computed with the family-specific model code this factory replaced: the preset models
-# must stay bit-identical (same modules, same init draws in the same order), so make run and
-# make run-vit train the very same networks.
-PRESET_WEIGHTS = {
-    "cnn": {"teacher": "c9f5667591114219ef2a746da8188eba6e4bc426607b989d1690f2a56ab37458",
-            "assistant": "9aa84d6395ce30b186451067dd89c3a22022a7900bde8bd4c49de9e80aae3e6b",
-            "student": "361eee0fdb8e68df96e092fc9bf84c102d7b6cad169ce5e1dd1e38d7d79901a5"},
-    "vit": {"teacher": "6e4c249f16880300d1f94937c819420c89c592cbe8fcd6684b82bc30c25c2e18",
-            "assistant": "39ac3dfed61d7d6ad23506d2072de0e3302142d1a4e49ec6150555a64b2e5440",
-            "student": "bdd35758f5036fbb9384ba0cd4b80fee2cf4a573720d11ff04b9a86fc8572518"},
+# A fingerprint of build_model's initial weights for every stage of the shipped digits configs
+# (seed 42, 10 classes): the float64 sum over tensors of (position + 1) * sum(|tensor|). The preset
+# models must stay the same networks with the same init draws in the same order, so make run and
+# make run-vit train the very same networks from one version to the next. Not a byte hash: ViT's
+# truncated-normal init differs in the last bits between CPUs of the same kind (AMD and Intel
+# 2-core machines give different hashes), which moves the float64 sum by rounding only, while
+# other draws or another order move it by about 1 / sqrt(parameters) (>= 1e-4 here; the next test).
+PRESET_FINGERPRINTS = {
+    "cnn": {"teacher": (175307362.3520528, 23574015), "assistant": (70285994.73445056, 21299182),
+            "student": (20406531.324286606, 11183582)},
+    "vit": {"teacher": (107005455.84410688, 85105930), "assistant": (27121295.480300732, 21319306),
+            "student": (6966464.098298056, 5351242)},
 }
 
 
-@pytest.mark.parametrize("preset", sorted(PRESET_WEIGHTS))
-def test_the_presets_build_the_same_networks_bit_for_bit(preset: str) -> None:
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """Position-weighted L1 mass and element count of a state dict (see PRESET_FINGERPRINTS)."""
+    tensors = list(state.values())
+    mass = sum((i + 1) * t.double().abs().sum().item() for i, t in enumerate(tensors)
+               if t.is_floating_point())
+    return mass, sum(t.numel() for t in tensors)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_FINGERPRINTS))
+def test_the_presets_build_the_same_networks_with_the_same_init(preset: str) -> None:
     cfg = load_config(PRESETS[preset].config_path("digits"))
     for stage in ("teacher", "assistant", "student", "baseline", "direct"):
         role = "student" if stage in ("baseline", "direct") else stage
-        model = build_model(cfg, stage, 10, initial=True)
-        assert tensors_sha256(model.state_dict()) == PRESET_WEIGHTS[preset][role], stage
+        mass, count = weights_fingerprint(build_model(cfg, stage, 10, initial=True).state_dict())
+        expected_mass, expected_count = PRESET_FINGERPRINTS[preset][role]
+        assert count == expected_count, stage
+        assert mass == pytest.approx(expected_mass, rel=1e-6), stage
+
+
+def test_the_fingerprint_tells_another_seed_apart() -> None:
+    path = PRESETS["vit"].config_path("digits")
+    mass, _ = weights_fingerprint(build_model(load_config(path), "student", 10, initial=True).state_dict())
+    reseeded = load_config(path, overrides=["runtime.seed=43"])
+    other, _ = weights_fingerprint(build_model(reseeded, "student", 10, initial=True).state_dict())
+    assert other != pytest.approx(mass, rel=1e-6)
 
 
 def test_a_conv_stem_gets_the_small_input_stem_by_its_metadata() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,9 @@ def test_seeds_run_one_chain_per_seed_on_one_split_and_report_the_verdict(source
     assert (out / "comparison.png").stat().st_size > 0
     assert (out / "seed-42" / "summary.md").is_file()  # each chain keeps its own one-seed report
     # what the student buys, measured once for the run and read at the mean accuracies
-    assert "The direct keeps " in summary and "of the teacher's accuracy" in summary
+    # (no share of the teacher's accuracy where a stage of this tiny run is at chance)
+    assert re.search(r"The direct (keeps [\d.]+% of the teacher's accuracy with|\(no share of the teacher's "
+                     r"accuracy is claimed: the \w+ is at chance\) has) ", summary)
     assert (out / "seed-42" / "cost.json").is_file() and not (out / "seed-43" / "cost.json").exists()
 
 

@@ -9,6 +9,7 @@ any config runs under any entry point. The flags, their precedence (defaults < Y
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from src.config.presets import PRESETS
 from src.config.stages import STAGE_NAMES
 from src.data.registry import DATASETS
 from src.data.settings import DataConfig
+from src.engine.signals import CommandInterrupted, CommandSignals
 from src.errors import KDPipelineError, UserError
 from src.utils.cli_args import OneLineParser, user_path
 
@@ -123,24 +125,40 @@ def run(preset: str, argv: Sequence[str] | None = None) -> None:
 
 def exit_code_for(exc: BaseException) -> int:
     """The documented exit code of an exception that ends the command."""
-    if isinstance(exc, KDPipelineError):
+    if isinstance(exc, (KDPipelineError, CommandInterrupted)):
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return 130
     return 1
 
 
+def _interrupted(signum: int) -> str:
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    return (f"interrupted: stopped by {name}; every finished stage is saved: "
+            "re-run the same command to continue")
+
+
 def main(preset: str, argv: Sequence[str] | None = None) -> int:
-    """Run the command and return its exit code; errors the user can fix print one line, no traceback."""
+    """Run the command and return its exit code; errors the user can fix print one line, no traceback.
+    SIGINT/SIGTERM outside training end it with 130/143 and one line, also when the signal arrived
+    where Python ignores exceptions (a plotting callback)."""
+    signals = CommandSignals()
     try:
-        run(preset, argv)
+        with signals:
+            run(preset, argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
     except KDPipelineError as exc:  # diverged (3) or interrupted after a checkpoint (130/143)
         print(f"error: {exc}" if exc.exit_code == 3 else str(exc), file=sys.stderr)  # "interrupted by ..."
         return exit_code_for(exc)
+    except CommandInterrupted as exc:
+        print(_interrupted(exc.signum), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: stopped by Ctrl-C; re-run the same command to continue", file=sys.stderr)
+        print(_interrupted(signal.SIGINT), file=sys.stderr)
         return 130
+    if signals.received is not None:  # raised where it was ignored: the command still stops here
+        print(_interrupted(signals.received), file=sys.stderr)
+        return 128 + signals.received
     return 0

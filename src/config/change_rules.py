@@ -33,6 +33,7 @@ FREE_KEYS = frozenset({
     "stages", "data.download", "data.data_dir",  # a moved dataset is the same data: split.json checks it
     "data.device_cache_gb",  # where the same images are kept, not which
     "runtime.device", "runtime.vram_budget_gb", "runtime.attention_every", "runtime.deterministic",
+    "runtime.compile",  # how the same arithmetic is launched, not what is trained
     "runtime.seeds",  # each seed's chain keeps its own folder: adding a seed leaves the others as they are
     "report.benchmark",  # what the report measures after training, never what was trained
 })

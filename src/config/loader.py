@@ -18,10 +18,12 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from src.config.limits import check_limits
 from src.config.schema import MAX_SEED, RunConfig
 from src.config.stage_overrides import drop_unset
 from src.config.stage_settings import check_stage_overrides
 from src.config.stages import ROLES, STAGE_NAMES
+from src.config.yaml_file import read_yaml_file
 from src.data.registry import DATASETS
 from src.data.settings import validate_data
 from src.distillation.settings import check_distillation
@@ -216,18 +218,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The YAML mapping in ``path`` ({} for an empty file); unreadable or malformed -> UserError."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    """The YAML mapping in ``path`` ({} for an empty file); unreadable, non-UTF-8, malformed or
+    with a key given twice -> UserError (src/config/yaml_file.py)."""
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -267,19 +260,75 @@ def load_config(
     ``cli_values`` maps dotted keys to flag values; None means the flag was not given. A run-wide
     flag (``--epochs``) also replaces the YAML's per-stage values of its key: ``--epochs 1`` is a
     one-epoch run, whatever epochs a config gives one stage (``--set`` can still set them).
-    Retired keys are ignored; a line per key is added to ``notes`` when given (for pipeline.log).
+    A warm-up that ``--epochs`` leaves no shorter than the run is shortened (``fit_warmups``).
+    Retired keys are ignored; a line per key, and one for fitted warm-ups, is added to ``notes``
+    when given (for pipeline.log).
     """
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    planned = _configured_epochs(raw)
     for key, value in (cli_values or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
             if key in RUN_WIDE_FLAG_KEYS:
                 _drop_stage_values(raw, key.removeprefix("train."))
+    explicit = set()
     for text in overrides:
-        _set_dotted(raw, *parse_override(text))
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value)
+        explicit.add(key)
+    shortened = (cli_values or {}).get("train.epochs") is not None
+    fitted = fit_warmups(raw, planned, explicit) if shortened else None
     if notes is not None:
         notes.extend(retired_notes(raw, str(path) if path is not None else "--set"))
+        notes.extend([fitted] if fitted else [])
     return config_from_dict(raw)
+
+
+def _configured_epochs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Epochs of the run as configured (``train``) and of each stage that sets its own, before
+    ``--epochs`` replaces them: the length each warm-up was chosen for."""
+    train = raw.get("train") if isinstance(raw.get("train"), Mapping) else {}
+    planned = {"train": train.get("epochs", TrainConfig.epochs)}
+    sections = raw.get("stage_overrides")
+    for stage, section in (sections.items() if isinstance(sections, Mapping) else ()):
+        if isinstance(section, Mapping) and section.get("epochs") is not None:
+            planned[stage] = section["epochs"]
+    return planned
+
+
+def fit_warmups(raw: dict[str, Any], planned: Mapping[str, Any], explicit: set[str]) -> str | None:
+    """Shorten each warm-up that is no shorter than its run after ``--epochs`` to the share of
+    the run it was configured for (5 of 200 epochs -> 0.05 at ``--epochs 2``), per stage where a
+    stage has its own; returns the pipeline.log line saying so (None when nothing changed).
+
+    Why: a quick try of a shipped config with ``--epochs 2`` should train, not be refused. A
+    warm-up given with ``--set`` (a key in ``explicit``) is the user's and is never changed; a
+    too-long one is still refused by validation, naming its key.
+    """
+    train = raw.get("train")
+    if not isinstance(train, dict):
+        return None
+    run_epochs = train.get("epochs")
+    scopes: list[tuple[str, dict[str, Any], Any]] = [("train", train, planned["train"])]
+    sections = raw.get("stage_overrides")
+    for stage, section in (sections.items() if isinstance(sections, dict) else ()):
+        if isinstance(section, dict) and section.get("warmup_epochs") is not None:
+            scopes.append((f"stage_overrides.{stage}", section, planned.get(stage, planned["train"])))
+    changes = []
+    for prefix, section, configured in scopes:
+        key, warmup = f"{prefix}.warmup_epochs", section.get("warmup_epochs", 0.0)
+        epochs = section.get("epochs") or run_epochs
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for v in (warmup, epochs, configured))
+        if key in explicit or not numbers or warmup < epochs or configured <= warmup:
+            continue  # shorter than the run already, the user's own, or wrong (validation says so)
+        section["warmup_epochs"] = round(warmup * epochs / configured, 6)
+        changes.append(f"{key} {warmup:g} -> {section['warmup_epochs']:g} ({warmup:g} of the configured "
+                       f"{configured:g} epochs)")
+    if not changes:
+        return None
+    return (f"--epochs {run_epochs} is no longer than the configured warm-up, which keeps its share "
+            "of the run: " + "; ".join(changes))
 
 
 def _drop_stage_values(raw: dict[str, Any], name: str) -> None:
@@ -367,6 +416,7 @@ def validate(cfg: RunConfig) -> None:
     cfg.stages = [s for s in STAGE_NAMES if s in cfg.stages]
     DATASETS.for_key("data.name", cfg.data.name)
     validate_data(cfg.data)
+    check_limits(cfg)
     m, r = cfg.models, cfg.runtime
     _validate_models(cfg)
     _check(0.0 <= m.drop_path_rate < 1.0, "config key 'models.drop_path_rate': must be in [0, 1)")

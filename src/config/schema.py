@@ -26,6 +26,9 @@ class RuntimeConfig:
     deterministic: bool = False  # True: bit-reproducible CUDA kernels (slower); the CPU is exact either way
     device: Literal["auto", "cpu", "cuda"] = "auto"
     vram_budget_gb: Optional[float] = 6.0  # CUDA only; None disables the planner
+    # torch.compile of the training step and the teacher's forward (src/engine/compiling.py);
+    # auto: CUDA stages long enough to repay the compile time, never the CPU
+    compile: Literal["auto", "on", "off"] = "auto"
     attention_every: int = 10  # ViT attention maps every N epochs (0 disables)
 
 

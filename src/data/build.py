@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from src.data.coverage import missing_class_notes
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
 from src.data.registry import DATASETS
 from src.data.settings import DataConfig, validate_data
@@ -16,6 +21,7 @@ from src.data.transforms import Augment, ModelInput, Normalize, crop_padding
 from src.errors import UserError
 
 GIB = 1 << 30
+DATA_LOGGER = "kd_pipeline.data"  # the loaders' and the split's warnings
 
 
 @dataclass
@@ -32,6 +38,7 @@ class DataBundle:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what limits the scores (coverage.py)
 
     def with_seed(self, seed: int) -> DataBundle:
         """This bundle for another seed's chain: the same split and images (one resident copy, on
@@ -64,6 +71,27 @@ class DataBundle:
         return self
 
 
+@contextlib.contextmanager
+def _held_warnings() -> Iterator[list[str]]:
+    """The data logger's warnings while active, held instead of printed (its other records pass):
+    the data is read before the run directory (and its pipeline.log) may be written, so the
+    pipeline logs them later from ``DataBundle.warnings``, to stderr and pipeline.log alike."""
+    held: list[str] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        held.append(record.getMessage())
+        return False
+
+    logger = logging.getLogger(DATA_LOGGER)
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
+
+
 def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: bool = True,
                    normalize: Normalize | None = None) -> DataBundle:
     """Load ``cfg.name``, reuse or make ``run_dir/split.json`` and return the three datasets.
@@ -78,10 +106,11 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
     """
     validate_data(cfg)  # the config loader's rules: a DataConfig built in Python gets them too
     dataset = DATASETS.for_key("data.name", cfg.name)
-    source = dataset.load(cfg)
-    # a new split is saved only once its images have been read: a broken image file must not
-    # leave a split.json behind that the corrected data no longer matches
-    record, info = load_or_create_split(source, cfg, seed, run_dir, write=False)
+    with _held_warnings() as early:  # e.g. skipped GIFs: logged by the caller once its log file exists
+        source = dataset.load(cfg)
+        # a new split is saved only once its images have been read: a broken image file must not
+        # leave a split.json behind that the corrected data no longer matches
+        record, info = load_or_create_split(source, cfg, seed, run_dir, write=False)
     normalize = normalize or dataset.stats
     size = min(source.native_size or cfg.image_size, cfg.image_size)
     total = sum(len(entry["indices"]) for entry in record["splits"].values()) * 3 * size * size
@@ -99,6 +128,9 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
                          seed=seed)
     val = ImageDataset(*part_of("val"), source.class_names, plain)
     test = ImageDataset(*part_of("test"), source.class_names, plain)
+    counts = Counter(t for part in source.parts.values() for t in part.targets)
+    scored = {"val": val.targets, "test": test.targets}
+    warnings = early + missing_class_notes(scored, source.class_names, counts)
     if write and run_dir is not None and not info.reused:
         if not resident:  # read per batch: decode each image once now, not a broken one mid-run
             check_decodable(source, record)
@@ -114,4 +146,5 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
         image_size=cfg.image_size,
         mean=normalize.mean,
         std=normalize.std,
+        warnings=warnings,
     )

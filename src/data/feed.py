@@ -18,10 +18,37 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from src.errors import UserError
 from src.utils.reproducibility import seed_worker
 
 RawBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PREFETCH_BATCHES = 4  # per worker
+
+
+class UnreadableImage(UserError):
+    """An image file that cannot be decoded. Found mid-run (a streamed folder decodes per batch),
+    :meth:`mid_run` gives the advice that keeps the run: the trainer saves its updates first, and
+    a readable copy under the same name keeps the split's identity."""
+
+    FIX = "replace it with a readable copy under the same name and re-run the same command"
+
+    @property
+    def what(self) -> str:
+        """The file and why, without the advice."""
+        return str(self).removesuffix("; " + self.FIX)
+
+    def mid_run(self, checkpoint: str) -> UserError:
+        return UserError(f"{self.what}; the updates so far are saved ({checkpoint}): replace it with a "
+                         "readable copy under the same name and re-run the same command to continue")
+
+    @classmethod
+    def from_worker(cls, exc: BaseException) -> UnreadableImage:
+        """The one line of an error a DataLoader worker raised: torch re-raises it with the worker's
+        traceback as the message ("Caught UnreadableImage in DataLoader worker process 0. ...")."""
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].startswith("Caught "):
+            return cls(lines[-1].split(": ", 1)[-1])
+        return cls(str(exc))
 
 
 class Feed(Protocol):
@@ -96,5 +123,8 @@ class StreamFeed:
     def batches(self, positions: Sequence[Sequence[int]], device: torch.device) -> Iterator[RawBatch]:
         self._plan.batches = [list(batch) for batch in positions]
         indexes = _positions(self._plan.batches, device)
-        for index, (images, labels) in zip(indexes, self.loader, strict=True):
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), index
+        try:
+            for index, (images, labels) in zip(indexes, self.loader, strict=True):
+                yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), index
+        except UnreadableImage as exc:
+            raise UnreadableImage.from_worker(exc) from None

@@ -23,13 +23,19 @@ import torchvision
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from src.data.feed import UnreadableImage
 from src.data.settings import DataConfig
 from src.data.sources import Source, SourcePart, file_entries
 from src.data.transforms import resize_square
 from src.errors import UserError
+from src.utils.names import readable_name
 
 log = logging.getLogger("kd_pipeline.data")
 
+# images Pillow knows that torchvision's ImageFolder does not take (GIF, ICO, ...): counted and named,
+# not read, so a folder holds the same samples as torchvision's ImageFolder and its identity
+OTHER_IMAGE_EXTENSIONS = tuple(sorted(ext for ext, kind in Image.registered_extensions().items()
+                                      if kind in Image.OPEN and ext not in IMG_EXTENSIONS))
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": 16-bit PNGs in older Pillow
 
 
@@ -62,8 +68,8 @@ def load_image(path: str) -> torch.Tensor:
             upright = ImageOps.exif_transpose(image)
             return torch.from_numpy(np.array(_to_rgb(upright, path))).permute(2, 0, 1).contiguous()
     except (OSError, Image.DecompressionBombError) as exc:  # unreadable, truncated, not an image
-        raise UserError(f"imagefolder: cannot read image {path} ({type(exc).__name__}); replace that "
-                        "file with a readable copy under the same name (the run continues on it)") from None
+        raise UnreadableImage(f"imagefolder: cannot read image {readable_name(path)} "
+                              f"({type(exc).__name__}); {UnreadableImage.FIX}") from None
 
 
 @dataclass
@@ -102,6 +108,7 @@ class _FolderScan:
         self.class_dirs = {name: os.path.realpath(os.path.join(directory, name)) for name in classes}
         self.owner: dict[str, str] = {}  # real file path -> the path it was first found under
         self.duplicates = 0
+        self.skipped: list[str] = []  # images in a format ImageFolder does not take (GIF...)
 
     def _enter(self, name: str, link: str, visited: set[str]) -> bool:
         """Whether the walk of class ``name`` goes into the folder ``link``."""
@@ -130,10 +137,13 @@ class _FolderScan:
     def images(self, name: str) -> list[tuple[str, str]]:
         """The image files of class ``name`` as ``(path, real path)``, each real file once."""
         top = os.path.join(self.directory, name)
-        paths = []
+        paths, skipped = [], 0
         for folder, files in self._folders(name):
             for path in (os.path.join(folder, file) for file in files):
                 if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+                    if has_file_allowed_extension(path, OTHER_IMAGE_EXTENSIONS):
+                        self.skipped.append(path)
+                        skipped += 1
                     continue
                 real = os.path.realpath(path)
                 first = self.owner.setdefault(real, path)
@@ -144,8 +154,12 @@ class _FolderScan:
                 else:
                     raise UserError(f"imagefolder: {path} and {first} are the same file in two class "
                                     "folders; remove the one with the wrong label")
+        if not paths and skipped:
+            raise UserError(f"imagefolder: class folder {readable_name(top)} holds only {skipped} image(s) "
+                            f"in formats ImageFolder does not take (e.g. {readable_name(self.skipped[-1])}); "
+                            f"convert them to PNG (e.g. mogrify -format png *.gif) or remove the folder")
         if not paths:
-            raise UserError(f"imagefolder: class folder {top} holds no images "
+            raise UserError(f"imagefolder: class folder {readable_name(top)} holds no images "
                             f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder")
         return paths
 
@@ -164,6 +178,13 @@ class ScannedImageFolder(torchvision.datasets.ImageFolder):
         if not classes:
             raise UserError(f"imagefolder: no class folders in {directory}; "
                             f"expected {directory}/<class>/<image>")
+        shown: dict[str, str] = {}
+        for name in classes:
+            first = shown.setdefault(readable_name(name), name)
+            if first != name:
+                raise UserError(f"imagefolder: the class folders {first!r} and {name!r} of {directory} "
+                                f"read the same ({readable_name(name)}) once non-UTF-8 bytes are shown as "
+                                "\\xNN; rename one of them")
         return classes, {name: i for i, name in enumerate(classes)}
 
     def make_dataset(self, directory: str | Path, class_to_idx: dict[str, int],  # type: ignore[override]
@@ -172,6 +193,11 @@ class ScannedImageFolder(torchvision.datasets.ImageFolder):
         scan = _FolderScan(directory, list(class_to_idx))
         found = [(path, real, class_to_idx[name]) for name in sorted(class_to_idx)
                  for path, real in scan.images(name)]
+        if scan.skipped:
+            shown = ", ".join(readable_name(path) for path in scan.skipped[:5])
+            log.warning("imagefolder: %d image(s) under %s are in formats ImageFolder does not take and are "
+                        "skipped (%s%s); convert them to PNG to use them", len(scan.skipped),
+                        readable_name(str(directory)), shown, ", ..." if len(scan.skipped) > 5 else "")
         if scan.duplicates:
             log.warning("imagefolder: %d files under %s were reached twice through symbolic links; "
                         "each is counted once", scan.duplicates, directory)

@@ -30,7 +30,7 @@ from src.deploy.benchmark import (
     time_models,
 )
 from src.engine.device_memory import DeviceMemory
-from src.errors import UserError
+from src.errors import UserError, error_detail
 from src.models.factory import count_parameters
 from src.runs.inputs import stage_image_size
 from src.runs.rundir import RunDirectory
@@ -130,9 +130,13 @@ def measure_costs(models: Mapping[str, tuple[str, nn.Module, int]], image_sizes:
 def _cached(run_dir: RunDirectory, key: dict[str, Any]) -> CostTable | None:
     """The saved measurement when it was made for exactly these weights, sizes and machine."""
     path = run_dir.root / COST_FILE
+    if not path.is_file():
+        return None
     try:
         table = CostTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: measure again
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # damaged: measure again
+        LOGGER.warning("%s is not a cost table (%s: %s); measuring the costs again", path,
+                       type(exc).__name__, error_detail(exc, 80))
         return None
     return table if table.key == key else None
 

@@ -6,6 +6,7 @@ sentence compares numbers taken side by side in the same process.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -55,9 +56,25 @@ def _times(reference: float, value: float, fewer: str, more: str) -> str:
     return f"{value / reference:.1f}x {more}"
 
 
-def cost_sentences(table: pd.DataFrame, costs: CostTable | None) -> list[str]:
+def _kept(stage: str, reference: str, accuracy: pd.Series, unsupported: Mapping[str, str]) -> str:
+    """"keeps 98.6% of the teacher's accuracy", or why no such share is claimed: a stage in
+    ``unsupported`` (e.g. at chance), a reference scoring 0, or an unknown accuracy."""
+    mine, theirs = float(accuracy[stage]), float(accuracy[reference])
+    why = next((f"the {s} is {unsupported[s]}" for s in (stage, reference) if s in unsupported), "")
+    if not why and (math.isnan(mine) or math.isnan(theirs)):
+        why = "an accuracy is unknown"
+    if not why and theirs <= 0:
+        why = f"the {reference} scores 0"
+    if why:
+        return f"The {stage} (no share of the {reference}'s accuracy is claimed: {why}) has"
+    return f"The {stage} keeps {100 * mine / theirs:.1f}% of the {reference}'s accuracy with"
+
+
+def cost_sentences(table: pd.DataFrame, costs: CostTable | None,
+                   unsupported: Mapping[str, str] | None = None) -> list[str]:
     """E.g. "the student keeps 98.6% of the teacher's accuracy with 2.1x fewer parameters, ...",
-    then what the cost columns mean."""
+    then what the cost columns mean. A stage in ``unsupported`` (stage -> why, e.g. "at chance")
+    gets no accuracy share."""
     if costs is None:
         return []
     accuracy = table.set_index("stage")["test accuracy"]
@@ -66,9 +83,8 @@ def cost_sentences(table: pd.DataFrame, costs: CostTable | None) -> list[str]:
         if stage not in costs.stages or reference not in costs.stages or reference not in accuracy.index:
             continue
         small, big = costs.stages[stage], costs.stages[reference]
-        kept = 100 * accuracy[stage] / accuracy[reference]
         sentences.append(
-            f"The {stage} keeps {kept:.1f}% of the {reference}'s accuracy with "
+            f"{_kept(stage, reference, accuracy, unsupported or {})} "
             f"{_times(big.parameters, small.parameters, 'fewer', 'more')} parameters, "
             f"{_times(big.flops, small.flops, 'fewer', 'more')} FLOPs, and runs "
             f"{_times(big.device.latency_ms, small.device.latency_ms, 'faster', 'slower')} at batch 1 "

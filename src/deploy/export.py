@@ -36,6 +36,7 @@ from src.runs.rundir import SEED_PREFIX, RunDirectory, open_run
 from src.runs.seeds import chain_for
 from src.runs.stage_models import load_stage_model
 from src.utils.atomic import atomic_write_json, atomic_write_with
+from src.utils.names import readable_name
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 ONNX_OPSET = 20
@@ -147,7 +148,7 @@ def input_contract(fmt: str, path: Path, stage: str, result: dict[str, Any], dat
         "output": {"name": OUTPUT_NAME if fmt == "onnx" else None, "shape": ["batch", data.num_classes],
                    "dtype": "float32",
                    "meaning": "logits: argmax is the index into class_names; softmax gives probabilities"},
-        "class_names": list(data.class_names),
+        "class_names": [readable_name(name) for name in data.class_names],  # no lone surrogate in JSON
         "check": {"split": "test", "images": parity.images, "top1_agree": parity.agree,
                   "max_abs_logit_diff": parity.max_abs_diff, "accuracy": parity.accuracy},
         "exported_with": {name: version(name) for name in packages},

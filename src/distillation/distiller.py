@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.distillation.frozen_teacher import freeze_teacher
+from src.distillation.frozen_teacher import compile_teacher, freeze_teacher
 from src.distillation.losses import Parts
 from src.distillation.registry import LOSSES, LossInputs
 from src.distillation.settings import DistillationConfig, check_distillation
+from src.engine.compiling import CompileSettings
 from src.engine.objective import Objective, StepOutput
 from src.utils.sections import settings_dict
 
@@ -39,6 +40,7 @@ class DistillationObjective(Objective):
         self.spec = LOSSES[self.config.loss]
         freeze_teacher(teacher, verbose=False)
         self.teacher = teacher
+        self.teacher_forward: Callable[[torch.Tensor], torch.Tensor] = teacher  # compile() may replace it
         self.label_smoothing = float(label_smoothing)
         self.teacher_fingerprint = dict(teacher_fingerprint or {})
         # the student's batch as the teacher's input (its size and normalisation: ViewChange)
@@ -52,6 +54,9 @@ class DistillationObjective(Objective):
     def to(self, device: torch.device) -> DistillationObjective:
         self.teacher.to(device)
         return self
+
+    def compile(self, settings: CompileSettings, device: torch.device) -> None:
+        self.teacher_forward = compile_teacher(self.teacher, settings, device)
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -84,7 +89,7 @@ class DistillationObjective(Objective):
         # autograd never saves an inference tensor itself (tests/test_distillation_objective.py).
         with torch.inference_mode():
             teacher_images = images if self.teacher_input is None else self.teacher_input(images)
-            teacher_logits = self.teacher(teacher_images)
+            teacher_logits = self.teacher_forward(teacher_images)
         student_logits = model(images)
         loss, parts = self.loss(student_logits, teacher_logits, labels)
         return StepOutput(logits=student_logits, loss=loss, parts=parts)

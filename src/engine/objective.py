@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.engine.compiling import CompileSettings
+
 
 @dataclass
 class StepOutput:
@@ -34,6 +36,10 @@ class Objective:
     def to(self, device: torch.device) -> Objective:
         """Move any modules the objective owns (a frozen teacher) to ``device``."""
         return self
+
+    def compile(self, settings: CompileSettings, device: torch.device) -> None:
+        """Compile the modules the objective owns (a frozen teacher's forward); called by the
+        trainer when the stage is compiled (``runtime.compile``)."""
 
     def fingerprint(self) -> dict[str, Any]:
         """Facts a resume must match (e.g. the teacher file's hash); stored in checkpoints."""

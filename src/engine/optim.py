@@ -29,11 +29,14 @@ from src.errors import IncompatibleResumeError, UserError
 ONECYCLE_DEFAULT_WARMUP = 0.3  # fraction of the run spent rising when no warmup is configured
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None,
+                    fused: bool = False) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov per ``cfg.nesterov``) or AdamW over the trainable parameters.
 
     Pass the bare model, not a DDP wrapper, so timm sees its ``no_weight_decay()`` names.
-    ``lr`` overrides ``cfg.lr`` (the pipeline scales the rate per model size).
+    ``lr`` overrides ``cfg.lr`` (the pipeline scales the rate per model size). ``fused``
+    (the trainer asks for it on CUDA) updates every parameter in one kernel instead of a few
+    launches per tensor: the same arithmetic, far fewer launches per step.
     """
     if cfg.optimizer == "sgd":
         opt = "sgd" if cfg.nesterov else "momentum"  # timm: "sgd" is Nesterov, "momentum" is not
@@ -43,14 +46,38 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None)
         raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError(f"{type(model).__name__} has no trainable parameters to optimize")
-    return create_optimizer_v2(
+    optimizer = create_optimizer_v2(
         model,
         opt=opt,
         lr=cfg.lr if lr is None else lr,
         weight_decay=cfg.weight_decay,
         momentum=cfg.momentum,
         filter_bias_and_bn=True,
+        **({"fused": True} if fused else {}),
     )
+    _keep_implementation(optimizer)
+    return optimizer
+
+
+def _keep_implementation(optimizer: torch.optim.Optimizer) -> None:
+    """How the update is computed (fused, foreach) belongs to this machine, not to the run:
+    torch's ``load_state_dict`` would restore the saved run's choice, so an unfused checkpoint
+    (a CPU run, an older version) would resume unfused on a GPU. After a load the groups get
+    this optimizer's choice back, and a fused optimizer gets its step counters on the
+    parameters' device, where the fused kernel reads them."""
+    implementation = {key: optimizer.defaults[key] for key in ("fused", "foreach")
+                      if key in optimizer.defaults}
+
+    def restore(opt: torch.optim.Optimizer) -> None:
+        for group in opt.param_groups:
+            group.update(implementation)
+        if implementation.get("fused"):
+            for param, state in opt.state.items():
+                step = state.get("step")
+                if isinstance(step, torch.Tensor):
+                    state["step"] = step.to(device=param.device, dtype=torch.float32)
+
+    optimizer.register_load_state_dict_post_hook(restore)
 
 
 class LRSchedule:

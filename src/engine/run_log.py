@@ -88,7 +88,12 @@ class MetricsLog:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl file; a damaged line is a UserError naming it."""
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}); delete the file to start it over"
+                        ) from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

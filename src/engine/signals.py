@@ -36,3 +36,44 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class CommandInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside training (data checks, the report, the cost measurement): the
+    command ends with 128 + ``signum``; every finished stage is saved, so the same command continues."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class CommandSignals:
+    """Context manager for one command: SIGINT and SIGTERM raise :class:`CommandInterrupted`
+    (SIGTERM's default would end the process without a word), and ``received`` remembers the
+    signal, so one raised where Python ignores exceptions (a finalizer, a plotting callback)
+    still ends the command with its exit code. Training's :class:`StopSignals` takes over while
+    it runs; the previous handlers come back on exit. Outside the main thread it does nothing."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.received = signum
+        raise CommandInterrupted(signum)
+
+    def __enter__(self) -> CommandSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in StopSignals.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from src.engine.compiling import CompiledModule
 from src.engine.objective import Objective, StepOutput
 from src.engine.settings import TrainConfig
 from src.errors import UserError
@@ -51,12 +52,16 @@ class UpdateOutcome:
 
 class UpdateStep:
     """Runs micro-batches and applies the accumulated update. Gradients accumulate locally: under
-    DDP the trainer averages them over ranks between the last micro-batch and ``apply``."""
+    DDP the trainer averages them over ranks between the last micro-batch and ``apply``.
+    ``compiled``: the model's compiled forward (``runtime.compile``), used for the forward and
+    its backward while it works; None trains eager."""
 
     def __init__(self, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                  cfg: TrainConfig, device: torch.device, autocast_dtype: Optional[torch.dtype],
-                 scaler: Optional[torch.amp.GradScaler], channels_last: bool) -> None:
+                 scaler: Optional[torch.amp.GradScaler], channels_last: bool,
+                 compiled: Optional[CompiledModule] = None) -> None:
         self.model = model
+        self.compiled = compiled
         self.objective = objective
         self.optimizer = optimizer
         self.grad_clip = cfg.grad_clip
@@ -76,10 +81,16 @@ class UpdateStep:
         labels = labels.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.compiled is None:
+            return self._forward_backward(self.model, images, labels, weight)
+        return self.compiled.run(lambda model: self._forward_backward(model, images, labels, weight))
+
+    def _forward_backward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                          weight: float) -> tuple[StepOutput, torch.Tensor, torch.Tensor]:
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
         with autocast:
-            out = self.objective.training_step(self.model, images, labels)
+            out = self.objective.training_step(model, images, labels)
         finite = torch.isfinite(out.loss.detach())
         poison = torch.where(finite, self._one, self._nan)  # NaN grads if the loss was not finite
         scaled = out.loss.float() * (poison * weight)

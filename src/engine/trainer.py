@@ -11,7 +11,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Optional, Union
@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from src.data.feed import UnreadableImage
 from src.engine.checkpoint import LATEST, CheckpointStore
+from src.engine.compiling import EAGER, CompiledModule, CompileSettings, should_compile
 from src.engine.device_memory import DeviceMemory
 from src.engine.distributed import DistributedContext
 from src.engine.divergence import NonFiniteLossError, clear_divergence, record_divergence, validate_loss
@@ -86,7 +88,8 @@ class Trainer:
                  val_dataset: Dataset[Any], config: TrainConfig, stage_dir: Path, *, device: torch.device,
                  seed: int, run_fingerprint: dict[str, Any], dist: Optional[DistributedContext] = None,
                  epoch_callbacks: Sequence[EpochCallback] = (), resume: ResumeMode = "auto",
-                 lr: Optional[float] = None, logger: Optional[logging.Logger] = None) -> None:
+                 lr: Optional[float] = None, logger: Optional[logging.Logger] = None,
+                 compilation: CompileSettings = EAGER) -> None:
         if config.monitor not in MONITORABLE:
             raise UserError(f"cannot monitor {config.monitor!r}: choose one of {', '.join(MONITORABLE)}")
         if len(train_dataset) == 0 or len(val_dataset) == 0:  # type: ignore[arg-type]
@@ -107,7 +110,7 @@ class Trainer:
         self.memory = DeviceMemory(device)
         self.objective = objective.to(device)
         self.autocast_dtype, self.scaler = resolve_precision(config.amp, device)
-        self.optimizer = build_optimizer(self.model, config, lr=lr)
+        self.optimizer = build_optimizer(self.model, config, lr=lr, fused=device.type == "cuda")
         self.lr = config.lr if lr is None else lr
 
         self.micro_batch = config.batch_size
@@ -125,7 +128,8 @@ class Trainer:
 
         self.dist.broadcast_weights(self.model)  # every rank starts from rank 0's model
         self.stepper = UpdateStep(self.model, self.objective, self.optimizer, config, device,
-                                  self.autocast_dtype, self.scaler, self.channels_last)
+                                  self.autocast_dtype, self.scaler, self.channels_last,
+                                  self._compiled_model(compilation))
 
         # Position and running state: everything below goes into checkpoint_latest.pt.
         self.epoch = 1  # the epoch in progress (1-based)
@@ -197,6 +201,16 @@ class Trainer:
             dist=self.dist, autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
         )
 
+    def _compiled_model(self, settings: CompileSettings) -> Optional[CompiledModule]:
+        """The student's compiled forward (and the objective's teacher compiled) when
+        ``runtime.compile`` applies to this stage (src/engine/compiling.py), else None."""
+        if not should_compile(settings.mode, self.device, self.schedule.total_updates):
+            return None
+        self.logger.info("runtime.compile=%s: compiling the training step (%d updates on %s)",
+                         settings.mode, self.schedule.total_updates, self.device.type)
+        self.objective.compile(settings, self.device)
+        return CompiledModule(self.model, "training step", settings, self.device, logger=self.logger)
+
     # ------------------------------------------------------------------ the epoch
 
     def _train_epoch(self, signals: StopSignals) -> None:
@@ -234,6 +248,15 @@ class Trainer:
         waiting in a collective the others skipped (docs/ARCHITECTURE.md)."""
         loader = load_batches(self.train_dataset, [mb.keys for mb in plan], self.device, self.cfg.num_workers,
                               self.seed, "train", self.epoch)
+        try:
+            return self._run_batches(plan, loader, signals, started)
+        except UnreadableImage as exc:  # a streamed folder's broken file: keep the updates made so far
+            self._save_latest(epoch_elapsed=self.epoch_elapsed + time.perf_counter() - started)
+            raise exc.mid_run(str(self.stage_dir / LATEST)) from None
+
+    def _run_batches(self, plan: list[MicroBatch], loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     signals: StopSignals, started: float) -> Optional[str]:
+        """``_run_plan``'s loop over the loaded micro-batches."""
         window: list[_Piece] = []
         for mb, (images, labels) in zip(plan, loader, strict=True):
             piece = self._compute(mb, images, labels)
@@ -376,7 +399,11 @@ class Trainer:
         started = time.perf_counter()
         self.dist.broadcast_buffers(self.model)
         train, parts = self._train_metrics()
-        val = self.evaluate(self.val_dataset)
+        try:
+            val = self.evaluate(self.val_dataset)
+        except UnreadableImage as exc:  # the epoch's updates are done: keep them, validate on the re-run
+            self._save_latest(epoch_elapsed=self.epoch_elapsed + time.perf_counter() - started)
+            raise exc.mid_run(str(self.stage_dir / LATEST)) from None
         self.epoch_elapsed += time.perf_counter() - started
         peaks = self.memory.peaks()  # this epoch's: reset at its start
         peak = None if peaks is None else peaks.allocated_mib

@@ -19,6 +19,7 @@ import pandas as pd
 
 from src.config.stages import STAGES
 from src.deploy.cost_report import cost_sentences
+from src.evidence.chance import at_chance, chance_note, chance_tests
 from src.evidence.stats import mean_and_std
 from src.evidence.verdict import (
     Comparison,
@@ -48,6 +49,7 @@ class SeedsSummary:
     comparisons: list[Comparison]
     files: list[Path] = field(default_factory=list)
     cost_sentences: list[str] = field(default_factory=list)  # what the student buys, at mean accuracies
+    notes: list[str] = field(default_factory=list)  # what limits the claims (stages at chance)
 
 
 def seed_table(results: Results) -> pd.DataFrame:
@@ -94,6 +96,8 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
 
 def render_text(summary: SeedsSummary) -> str:
     text = _shown(summary.table).to_string(index=False)
+    if summary.notes:
+        text += "\n\n" + "\n".join(f"Note: {note}" for note in summary.notes)
     if summary.comparisons:
         text += "\n\n" + evidence_text(summary.comparisons)
     return text + ("\n\n" + "\n".join(summary.cost_sentences) if summary.cost_sentences else "")
@@ -103,6 +107,8 @@ def render_markdown(summary: SeedsSummary) -> str:
     seeds = int(summary.table["seeds"].max()) if not summary.table.empty else 0
     text = f"# Run summary over {seeds} seeds\n\n" + markdown_table(_shown(summary.table)) + "\n"
     text += "\nStandard deviations are over seeds (sample std); each seed's own report is in `seed-<n>/`.\n"
+    if summary.notes:
+        text += "\n" + "\n".join(f"> **Note:** {note}\n" for note in summary.notes)
     if summary.comparisons:
         text += "\n" + evidence_markdown(summary.comparisons)
     return text + ("\n" + "\n".join(summary.cost_sentences) + "\n" if summary.cost_sentences else "")
@@ -113,10 +119,15 @@ def write_seeds_report(top: RunDirectory, chains: list[Chain], results: Results,
     """summary.csv, summary.md, evidence.json and comparison.png at the top of the run; with
     ``costs`` also the sentences on what the student buys (at the mean accuracies)."""
     table = seed_table(results)
-    summary = SeedsSummary(table, compare_run({chain.seed: chain.run_dir for chain in chains}))
+    runs = {chain.seed: chain.run_dir for chain in chains}
+    summary = SeedsSummary(table, compare_run(runs))
+    classes = next((res["num_classes"] for stages in results.values() for res in stages.values()
+                    if "num_classes" in res), 0)
+    tests = chance_tests(runs, STAGES, classes)
+    summary.notes = [note for note in [chance_note(tests)] if note]
     if not table.empty:
         summary.cost_sentences = cost_sentences(table.rename(columns={"test accuracy mean": "test accuracy"}),
-                                                costs)
+                                                costs, at_chance(tests))
     csv, md = top.root / "summary.csv", top.root / "summary.md"
     atomic_write_with(csv, lambda tmp: table.round(6).to_csv(tmp, index=False))
     atomic_write_text(md, render_markdown(summary))

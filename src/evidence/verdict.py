@@ -101,10 +101,24 @@ class Comparison:
         rejects = p < 1.0 - self.interval.confidence
         excludes = self._interval_says != "no difference"
         if excludes and not rejects:
-            return f"; the interval excludes zero but the exact McNemar test does not (p = {p:.3g})"
+            return (f"; the interval excludes zero but the exact McNemar test does not (p = {p:.3g})"
+                    f"{self._why_not}")
         if rejects and not excludes:
             return f"; the exact McNemar test rejects (p = {p:.3g}) but the interval includes zero"
         return ""
+
+    @property
+    def _why_not(self) -> str:
+        """Why the exact test cannot agree: with n discordant images its smallest two-sided p-value
+        is 2 / 2**n, at least 0.0625 below 6."""
+        test = next(iter(self.mcnemar.values()))
+        discordant = test.only_a + test.only_b
+        smallest = min(1.0, 2.0 * 0.5 ** discordant) if discordant else 1.0
+        if smallest >= 1.0 - self.interval.confidence:
+            return (f": only {discordant} image{'s' if discordant != 1 else ''} got different answers, "
+                    "too few for an exact test to reach p < 0.05 (6 needed), so the interval's "
+                    "approximation is not trusted")
+        return ": the interval's approximation is looser than the exact test on these images"
 
     @property
     def outcome(self) -> Outcome:

@@ -36,11 +36,14 @@ from src.memory.search import GIB, Measure, MemoryPlan, search_micro_batch
 from src.models.checkpointing import switch_on_checkpointing
 
 __all__ = ["MemoryPlan", "agree_across_ranks", "choose_plan", "configure_cuda_allocator", "plan_stage",
-           "search_micro_batch", "set_checkpointing"]
+           "search_micro_batch", "set_checkpointing", "usable_budget"]
 
 log = logging.getLogger("kd_pipeline.memory")  # under the pipeline logger: lands in pipeline.log
 
 DEFAULT_MARGIN = 0.1  # 6 GiB budget -> steps must peak at or under 5.4 GiB
+MIB = 1 << 20
+# what the CUDA context still takes after the plan (cuBLAS/cuDNN workspaces, kernels loaded on use)
+CONTEXT_GROWTH_MARGIN = 256 * MIB
 MIN_USEFUL_MICRO_BATCH = 8  # below this, checkpointing (if it allows more) is worth its recompute
 
 
@@ -172,10 +175,7 @@ def plan_stage(
         raise UserError(f"--vram-budget must be positive, got {budget_gb}")
 
     total = torch.cuda.get_device_properties(device).total_memory
-    budget = min(int(budget_gb * GIB), total)
-    if budget < int(budget_gb * GIB):
-        log.warning("VRAM budget %.2f GiB exceeds the device's %.2f GiB; planning for the device",
-                    budget_gb, total / GIB)
+    budget = usable_budget(int(budget_gb * GIB), device)
     torch.cuda.set_per_process_memory_fraction(budget / total, device)
     images, labels = sample_batch
 
@@ -201,6 +201,31 @@ def plan_stage(
              plan.micro_batch, plan.accumulation_steps, plan.effective_batch,
              "on" if plan.gradient_checkpointing else "off", peak, budget / GIB, plan.reason)
     return plan
+
+
+def usable_budget(budget_bytes: int, device: torch.device) -> int:
+    """The budget to plan against: ``budget_bytes``, or what the card really offers this process
+    when that is less (a card at or under the budget, or one shared with other processes).
+
+    Why: on a 6 GB card the CUDA context, a display and other processes hold memory outside
+    PyTorch's allocator, so ``--vram-budget 6`` cannot mean 6 GiB of tensors there. What this
+    process can still use is the driver's free memory plus what its own allocator has reserved,
+    less ``CONTEXT_GROWTH_MARGIN``. Raises UserError when nothing is free.
+    """
+    free, _ = torch.cuda.mem_get_info(device)
+    reserved = torch.cuda.memory_reserved(device)
+    available = free + reserved - CONTEXT_GROWTH_MARGIN
+    if available <= 0:
+        raise UserError(f"no GPU memory is free for training on {device}: {free / MIB:.0f} MiB free and "
+                        f"{reserved / MIB:.0f} MiB reserved by this process, "
+                        f"{CONTEXT_GROWTH_MARGIN // MIB} MiB needed for the CUDA context; "
+                        "free the card (other processes hold it) or use another GPU")
+    if available >= budget_bytes:
+        return budget_bytes
+    log.info("VRAM budget %.2f GiB: this card offers %.2f GiB (%.0f MiB free + %.0f MiB reserved by this "
+             "process - %d MiB for the CUDA context); planning for that", budget_bytes / GIB, available / GIB,
+             free / MIB, reserved / MIB, CONTEXT_GROWTH_MARGIN // MIB)
+    return available
 
 
 def _fmt_tried(tried: list[tuple[int, Optional[int]]]) -> str:

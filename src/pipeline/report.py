@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from src.data.coverage import missing_class_notes
 from src.deploy.cost_report import (
     PLOT_NAME,
     add_cost_columns,
@@ -23,9 +24,11 @@ from src.deploy.cost_report import (
     format_cost_columns,
 )
 from src.evidence import verdict
+from src.evidence.chance import at_chance, chance_note, chance_tests
 from src.runs.rundir import RunDirectory
 from src.utils.atomic import atomic_write_text, atomic_write_with
 from src.utils.metrics import confusion, per_class_report
+from src.utils.names import readable_name
 from src.utils.tables import markdown_table
 from src.visualization.report_figures import plot_accuracy_vs_latency, plot_confusion, plot_stage_bars
 
@@ -48,6 +51,7 @@ class Summary:
     files: list[Path] = field(default_factory=list)
     cost_sentences: list[str] = field(default_factory=list)  # what the student buys (src/deploy)
     evidence: list[verdict.Comparison] = field(default_factory=list)  # paired tests and the verdict
+    notes: list[str] = field(default_factory=list)  # what limits the claims, shown above the verdict
 
 
 def _number(value: Any) -> float:
@@ -127,6 +131,8 @@ def render_text(summary: Summary) -> str:
     text = shown.to_string(index=False)
     if not shown_deltas.empty:
         text += "\n\n" + shown_deltas.to_string(index=False)
+    if summary.notes:
+        text += "\n\n" + "\n".join(f"Note: {note}" for note in summary.notes)
     if summary.evidence:
         text += "\n\n" + verdict.evidence_text(summary.evidence)
     if summary.cost_sentences:
@@ -139,6 +145,8 @@ def render_markdown(summary: Summary) -> str:
     text = "# Run summary\n\n" + markdown_table(shown) + "\n"
     if not shown_deltas.empty:
         text += "\n## Differences between stages\n\n" + markdown_table(shown_deltas) + "\n"
+    if summary.notes:
+        text += "\n" + "\n".join(f"> **Note:** {note}\n" for note in summary.notes)
     if summary.evidence:
         text += "\n" + verdict.evidence_markdown(summary.evidence)
     if summary.cost_sentences:
@@ -153,12 +161,23 @@ def write_confusion(run_dir: RunDirectory, stage: str, class_names: Sequence[str
         return []
     frame = pd.read_csv(source)
     matrix = confusion(frame["y_true"], frame["y_pred"], len(class_names))
-    png = plot_confusion(matrix, class_names, f"{stage}: confusion matrix on the test split",
+    names = [readable_name(name) for name in class_names]
+    png = plot_confusion(matrix, names, f"{stage}: confusion matrix on the test split",
                          run_dir.root / f"{stage}_confusion_matrix.png")
-    per_class = per_class_report(frame["y_true"], frame["y_pred"], class_names).rename_axis("class")
+    per_class = per_class_report(frame["y_true"], frame["y_pred"], names).rename_axis("class")
     csv = run_dir.root / f"{stage}_per_class.csv"
     atomic_write_with(csv, lambda tmp: per_class.to_csv(tmp))
     return [png, csv]
+
+
+def missing_test_classes(run_dir: RunDirectory, results: Mapping[str, Any],
+                         class_names: Sequence[str]) -> list[str]:
+    """The classes the saved test split lacks (from any finished stage's test predictions)."""
+    stage = next((s for s in results if run_dir.predictions_path(s).is_file()), None)
+    if stage is None:
+        return []
+    labels, _ = verdict.stage_outcomes(run_dir, stage)
+    return missing_class_notes({"test": labels.tolist()}, class_names)
 
 
 def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]],
@@ -166,8 +185,12 @@ def write_report(run_dir: RunDirectory, results: Mapping[str, Mapping[str, Any]]
     """summary.csv, summary.md, comparison.png and the student's confusion matrix in ``run_dir``;
     with ``costs`` also the cost columns, sentences and accuracy_vs_latency.png."""
     table = add_cost_columns(summary_table(results), costs)
-    summary = Summary(table=table, deltas=delta_table(table), cost_sentences=cost_sentences(table, costs))
     seed = next((res["seed"] for res in results.values() if "seed" in res), None)
+    tests = chance_tests({seed: run_dir}, results, len(class_names))
+    summary = Summary(table=table, deltas=delta_table(table),
+                      cost_sentences=cost_sentences(table, costs, at_chance(tests)))
+    summary.notes = [*missing_test_classes(run_dir, results, class_names),
+                     *filter(None, [chance_note(tests)])]
     summary.evidence = verdict.compare_run({seed: run_dir})
     csv_frame = with_reference_deltas(table)
     atomic_write_with(run_dir.root / "summary.csv", lambda tmp: csv_frame.round(6).to_csv(tmp, index=False))

@@ -68,6 +68,8 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         for chain in chains:
             reused = reuse.stages_for(chain) if reuse is not None else []
             check_stage_plan(cfg.stages, chain.run_dir.finished_stages() + reused)
+            for stage in chain.run_dir.finished_stages():  # a damaged result.json: one line, nothing trained
+                chain.run_dir.read_result(stage)
         if reuse is None:
             data = run_data(cfg, run_dir.root, write=True)
         else:
@@ -79,6 +81,8 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
             LOGGER.info(note)
         for note in notes:
             LOGGER.info("config changed on resume (allowed): %s", note)
+        for warning in data.warnings:
+            LOGGER.warning(warning)
         if reuse is not None:
             apply_reuse(reuse)
         dist.barrier()

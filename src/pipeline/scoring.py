@@ -5,6 +5,7 @@ config.yaml (architecture, image size) and split.json (which samples are test/va
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -23,6 +24,7 @@ from src.runs.rundir import RunDirectory, open_run
 from src.runs.seeds import chain_for
 from src.runs.stage_models import build_model, load_weights
 
+LOGGER = logging.getLogger("kd_pipeline.scoring")  # unconfigured in evaluate.py: stderr
 SPLITS = ("test", "val", "train")
 
 
@@ -79,6 +81,8 @@ def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage
     run, cfg = open_run(run_dir, data_dir=data_dir)
     stage = _stage_of(checkpoint, stage)
     data = stage_data(cfg, run_data(cfg, run.root), stage)  # the stage's own size and normalisation
+    for note in data.warnings:  # a class the split lacks: its scores cover fewer classes
+        LOGGER.warning(note)
     if checkpoint.suffix == ".onnx":  # the deployed artifact, through ONNX Runtime (src/deploy)
         model, target = onnx_model_for(checkpoint, data.image_size, data.num_classes, run_dir, device)
         check_export_current(checkpoint, _chain_of(checkpoint, run, cfg, stage), stage, run.root)

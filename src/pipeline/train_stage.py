@@ -26,6 +26,7 @@ from src.config.stages import STAGES
 from src.data.build import DataBundle
 from src.distillation.distiller import DistillationObjective
 from src.engine.checkpoint import LATEST
+from src.engine.compiling import CompileSettings
 from src.engine.distributed import DistributedContext
 from src.engine.objective import CrossEntropyObjective, Objective
 from src.engine.trainer import Trainer
@@ -134,6 +135,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, run_datasets:
         model, objective, data.train, data.val, plan.apply(cfg.train), stage_dir,
         device=device, seed=cfg.runtime.seed, run_fingerprint=run_fingerprint(cfg, stage), dist=dist,
         epoch_callbacks=attention_callback(cfg, model, data, stage_dir, dist), resume=resume, lr=lr,
+        compilation=CompileSettings(cfg.runtime.compile),
     )
     torch.manual_seed(stage_seed(cfg.runtime.seed, "train", stage))  # a resume restores its saved RNG
     fit = trainer.fit()

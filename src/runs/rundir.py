@@ -23,7 +23,7 @@ from src.config.stages import STAGES
 from src.data.split import SPLIT_FILE
 from src.engine.checkpoint import LATEST, PREVIOUS
 from src.engine.divergence import has_diverged
-from src.errors import IncompatibleResumeError, UserError
+from src.errors import IncompatibleResumeError, UserError, error_detail
 from src.runs.lock import LOCK_FILE
 from src.utils.atomic import atomic_write_text, is_temp_file, remove_temp_files
 
@@ -31,6 +31,7 @@ LOGGER = logging.getLogger("kd_pipeline.rundir")
 # What the product itself puts in a run directory before config.yaml exists (a crash between
 # writing split.json and config.yaml); any other entry means the folder is not a run.
 OWN_ENTRIES = frozenset({SPLIT_FILE, "pipeline.log", LOCK_FILE})
+RESULT_SCORES = ("accuracy", "f1_score")  # what every report reads of a finished stage
 SEED_PREFIX = "seed-"  # a seed's chain folder: <run>/seed-<n>/ (src/runs/seeds.py)
 
 
@@ -65,10 +66,16 @@ class RunDirectory:
         """A finished stage's result.json; unreadable means the user must retrain that stage."""
         path = self.result_path(stage)
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {path} ({exc}); delete that stage folder to train it again"
-                            ) from None
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+            raise UserError(f"cannot read {path} ({error_detail(exc, 120)}); delete that stage folder to "
+                            "train it again") from None
+        test = result.get("test") if isinstance(result, dict) else None
+        scored = isinstance(test, dict) and all(isinstance(test.get(k), (int, float)) for k in RESULT_SCORES)
+        if not scored:
+            raise UserError(f"{path} is not a stage result (no test {', '.join(RESULT_SCORES)}); delete "
+                            f"{self.stage_dir(stage)} to train that stage again")
+        return result
 
     def predictions_path(self, stage: str, split: str = "test") -> Path:
         """The stage's labels and predictions on ``split``: test (the verdict, the confusion

@@ -250,7 +250,7 @@ def setup_logging(
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(_LogFileHandler(log_file, encoding="utf-8"))
+        handlers.append(_LogFileHandler(log_file, encoding="utf-8", errors="backslashreplace"))
     for handler in handlers:
         handler.setFormatter(formatter)
         setattr(handler, _HANDLER_TAG, True)

@@ -24,15 +24,21 @@ AVERAGING = "macro"
 Labels = Union[Sequence[int], np.ndarray]
 
 
+def present_classes(y_true: Labels, num_classes: int) -> list[int]:
+    """The classes of ``0..num_classes-1`` with at least one image in ``y_true``."""
+    held = set(np.unique(np.asarray(y_true)).tolist())
+    return [c for c in range(num_classes) if c in held]
+
+
 def classification_metrics(
     y_true: Labels, y_pred: Labels, num_classes: int | None = None
 ) -> dict[str, float]:
     """``accuracy`` and MACRO-averaged ``precision``, ``recall``, ``f1_score`` as floats.
 
-    With ``num_classes`` the average runs over every class ``0..num_classes-1``, including
-    classes absent from this split (they score 0, scikit-learn's ``zero_division=0``), so
-    validation and test numbers average over the same classes. Without it, over the labels
-    present in either array.
+    With ``num_classes`` the average runs over the classes of ``0..num_classes-1`` that this split
+    holds (those in ``y_true``): a class with no image in the split has no recall to measure, and
+    scoring it 0 would report a perfect model as half wrong (the report warns about such a split
+    instead). Without it, over the labels present in either array.
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -42,7 +48,7 @@ def classification_metrics(
         )
     if y_true.size == 0:
         raise ValueError("no predictions to score")
-    labels = list(range(num_classes)) if num_classes is not None else None
+    labels = present_classes(y_true, num_classes) if num_classes is not None else None
     precision, recall, f1, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=AVERAGING, zero_division=0
     )
@@ -120,7 +126,9 @@ class PredictionAccumulator:
 
 def per_class_report(y_true: Labels, y_pred: Labels, class_names: Sequence[str]) -> pd.DataFrame:
     """scikit-learn's per-class precision/recall/F1/support table, one row per class plus the
-    accuracy, macro and weighted averages."""
+    accuracy, macro and weighted averages. A class with no image in the split shows support 0 and
+    empty (NaN) scores, and the macro average runs over the classes the split holds, as in
+    :func:`classification_metrics`."""
     report = classification_report(
         y_true,
         y_pred,
@@ -129,7 +137,14 @@ def per_class_report(y_true: Labels, y_pred: Labels, class_names: Sequence[str])
         output_dict=True,
         zero_division=0,
     )
-    return pd.DataFrame(report).transpose()
+    table = pd.DataFrame(report).transpose()
+    names = [str(name) for name in class_names]
+    absent = [name for name in names if table.at[name, "support"] == 0]
+    if absent:
+        scores = ["precision", "recall", "f1-score"]
+        table.loc[absent, scores] = np.nan
+        table.loc["macro avg", scores] = table.loc[[n for n in names if n not in absent], scores].mean()
+    return table
 
 
 def confusion(y_true: Labels, y_pred: Labels, num_classes: int) -> np.ndarray:
