@@ -38,6 +38,7 @@ def _train_argv(data: Path | str, out: Path | str) -> list[str]:
             "--set", "train.warmup_epochs=0"]
 
 
+@pytest.mark.slow
 def test_a_deleted_and_an_added_image_with_the_same_counts_are_refused_by_name(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """split.json stored indices: the swap kept every count, so the old split was reused by index."""
@@ -103,6 +104,7 @@ def test_a_broken_image_of_a_folder_read_per_batch_is_named_before_split_json(tm
     assert (tmp_path / "run" / "split.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_evaluate_and_export_find_the_data_from_anywhere_and_after_it_moved(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
