@@ -95,7 +95,7 @@ def test_stage_plan_needs_each_teacher() -> None:
 
 def _started_run(tmp_path: Path, *overrides: str) -> tuple[RunDirectory, object]:
     run = RunDirectory(tmp_path / "run")
-    cfg = load_config(None, list(overrides))
+    cfg = load_config(None, [f"data.data_dir={tmp_path}", *overrides])  # absolute, as config.yaml holds it
     prepare_run_directory(run, cfg, "auto", write=True)
     (run.root / "split.json").write_text("{}")
     (run.stage_dir("teacher")).mkdir()
@@ -117,7 +117,8 @@ def test_resume_refuses_changes_that_break_the_run(tmp_path: Path) -> None:
 def test_resume_accepts_harmless_changes_and_records_them(tmp_path: Path) -> None:
     run, _ = _started_run(tmp_path)
     # epochs and patience are harmless; distillation settings too while no KD stage has started
-    new = load_config(None, ["train.epochs=20", "train.patience=3", "distillation.temperature=2"])
+    new = load_config(None, [f"data.data_dir={tmp_path}", "train.epochs=20", "train.patience=3",
+                             "distillation.temperature=2"])
     notes = prepare_run_directory(run, new, "auto", write=True)
     assert any(n.startswith("train.epochs: 10 -> 20") for n in notes)
     assert any(n.startswith("distillation.temperature") for n in notes)

@@ -160,3 +160,35 @@ def test_missing_onnx_packages_say_how_to_install_them(hidden: str, tmp_path: Pa
     assert err == (f"error: ONNX export needs onnx, onnxscript, onnxruntime ({hidden} not installed); "
                    "install them with: python -m pip install -r requirements-export.txt\n")
     assert (Path(__file__).resolve().parents[1] / "requirements-export.txt").read_text().count(hidden) == 1
+
+
+@pytest.mark.slow
+def test_an_export_of_weights_the_stage_no_longer_holds_is_not_scored_as_the_stage(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Continuing a stage after export.py left the old model.onnx beside the new weights, and
+    evaluate.py scored the old export as the stage."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from src.utils.weights import tensors_sha256
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert export_main(["--run-dir", str(run), "--stage", "baseline", "--images", "8"]) == 0
+    # the stage trained on after the export: other weights, recorded in its result.json
+    weights, result_path = run / "baseline" / "model.safetensors", run / "baseline" / "result.json"
+    tensors = {k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights))
+    result = json.loads(result_path.read_text())
+    result["weights_sha256"] = tensors_sha256(tensors)
+    result_path.write_text(json.dumps(result))
+    capsys.readouterr()
+    score = ["--checkpoint", str(run / "baseline" / "model.onnx"), "--device", "cpu"]
+    assert evaluate_main(score) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert "was exported from other weights than stage baseline's current" in err and "is stale" in err
+    assert err.rstrip().endswith(f"re-export it: python export.py --run-dir {run} --stage baseline")
+    assert export_main(["--run-dir", str(run), "--stage", "baseline", "--images", "8"]) == 0  # the advice
+    capsys.readouterr()
+    assert scores(run / "baseline" / "model.onnx", capsys)["samples"] == 150

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", type=user_path,
                         help="the run directory (default: the one the file is in, e.g. RUN/student/ or "
                         "RUN/seed-42/student/)")
+    parser.add_argument("--data-dir", type=user_path,
+                        help="where the run's data is now, if it moved since training (default: the "
+                        "folder it was trained on); split.json checks it is the same data")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--stage", choices=tuple(STAGES),
                         help="whose architecture (default: the file's metadata or folder)")
@@ -47,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{checkpoint}, the same best weights", file=sys.stderr)
             run_dir = args.run_dir or run_dir_of(checkpoint)
             stage, result = evaluate_file(checkpoint, run_dir, args.split, stage=args.stage,
-                                          device=args.device, batch_size=args.batch_size)
+                                          device=args.device, batch_size=args.batch_size,
+                                          data_dir=args.data_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

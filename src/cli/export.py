@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from src.config.stages import STAGES
-from src.deploy.export import DEFAULT_IMAGES, DEFAULT_TOLERANCE, FORMATS, ONNX_OPSET, export_stage
+from src.deploy.export import (
+    DEFAULT_IMAGES,
+    DEFAULT_TOLERANCE,
+    FORMATS,
+    ONNX_OPSET,
+    contract_path,
+    export_stage,
+)
 from src.errors import KDPipelineError
-from src.utils.cli_args import OneLineParser
+from src.utils.cli_args import OneLineParser, user_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 exported and checked, 1 the export does not match PyTorch (nothing "
         "written), 2 bad input.",
     )
-    parser.add_argument("--run-dir", type=Path, required=True, help="the training run's --output-dir")
+    parser.add_argument("--run-dir", type=user_path, required=True, help="the training run's --output-dir")
     parser.add_argument("--stage", choices=tuple(STAGES), default="student")
+    parser.add_argument("--data-dir", type=user_path,
+                        help="where the run's data is now, if it moved since training (default: the "
+                        "folder it was trained on); split.json checks it is the same data")
     parser.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default="onnx")
     parser.add_argument("--seed", type=int,
                         help="in a run with several seeds (--seeds): whose chain (default: the first seed)")
@@ -37,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         path, parity = export_stage(args.run_dir, args.stage, args.fmt, images=args.images,
-                                    tolerance=args.tolerance, seed=args.seed)
+                                    tolerance=args.tolerance, seed=args.seed,
+                                    data_dir=args.data_dir)
     except KDPipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -46,5 +56,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"checked against PyTorch on {parity.images} test images: largest logit difference "
           f"{parity.max_abs_diff:.3g}, top-1 agrees on {parity.agree}/{parity.images} "
           f"(accuracy {100 * parity.accuracy:.2f}%)")
-    print(f"input contract: {path.with_name(path.name + '.json')}")
+    print(f"input contract: {contract_path(path)}")
     return 0

@@ -16,7 +16,7 @@ from src.data.coverage import missing_class_notes
 from src.data.datasets import ImageDataset, ImageStore, TrainDataset
 from src.data.registry import DATASETS
 from src.data.settings import DataConfig, validate_data
-from src.data.split import SplitInfo, load_or_create_split, save_split
+from src.data.split import SplitInfo, check_decodable, load_or_create_split, save_split
 from src.data.transforms import Augment, ModelInput, Normalize, crop_padding
 from src.errors import UserError
 
@@ -132,6 +132,8 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
     scored = {"val": val.targets, "test": test.targets}
     warnings = early + missing_class_notes(scored, source.class_names, counts)
     if write and run_dir is not None and not info.reused:
+        if not resident:  # read per batch: decode each image once now, not a broken one mid-run
+            check_decodable(source, record)
         info = dataclasses.replace(info, path=save_split(record, run_dir))
     return DataBundle(
         train=train,

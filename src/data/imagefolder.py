@@ -25,7 +25,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from src.data.feed import UnreadableImage
 from src.data.settings import DataConfig
-from src.data.sources import Source, SourcePart
+from src.data.sources import Source, SourcePart, file_entries
 from src.data.transforms import resize_square
 from src.errors import UserError
 from src.utils.names import readable_name
@@ -77,6 +77,10 @@ class FolderReader:
     """Decodes and resizes images by index from a list of file paths (picklable, for workers)."""
 
     paths: list[str]
+
+    def decode(self, index: int) -> None:
+        """Decode one image fully, unresized: a broken file raises the UserError naming it."""
+        load_image(self.paths[index])
 
     def __call__(self, indices: Sequence[int], size: int) -> torch.Tensor:
         images = [resize_square(load_image(self.paths[i]), size) for i in indices]
@@ -227,11 +231,11 @@ def load_imagefolder_source(cfg: DataConfig) -> Source:
                 f"differ from those of {root / 'train'} ({', '.join(classes)})"
             )
     _refuse_shared_files(folders)
-    parts = {
-        name: SourcePart(targets=list(folder.targets), read=FolderReader([p for p, _ in folder.samples]))
-        for name, folder in folders.items()
-    }
-    return Source(cfg.name, list(classes), parts)
+    readers = {name: FolderReader([p for p, _ in folder.samples]) for name, folder in folders.items()}
+    parts = {name: SourcePart(targets=list(folder.targets), read=readers[name], decode=readers[name].decode)
+             for name, folder in folders.items()}
+    files = {name: file_entries(root, [p for p, _ in folder.samples]) for name, folder in folders.items()}
+    return Source(cfg.name, list(classes), parts, files=files)
 
 
 def _refuse_shared_files(folders: dict[str, ScannedImageFolder]) -> None:

@@ -11,7 +11,8 @@ Python 3.14 on Linux).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +39,22 @@ class SourcePart:
 
     targets: list[int]
     read: Reader
+    # decodes one image fully, for the check of a folder read per batch (src/data/split.py);
+    # None where the images are already in memory (digits, CIFAR)
+    decode: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One image file of a folder source: its path relative to the data folder, and its size."""
+
+    path: str
+    size: int
+
+
+def file_entries(root: str | Path, paths: Sequence[str]) -> list[FileEntry]:
+    """``paths`` (under ``root``) as entries: one ``stat`` per file, no decoding."""
+    return [FileEntry(os.path.relpath(path, root), os.stat(path).st_size) for path in paths]
 
 
 @dataclass
@@ -46,15 +63,35 @@ class Source:
     class_names: list[str]
     parts: dict[str, SourcePart]
     native_size: int | None = None  # every image's size when they all share one (None: they vary)
+    # each part's files in sample order (image folders); None where the data has no files of its
+    # own (digits, CIFAR: the part sizes identify them)
+    files: dict[str, list[FileEntry]] | None = None
 
     @property
-    def identity(self) -> dict[str, Any]:
-        """What a persisted split must match: the dataset, its classes and the size of every part."""
+    def part_identity(self) -> dict[str, Any]:
+        """The dataset, its classes and the size of every part: what identifies digits and CIFAR,
+        and what a split.json of format 1 recorded for every source."""
         return {
             "dataset": self.name,
             "class_names": list(self.class_names),
             "part_sizes": {name: len(part.targets) for name, part in sorted(self.parts.items())},
         }
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a persisted split must match: ``part_identity``, plus the path of every file of
+        every part for an image folder. Paths, not sizes, mtimes or contents: a broken file
+        replaced under its own name is the same sample, and a copy changes every mtime."""
+        if self.files is None:
+            return self.part_identity
+        paths = {part: [entry.path for entry in entries] for part, entries in sorted(self.files.items())}
+        return {**self.part_identity, "files": paths}
+
+    def file_sizes(self) -> dict[str, list[int]] | None:
+        """Each part's file sizes in sample order (recorded beside the identity, not in it)."""
+        if self.files is None:
+            return None
+        return {part: [entry.size for entry in entries] for part, entries in sorted(self.files.items())}
 
 
 @dataclass

@@ -1,7 +1,12 @@
 """The train/val/test split: made once per run, persisted as ``split.json``, reused exactly.
 
 The file holds, for each split, which part of the source it comes from and its sorted indices
-into that part, with the source's identity and a sha256 over both. Rebuilding from an existing
+into that part, with the source's identity and a sha256 over both. For an image folder (format 2)
+the identity lists every file of every part by its path relative to the data folder, so a deleted,
+added or renamed image is refused by name whatever the counts, while a broken image replaced under
+its own name keeps the split; each file's size is kept beside the identity (not hashed) and a
+changed one is logged. A format-1 file (digits, CIFAR, and image folders split by earlier versions)
+identifies the data by its part sizes. Rebuilding from an existing
 file never re-splits (changed fractions or subset do not move a sample between splits: a resumed
 run must evaluate on the same test images), and a file that is damaged or was made for other
 data is refused with a UserError instead of silently mixing splits.
@@ -12,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,8 @@ from src.utils.reproducibility import derive_seed
 
 SPLIT_FILE = "split.json"
 SPLITS = ("train", "val", "test")
-FORMAT = 1
+FORMAT = 1  # part sizes identify the data
+FILES_FORMAT = 2  # every file of an image folder identifies it
 
 log = logging.getLogger("kd_pipeline.data")  # under the pipeline logger: lands in pipeline.log
 
@@ -108,14 +116,51 @@ def make_split(source: Source, cfg: DataConfig, seed: int) -> dict[str, Any]:
                 )
     ordered = {name: splits[name] for name in SPLITS}
     identity = source.identity
-    return {
-        "format": FORMAT,
+    record = {
+        "format": FORMAT if source.files is None else FILES_FORMAT,
         "identity": identity,
         "seed": seed,
         "settings": _settings(cfg),
         "splits": ordered,
         "hash": split_hash(identity, ordered),
     }
+    if source.files is not None:
+        record["file_sizes"] = source.file_sizes()
+    return record
+
+
+def _changed_files(path: Path, recorded: dict[str, list[str]], source: Source) -> str | None:
+    """The first file gone from (or, failing that, added to) the data since ``path`` was made."""
+    now = source.identity.get("files", {})
+    parts = sorted(set(recorded) | set(now))
+    before = {part: set(recorded.get(part, [])) for part in parts}
+    after = {part: set(now.get(part, [])) for part in parts}
+    for part in parts:
+        gone = next((name for name in recorded.get(part, []) if name not in after[part]), None)
+        if gone is not None:
+            return (f"the data changed since {path} was made: {gone} is gone (restore it; replace a "
+                    "broken image under its own name), or use a new --output-dir for the data as it is now")
+    for part in parts:
+        added = next((name for name in now.get(part, []) if name not in before[part]), None)
+        if added is not None:
+            return (f"the data changed since {path} was made: {added} was added (move it out of the data "
+                    "folder), or use a new --output-dir for the data as it is now")
+    return None
+
+
+def _log_size_changes(path: Path, record: dict[str, Any], source: Source) -> None:
+    """Sizes are not identity (a broken file replaced under its name), but a change is worth a line."""
+    recorded, now = record.get("file_sizes"), source.file_sizes()
+    if not isinstance(recorded, dict) or now is None:
+        return
+    changed = [(name, old, new) for part, sizes in now.items()
+               for name, old, new in zip(record["identity"]["files"][part], recorded.get(part, []), sizes,
+                                         strict=False)  # sizes are not hashed: may be short
+               if old != new]
+    if changed:
+        name, old, new = changed[0]
+        log.info("%d image file(s) changed size since %s was made (first: %s, %d -> %d bytes); each is "
+                 "read as it is now", len(changed), path, name, old, new)
 
 
 def _damaged(path: Path, why: str) -> UserError:
@@ -136,7 +181,12 @@ def read_split(path: Path, source: Source) -> dict[str, Any]:
         raise _damaged(path, f"unreadable: {exc!r}") from exc
     if split_hash(identity, splits) != stored:
         raise _damaged(path, "its hash does not match its contents")
-    if identity != source.identity:
+    expected = source.identity if "files" in identity else source.part_identity  # format 1: part sizes
+    if identity != expected and "files" in identity and identity["class_names"] == source.class_names:
+        changed = _changed_files(path, identity["files"], source)
+        if changed is not None:
+            raise IncompatibleResumeError(changed)
+    if identity != expected:
         raise IncompatibleResumeError(
             f"{path} was made for other data ({identity.get('dataset')}, parts {identity.get('part_sizes')}) "
             f"than the data found now ({source.name}, parts {source.identity['part_sizes']}); "
@@ -150,7 +200,24 @@ def read_split(path: Path, source: Source) -> dict[str, Any]:
         if seen.setdefault(part, set()) & set(indices):
             raise _damaged(path, f"split {name!r} overlaps another split")
         seen[part].update(indices)
+    _log_size_changes(path, record, source)
     return record
+
+
+def check_decodable(source: Source, record: dict[str, Any]) -> None:
+    """Decode every image of the split once (threads: Pillow decodes outside the GIL), so a broken
+    file of a folder read per batch is named now, before split.json exists, not mid-run; the
+    first failure is the loader's one-line UserError naming the file. Parts held in memory
+    (digits, CIFAR) have nothing to check."""
+    entries = [record["splits"][name] for name in SPLITS]
+    jobs = [(decode, index) for entry in entries for index in entry["indices"]
+            if (decode := source.parts[entry["part"]].decode) is not None]
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(lambda job: job[0](job[1]), jobs):
+            pass
+    finally:  # the first broken file ends the check: the images not yet read are not waited for
+        pool.shutdown(cancel_futures=True)
 
 
 def save_split(record: dict[str, Any], run_dir: Path) -> Path:

@@ -15,6 +15,7 @@ of ``--batch-size`` to prove the batch dimension really is free.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -31,7 +32,7 @@ from src.deploy.onnx_runtime import EXPORT_PACKAGES, OnnxClassifier, require
 from src.engine.evaluation import evaluate_model
 from src.errors import KDPipelineError, UserError, error_detail
 from src.runs.inputs import run_data, stage_data
-from src.runs.rundir import RunDirectory, open_run
+from src.runs.rundir import SEED_PREFIX, RunDirectory, open_run
 from src.runs.seeds import chain_for
 from src.runs.stage_models import load_stage_model
 from src.utils.atomic import atomic_write_json, atomic_write_with
@@ -154,10 +155,34 @@ def input_contract(fmt: str, path: Path, stage: str, result: dict[str, Any], dat
     }
 
 
+def contract_path(path: Path) -> Path:
+    """The input contract beside an exported file (``model.onnx.json``)."""
+    return path.with_name(path.name + ".json")
+
+
+def check_export_current(path: Path, chain: RunDirectory, stage: str, top: Path) -> None:
+    """An exported file is scored as ``stage`` only while its contract names the weights the stage
+    holds now: a stage continued or trained again after export.py leaves the old file behind."""
+    result = finished_stage(chain, stage)
+    seed = f" --seed {chain.root.name.removeprefix(SEED_PREFIX)}" if chain.root != top else ""
+    fix = f"re-export it: python export.py --run-dir {top} --stage {stage}{seed}"
+    try:
+        recorded = json.loads(contract_path(path).read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):  # missing, not JSON, or JSON of another shape
+        raise UserError(f"{path} has no readable {contract_path(path).name} naming the weights it was "
+                        f"exported from, so it cannot be scored as stage {stage}; {fix}") from None
+    if recorded != result.get("weights_sha256"):
+        raise UserError(f"{path} was exported from other weights than stage {stage}'s current "
+                        f"{chain.weights_path(stage)} (trained again since?), so it is stale; {fix}")
+
+
 def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = DEFAULT_IMAGES,
-                 tolerance: float = DEFAULT_TOLERANCE, seed: int | None = None) -> tuple[Path, Parity]:
+                 tolerance: float = DEFAULT_TOLERANCE, seed: int | None = None,
+                 data_dir: str | None = None) -> tuple[Path, Parity]:
     """Write ``<stage>/model.onnx`` (or the TorchScript file) and its contract; returns (file, parity).
     In a run with several seeds the stage of ``seed``'s chain (default: the first seed) is exported.
+    ``data_dir`` is where the run's data is now (default: where it was trained); its split.json
+    proves it is the same data.
 
     Raises UserError for bad input and ExportCheckFailed when the export does not match PyTorch
     (nothing is written then).
@@ -168,7 +193,7 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
         raise UserError(f"--images must be at least 1 and --tolerance positive (got {images}, {tolerance})")
     if fmt == "onnx":
         require(*EXPORT_PACKAGES, purpose="ONNX export")
-    top, cfg = open_run(run_dir)
+    top, cfg = open_run(run_dir, data_dir=data_dir)
     run = chain_for(cfg, top, seed).run_dir  # the run itself, or seed-<n>/ of a run with several seeds
     result = finished_stage(run, stage)
     data = stage_data(cfg, run_data(cfg, top.root), stage)  # the stage's own size and normalisation
@@ -193,6 +218,6 @@ def export_stage(run_dir: Path, stage: str, fmt: str = "onnx", *, images: int = 
         checked.append(parity)
 
     atomic_write_with(target, write_and_check)
-    atomic_write_json(target.with_name(target.name + ".json"),
+    atomic_write_json(contract_path(target),
                       input_contract(fmt, target, stage, result, data, cfg.data.name, checked[0]))
     return target, checked[0]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,9 @@ from src.pipeline.teacher_from import apply_reuse, plan_reuse, reuse_data
 from src.pipeline.train_stage import train_stage
 from src.runs.inputs import run_data
 from src.runs.lock import RunLock
+from src.runs.provenance import Staleness, has_provenance, stale_reason
 from src.runs.rundir import RunDirectory, check_output_dir, check_stage_plan, prepare_run_directory
-from src.runs.seeds import Chain, seed_chains
+from src.runs.seeds import Chain, adopt_one_seed_run, seed_chains
 from src.utils.logger import setup_logging
 from src.utils.reproducibility import determinism_note, setup_reproducibility
 
@@ -60,6 +63,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         prepare_run_directory(run_dir, cfg, resume, write=False)
         config_notes = [*config_notes, *run_dir.retired_notes()]  # before config.yaml is rewritten
         run_dir.remove_temp_files()
+        adopted = adopt_one_seed_run(cfg, run_dir)  # before the plans: its stages are finished then
         reuse = plan_reuse(cfg, run_dir, chains, teacher_from) if teacher_from is not None else None
         for chain in chains:
             reused = reuse.stages_for(chain) if reuse is not None else []
@@ -73,7 +77,7 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
         notes = prepare_run_directory(run_dir, cfg, "auto", write=True)  # "never" was checked above
         setup_logging(log_file=run_dir.log_path)
         LOGGER.info("run directory %s, stages %s", run_dir.root, ",".join(cfg.stages))
-        for note in config_notes:
+        for note in [*config_notes, *([adopted] if adopted else [])]:
             LOGGER.info(note)
         for note in notes:
             LOGGER.info("config changed on resume (allowed): %s", note)
@@ -88,16 +92,72 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
     return run_data(cfg, run_dir.root)
 
 
+def _stale(chain: Chain, stage: str, split_sha256: str) -> Staleness | None:
+    """Why the finished ``stage`` of ``chain`` no longer fits (its split, its teacher's weights now)."""
+    teacher = STAGES[stage].teacher_stage
+    teacher_result = (chain.run_dir.read_result(teacher)
+                      if teacher is not None and chain.run_dir.result_path(teacher).is_file() else None)
+    return stale_reason(stage, chain.run_dir.read_result(stage), split_sha256, teacher_result)
+
+
+def _refusal(chain: Chain, stale: Staleness, retrain: bool) -> UserError | None:
+    """The fix for a stale stage this command may not set aside (every rank decides alike)."""
+    stage = stale.stage
+    if stage not in chain.cfg.stages:
+        asked = ",".join(s for s in STAGES if s == stage or s in chain.cfg.stages)
+        return UserError(f"{stage} is stale: {stale.reason}; add {stage} to --stages (e.g. --stages {asked})")
+    if not retrain:
+        return UserError(f"{stage} is stale: {stale.reason}; re-run with --resume auto, which moves it "
+                         "aside and trains it again")
+    return None
+
+
+def _set_aside(chain: Chain, stale: Staleness) -> None:
+    """Move a stale stage to ``<stage>.stale-<UTC time>/``: nothing is deleted."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = chain.run_dir.stage_dir(stale.stage).with_name(f"{stale.stage}.stale-{stamp}")
+    os.replace(chain.run_dir.stage_dir(stale.stage), target)
+    LOGGER.info("stage %s is stale (%s): moved to %s, training it again", stale.stage, stale.reason, target)
+
+
+def _reuse_or_set_aside(chain: Chain, stage: str, split_sha256: str, dist: DistributedContext,
+                        retrain: bool) -> bool:
+    """Whether the finished ``stage`` is reused; a stale one is set aside (or refused)."""
+    stale = _stale(chain, stage, split_sha256)
+    taught = [s for s in chain.cfg.stages if STAGES[s].teacher_stage == stage]
+    if stale is not None and (stage in chain.cfg.stages or taught):
+        refusal = _refusal(chain, stale, retrain)
+        if refusal is not None:
+            raise refusal
+        dist.barrier()  # every rank has read the stage's result before rank 0 moves it
+        if dist.is_main:
+            _set_aside(chain, stale)
+        dist.barrier()
+        return False
+    where = chain.run_dir.result_path(stage)
+    if stale is not None:
+        LOGGER.info("stage %s is stale (%s) but neither in --stages nor a teacher of one: kept as it is "
+                    "(add it to --stages to train it again)", stage, stale.reason)
+    elif not has_provenance(chain.run_dir.read_result(stage)):
+        LOGGER.info("stage %s: finished earlier (%s) by a version that recorded no provenance "
+                    "(history unknown), reusing it as it is", stage, where)
+    elif stage in chain.cfg.stages:
+        LOGGER.info("stage %s: finished earlier (%s), reusing its results", stage, where)
+    if dist.is_main and stage in chain.cfg.stages:  # its spare checkpoints (also of runs made before pruning)
+        CheckpointStore(chain.run_dir.stage_dir(stage)).prune(chain.cfg.train.keep_checkpoints)
+    return True
+
+
 def _run_chain(chain: Chain, data: DataBundle, device: torch.device, dist: DistributedContext,
-               checkpoint: Path | None) -> Path | None:
-    """Train the chain's stages that have not finished; returns ``--resume PATH`` if still unused."""
-    finished = set(chain.run_dir.finished_stages())
-    for stage in chain.cfg.stages:
-        if stage in finished:
-            LOGGER.info("stage %s: finished earlier (%s), reusing its results",
-                        stage, chain.run_dir.result_path(stage))
-            if dist.is_main:  # a finished stage's spare checkpoints (also of runs made before pruning)
-                CheckpointStore(chain.run_dir.stage_dir(stage)).prune(chain.cfg.train.keep_checkpoints)
+               checkpoint: Path | None, retrain: bool) -> Path | None:
+    """Train the chain's stages that have not finished, or are stale, in pipeline order (a stage
+    is checked after its teacher has run); returns ``--resume PATH`` if still unused. ``retrain``:
+    a stale stage may be set aside and trained again (``--resume auto``)."""
+    for stage in STAGES:
+        finished = chain.run_dir.result_path(stage).is_file()
+        if finished and _reuse_or_set_aside(chain, stage, data.split.hash, dist, retrain):
+            continue
+        if stage not in chain.cfg.stages:
             continue
         stage_resume: str | Path = checkpoint if checkpoint is not None else "auto"
         checkpoint = None  # --resume PATH applies to the first stage still to run
@@ -145,7 +205,7 @@ def _run_chains(cfg: RunConfig, run_dir: RunDirectory, resume: str, checkpoint: 
             LOGGER.info("seed %d: chain in %s", chain.seed, chain.run_dir.root)
         # the run's split and images (one copy for every chain), this seed's augmentation
         chain_data = data if chain.seed == cfg.runtime.seed else data.with_seed(chain.seed)
-        checkpoint = _run_chain(chain, chain_data, device, dist, checkpoint)
+        checkpoint = _run_chain(chain, chain_data, device, dist, checkpoint, retrain=resume == "auto")
         results[chain.seed] = {s: chain.run_dir.read_result(s) for s in chain.run_dir.finished_stages()}
     if dist.is_main:
         # costs follow the architectures and the image size, not a seed's weights: measured once

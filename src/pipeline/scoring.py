@@ -11,14 +11,17 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from src.config.schema import RunConfig
 from src.config.stages import STAGES
+from src.deploy.export import check_export_current
 from src.deploy.onnx_runtime import onnx_model_for
 from src.engine.checkpoint import BEST, CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError, error_detail
 from src.runs.inputs import run_data, stage_data
-from src.runs.rundir import open_run
+from src.runs.rundir import RunDirectory, open_run
+from src.runs.seeds import chain_for
 from src.runs.stage_models import build_model, load_weights
 from src.utils.weights import WEIGHTS_FILE
 
@@ -64,9 +67,20 @@ def _load_into(model: nn.Module, checkpoint: Path) -> None:
                         f"{error_detail(exc)}") from None
 
 
+def _chain_of(checkpoint: Path, run: RunDirectory, cfg: RunConfig, stage: str) -> RunDirectory:
+    """The chain whose ``stage`` a file belongs to: the one whose stage folder holds it, else the first."""
+    folder = checkpoint.resolve().parent
+    if folder.name == stage and (folder / "result.json").is_file():
+        return RunDirectory(folder.parent)
+    return chain_for(cfg, run).run_dir
+
+
 def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage: str | None = None,
-                  device: str = "auto", batch_size: int = 256) -> tuple[str, EvalResult]:
-    """(stage, metrics) of ``checkpoint`` on ``split`` of the run in ``run_dir``."""
+                  device: str = "auto", batch_size: int = 256,
+                  data_dir: Path | None = None) -> tuple[str, EvalResult]:
+    """(stage, metrics) of ``checkpoint`` on ``split`` of the run in ``run_dir``, its data read from
+    ``data_dir`` when given (moved since training), else from where it was trained. A model.onnx is
+    scored only while it was exported from the stage's current weights."""
     if checkpoint.is_dir():
         raise UserError(f"checkpoint {checkpoint} is a directory; pass a checkpoint_*.pt, "
                         "model.safetensors or model.onnx file inside it")
@@ -74,13 +88,14 @@ def evaluate_file(checkpoint: Path, run_dir: Path, split: str = "test", *, stage
         raise UserError(f"checkpoint {checkpoint} does not exist")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    run, cfg = open_run(run_dir)
+    run, cfg = open_run(run_dir, data_dir=data_dir)
     stage = _stage_of(checkpoint, stage)
     data = stage_data(cfg, run_data(cfg, run.root), stage)  # the stage's own size and normalisation
     for note in data.warnings:  # a class the split lacks: its scores cover fewer classes
         LOGGER.warning(note)
     if checkpoint.suffix == ".onnx":  # the deployed artifact, through ONNX Runtime (src/deploy)
         model, target = onnx_model_for(checkpoint, data.image_size, data.num_classes, run_dir, device)
+        check_export_current(checkpoint, _chain_of(checkpoint, run, cfg, stage), stage, run.root)
     else:
         model = build_model(cfg, stage, data.num_classes, initial=False)
         _load_into(model, checkpoint)

@@ -3,8 +3,9 @@
 Trying another loss or more seeds should cost only the student stages. The finished teacher,
 assistant and baseline of RUN_DIR are reused in the new run, each only where it is exactly
 what this run would have trained: the same split (split.json's hash), the same settings under
-the resume rules (``compare_configs``, as if the stage had been trained in this directory),
-and a result.json whose weights hash, architecture, class count and image size fit. A reused
+the resume rules (``compare_configs``, as if the stage had been trained in this directory), for
+the baseline the same budget (epochs, patience, min_delta: the verdict pairs it with the students
+trained here), and a result.json whose weights hash, architecture, class count and image size fit. A reused
 stage is copied in (hard-linked where the file system allows) with ``reused_from`` added to its
 result.json, so the new run directory is complete on its own and its config.yaml describes
 every stage in it. A distilled assistant is reused only when the distillation settings match;
@@ -24,6 +25,7 @@ from src.config.stage_settings import model_name
 from src.data.build import DataBundle
 from src.errors import UserError
 from src.runs.inputs import run_data, stage_image_size
+from src.runs.provenance import stage_budget
 from src.runs.rundir import RunDirectory, open_run
 from src.runs.seeds import Chain, seed_chains
 from src.runs.stage_models import verified_weights
@@ -107,10 +109,33 @@ def _plan_stage(plan: ReusePlan, stage: str, chain: Chain, src_chain: Chain, sou
         plan.notes.append(f"{stage} (seed {chain.seed}) is trained here, not reused from {where}: "
                           + "; ".join(breaking))
         return
+    budget = _budget_change(stage, src_chain, chain)
+    if budget:
+        fix = ("it is trained here" if stage in chain.cfg.stages
+               else f"add {stage} to --stages to train it here")
+        plan.notes.append(f"{stage} (seed {chain.seed}) is not reused from {where}: it was trained with "
+                          f"another budget ({budget}), so it would not pair with this run's students; {fix}")
+        return
     if chain.run_dir.stage_status(stage) != "fresh":  # a checkpoint: latest, or previous alone
         raise _fail(source, f"{chain.run_dir.stage_dir(stage)} was already started in this run",
                     "let it finish (drop --teacher-from) or delete that folder to reuse the other run's")
     plan.reuses.append(Reuse(stage, src_chain.run_dir, chain.run_dir))
+
+
+def _budget_change(stage: str, src_chain: Chain, chain: Chain) -> str:
+    """How the baseline's budget (epochs, patience, min_delta) there differs from this run's ("" when
+    it does not, and for other stages): the verdict pairs the baseline with the students trained
+    here, which only means something for the same budget. Its result.json's provenance says what it
+    was trained with; a result without one, the source's config.yaml."""
+    if stage != "baseline":
+        return ""
+    recorded = src_chain.run_dir.read_result(stage).get("provenance")
+    theirs = recorded.get("budget") if isinstance(recorded, dict) else None
+    if not isinstance(theirs, dict):
+        theirs = stage_budget(src_chain.cfg, stage)
+    ours = stage_budget(chain.cfg, stage)
+    return ", ".join(f"{key} {theirs.get(key)!r} -> {value!r}" for key, value in ours.items()
+                     if theirs.get(key) != value)
 
 
 def check_fingerprints(plan: ReusePlan, cfg: RunConfig, data: DataBundle) -> None:

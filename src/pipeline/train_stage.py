@@ -35,6 +35,7 @@ from src.models.checkpointing import require_gradient_checkpointing
 from src.models.factory import check_runs_at, count_parameters
 from src.models.lr_scale import get_model_specific_lr
 from src.runs.inputs import stage_data, teacher_view_change
+from src.runs.provenance import stage_provenance
 from src.runs.rundir import RunDirectory
 from src.runs.stage_models import build_model, load_stage_model, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
@@ -166,6 +167,9 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, run_datasets:
             "image_size": data.image_size,
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
             "num_classes": data.num_classes,
+            # what it was made from: checked before the stage is reused (src/runs/provenance.py)
+            "provenance": stage_provenance(cfg, stage, data.split.hash,
+                                           teacher_result.get("weights_sha256") if teacher_result else None),
         }
         atomic_write_json(run_dir.result_path(stage), result)
         trainer.store.prune(cfg.train.keep_checkpoints)  # finished: only what train.keep_checkpoints asks for

@@ -7,6 +7,7 @@ Nothing here ever deletes user data.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -139,11 +140,16 @@ class RunDirectory:
                             "or choose a new --output-dir") from None
 
 
-def open_run(root: Path, option: str = "--run-dir") -> tuple[RunDirectory, RunConfig]:
+def open_run(root: Path, option: str = "--run-dir",
+             data_dir: str | Path | None = None) -> tuple[RunDirectory, RunConfig]:
     """A run directory whose config.yaml and split.json can rebuild its data exactly (evaluate.py,
-    export.py, --teacher-from); ``option`` is the flag that named it, for the advice."""
+    export.py, --teacher-from); ``option`` is the flag that named it, for the advice. ``data_dir``
+    says where the data is now (``--data-dir``: moved since training); split.json's identity check
+    proves it is the same data. A relative data_dir saved by older versions resolves against the cwd."""
     run = RunDirectory(root)
     cfg = run.saved_config()
+    if cfg is not None and data_dir is not None:
+        cfg.data.data_dir = str(data_dir)
     if cfg is None:
         raise UserError(f"{root} is not a run directory (no config.yaml); pass a training run's "
                         f"--output-dir as {option}")
@@ -205,6 +211,13 @@ def _check_output_dir(root: Path) -> None:
         raise UserError(f"cannot write to --output-dir {root}: {parent} is not writable")
 
 
+def _with_absolute_data_dir(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.data_dir`` as an absolute path (as this process sees it), for config.yaml."""
+    absolute = copy.deepcopy(cfg)
+    absolute.data.data_dir = os.path.abspath(cfg.data.data_dir)
+    return absolute
+
+
 def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *, write: bool) -> list[str]:
     """Decide whether ``cfg`` may run in ``run_dir``; write or update config.yaml (when ``write``).
 
@@ -219,6 +232,7 @@ def prepare_run_directory(run_dir: RunDirectory, cfg: RunConfig, resume: str, *,
             "choose another --output-dir (or --resume auto to continue that run)"
         )
     check_output_dir(run_dir.root)
+    cfg = _with_absolute_data_dir(cfg)  # evaluate.py and export.py find the data from any directory
     saved = run_dir.saved_config()
     statuses = run_dir.stage_statuses()
     trained = [stage for stage, status in statuses.items() if status != "fresh"]
