@@ -49,3 +49,13 @@ def restore_pipeline_logger_per_module() -> Iterator[None]:
     """Around every module too: a module-scoped fixture that runs ``main()`` (a finished run
     shared by the module's tests) is set up outside any one test's restore."""
     yield from _pipeline_logger_kept()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the test, as the engine tests compare runs whose float sums must
+    not depend on how a kernel split its work; the count it found comes back after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

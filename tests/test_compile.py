@@ -42,12 +42,7 @@ CUDA = torch.device("cuda", 0)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_trainer(stage_dir: Path, model: nn.Module, objective: Objective | None = None, train: int = 40,

@@ -33,12 +33,7 @@ from src.utils.training_guards import NonFiniteLossError
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_trainer(stage_dir: Path, model: torch.nn.Module | None = None, objective: Objective | None = None,

@@ -51,29 +51,13 @@ class CommandInterrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-class CommandSignals:
+class CommandSignals(StopSignals):
     """Context manager for one command: SIGINT and SIGTERM raise :class:`CommandInterrupted`
     (SIGTERM's default would end the process without a word), and ``received`` remembers the
     signal, so one raised where Python ignores exceptions (a finalizer, a plotting callback)
     still ends the command with its exit code. Training's :class:`StopSignals` takes over while
     it runs; the previous handlers come back on exit. Outside the main thread it does nothing."""
 
-    def __init__(self) -> None:
-        self.received: Optional[int] = None
-        self._previous: dict[int, Any] = {}
-
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         self.received = signum
         raise CommandInterrupted(signum)
-
-    def __enter__(self) -> CommandSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in StopSignals.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
