@@ -66,6 +66,15 @@ def test_an_added_image_is_named(tmp_path: Path) -> None:
         build_datasets(_cfg(data), tmp_path / "run", seed=0)
 
 
+def test_a_renamed_class_folder_is_refused_with_both_names(tmp_path: Path) -> None:
+    """The message once showed the same part sizes on both sides and no class names."""
+    data = _folder(tmp_path / "data")
+    build_datasets(_cfg(data), tmp_path / "run", seed=0)
+    (data / "train" / "b").rename(data / "train" / "c")
+    with pytest.raises(IncompatibleResumeError, match=r"class names \['a', 'b'\] then, \['a', 'c'\] now"):
+        build_datasets(_cfg(data), tmp_path / "run", seed=0)
+
+
 def test_a_broken_image_replaced_under_its_own_name_keeps_the_split(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The advice for a broken file mid-run is to replace it: the identity must agree."""

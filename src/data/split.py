@@ -167,6 +167,15 @@ def _damaged(path: Path, why: str) -> UserError:
     return UserError(f"{path} is damaged ({why}); restore it, or use a new --output-dir to start a new run")
 
 
+def _describe(stored: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between a split's stored data identity and the data found now, e.g.
+    "class names ['cat', 'eel'] then, ['cat', 'fish'] now"."""
+    labels = {"dataset": "dataset", "class_names": "class names", "part_sizes": "parts"}
+    differ = [f"{label} {stored.get(key)} then, {now.get(key)} now" for key, label in labels.items()
+              if stored.get(key) != now.get(key)]
+    return "; ".join(differ) or "its files differ"
+
+
 def read_split(path: Path, source: Source) -> dict[str, Any]:
     """Load and verify a persisted split against the data now on disk."""
     try:
@@ -188,9 +197,8 @@ def read_split(path: Path, source: Source) -> dict[str, Any]:
             raise IncompatibleResumeError(changed)
     if identity != expected:
         raise IncompatibleResumeError(
-            f"{path} was made for other data ({identity.get('dataset')}, parts {identity.get('part_sizes')}) "
-            f"than the data found now ({source.name}, parts {source.identity['part_sizes']}); "
-            "use a new --output-dir for this data"
+            f"{path} was made for other data ({_describe(identity, expected)}); use a new --output-dir "
+            "for this data, or put the data back as it was"
         )
     seen: dict[str, set[int]] = {}
     for name, (part, indices) in entries.items():
