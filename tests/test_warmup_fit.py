@@ -61,16 +61,34 @@ def test_without_epochs_flag_a_too_long_warmup_is_still_refused() -> None:
 
 
 def test_a_continued_run_keeps_the_warmup_it_trained_with() -> None:
-    """The fitted warm-up is what config.yaml records: the same command continues; another
-    --epochs that would fit it differently is refused naming the key, and continuing with the
-    saved value set explicitly is accepted."""
+    """The fitted warm-up is what config.yaml records: the same command continues, and so does a
+    longer --epochs that fits it to the same share (a longer run, like any change of epochs); one
+    that leaves the configured warm-up as it is (another share) is refused naming the key, and
+    continuing with the saved value set explicitly is accepted."""
     saved = cli_config("cnn", [*CNN_CIFAR, "--epochs", "2"])
     trained = {"teacher": "trained"}
     assert compare_configs(saved, cli_config("cnn", [*CNN_CIFAR, "--epochs", "2"]), trained,
                            split_exists=True) == ([], [])
-    breaking, _ = compare_configs(saved, cli_config("cnn", [*CNN_CIFAR, "--epochs", "4"]), trained,
+    breaking, allowed = compare_configs(saved, cli_config("cnn", [*CNN_CIFAR, "--epochs", "4"]), trained,
+                                        split_exists=True)
+    assert breaking == [] and allowed == ["train.epochs: 2 -> 4", "train.warmup_epochs: 0.05 -> 0.1"]
+    breaking, _ = compare_configs(saved, cli_config("cnn", [*CNN_CIFAR, "--epochs", "10"]), trained,
                                   split_exists=True)
-    assert len(breaking) == 1 and breaking[0].startswith("train.warmup_epochs: 0.05 -> 0.1")
-    kept = cli_config("cnn", [*CNN_CIFAR, "--epochs", "4", "--set", "train.warmup_epochs=0.05"])
+    assert len(breaking) == 1 and breaking[0].startswith("train.warmup_epochs: 0.05 -> 5.0")
+    kept = cli_config("cnn", [*CNN_CIFAR, "--epochs", "10", "--set", "train.warmup_epochs=0.05"])
     breaking, allowed = compare_configs(saved, kept, trained, split_exists=True)
-    assert breaking == [] and allowed == ["train.epochs: 2 -> 4"]
+    assert breaking == [] and allowed == ["train.epochs: 2 -> 10"]
+
+
+@pytest.mark.slow
+def test_a_short_try_continued_with_more_epochs_trains_on(tmp_path: Path) -> None:
+    """The engine's checkpoint check agrees with the run directory's: --epochs 1, then 2."""
+    argv = ["--epochs", "1", "--subset", "20", "--image-size", "8", "--batch-size", "8", "--device", "cpu",
+            "--stages", "baseline", "--set", "models.student=test_resnet", "--set", "report.benchmark=false",
+            "--set", "models.small_input=false", "--set", "train.warmup_epochs=0.5",
+            "--output-dir", str(tmp_path)]
+    assert main("cnn", argv) == 0
+    longer = [*argv[:1], "2", *argv[2:]]
+    longer[longer.index("train.warmup_epochs=0.5")] = "train.warmup_epochs=1.0"  # the same share of 2
+    assert main("cnn", longer) == 0
+    assert "epochs_run" in (tmp_path / "baseline" / "result.json").read_text()

@@ -9,7 +9,8 @@ stage that distils (directly or through another stage) from one of those; a key 
 Kinds: ``free`` keys never matter; ``data_split`` keys made split.json and break once it
 exists; ``training`` keys break for every affected stage that holds trained state;
 ``recovery`` keys (lr, grad_clip, amp) behave like ``training`` except after a divergence;
-``batch_split`` keys are free while the effective batch stays.
+``batch_split`` keys are free while the effective batch stays; ``warmup_share`` (the warm-up)
+is free while it keeps its share of the epochs, as a warm-up fitted to ``--epochs`` does.
 """
 from __future__ import annotations
 
@@ -21,9 +22,18 @@ from src.config.loader import flatten
 from src.config.schema import RunConfig
 from src.config.stage_overrides import PREFIX as STAGE_OVERRIDES
 from src.config.stages import KD_STAGES, ROLES, STAGES
-from src.engine.resume_rules import BATCH_SPLIT, ENGINE_RULES, FREE, RECOVERY, TRAINING, effective_batch
+from src.engine.resume_rules import (
+    BATCH_SPLIT,
+    ENGINE_RULES,
+    FREE,
+    RECOVERY,
+    TRAINING,
+    WARMUP_SHARE,
+    effective_batch,
+    same_warmup_share,
+)
 
-Kind = Literal["free", "data_split", "batch_split", "recovery", "training"]
+Kind = Literal["free", "data_split", "batch_split", "warmup_share", "recovery", "training"]
 StageStatus = Literal["fresh", "trained", "diverged", "finished"]  # see RunDirectory.stage_status
 # least to most advanced: a stage's status over several seeds' chains is the most advanced one
 STATUS_ORDER: tuple[StageStatus, ...] = ("fresh", "diverged", "trained", "finished")
@@ -97,12 +107,15 @@ def _train_settings(flat: dict[str, Any], key: str) -> dict[str, Any]:
 
 def change_kind(key: str, old: dict[str, Any], new: dict[str, Any]) -> Kind:
     """The kind of changing ``key`` between flattened configs ``old`` and ``new``: a batch-split
-    key is free while the effective batch it trains with stays (else it changes training)."""
+    key is free while the effective batch it trains with stays, the warm-up while it keeps its
+    share of the epochs (else either changes training)."""
     kind = key_rule(key).kind
-    if kind != BATCH_SPLIT:
-        return kind
-    same = effective_batch(_train_settings(old, key)) == effective_batch(_train_settings(new, key))
-    return FREE if same else TRAINING
+    before, after = _train_settings(old, key), _train_settings(new, key)
+    if kind == BATCH_SPLIT:
+        return FREE if effective_batch(before) == effective_batch(after) else TRAINING
+    if kind == WARMUP_SHARE:
+        return FREE if same_warmup_share(before, after) else TRAINING
+    return kind
 
 
 def stage_identity(flat: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -110,7 +123,7 @@ def stage_identity(flat: dict[str, Any], stage: str) -> dict[str, Any]:
     engine compares itself): the ``training`` and ``data_split`` keys that affect ``stage``."""
     return {key: value for key, value in flat.items()
             if not key.startswith("train.") and stage in key_rule(key).stages
-            and key_rule(key).kind in (TRAINING, DATA_SPLIT)}
+            and key_rule(key).kind in (TRAINING, WARMUP_SHARE, DATA_SPLIT)}
 
 
 

@@ -11,14 +11,16 @@ check and the engine's checkpoint check can never disagree about a training sett
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from src.engine.settings import TrainConfig
 from src.errors import IncompatibleResumeError
 
-Rule = Literal["free", "batch_split", "recovery", "training"]
+Rule = Literal["free", "batch_split", "warmup_share", "recovery", "training"]
 FREE: Rule = "free"  # how long, how visibly, where: never changes what an update does
 BATCH_SPLIT: Rule = "batch_split"  # free while the effective batch (batch_size x accumulation) stays
+WARMUP_SHARE: Rule = "warmup_share"  # free while the warm-up keeps its share of the epochs (--epochs N)
 RECOVERY: Rule = "recovery"  # may change after a divergence (src.engine.divergence), else like training
 TRAINING: Rule = "training"  # what an update does: a stage that has trained must keep it
 
@@ -30,7 +32,7 @@ ENGINE_RULES: dict[str, Rule] = {
     "batch_size": BATCH_SPLIT, "accumulation_steps": BATCH_SPLIT,
     "lr": RECOVERY, "grad_clip": RECOVERY, "amp": RECOVERY,
     "optimizer": TRAINING, "momentum": TRAINING, "nesterov": TRAINING, "weight_decay": TRAINING,
-    "scheduler": TRAINING, "warmup_epochs": TRAINING, "min_lr": TRAINING, "step_size": TRAINING,
+    "scheduler": TRAINING, "warmup_epochs": WARMUP_SHARE, "min_lr": TRAINING, "step_size": TRAINING,
     "gamma": TRAINING, "monitor": TRAINING, "mode": TRAINING, "label_smoothing": TRAINING,
 }  # fmt: skip
 assert set(ENGINE_RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "classify every field"
@@ -40,11 +42,23 @@ def effective_batch(engine: dict[str, Any]) -> int:
     return int(engine.get("batch_size", 0)) * int(engine.get("accumulation_steps", 0))
 
 
+def same_warmup_share(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether the warm-up is the same share of the run on both sides: what a warm-up fitted to
+    ``--epochs`` keeps (0.025 of 1 epoch, then 0.05 of 2), so continuing a short try with more
+    epochs is a longer run, like any change of ``epochs``, not another schedule."""
+    def share(engine: dict[str, Any]) -> float:
+        epochs = float(engine.get("epochs") or 0)
+        return float(engine.get("warmup_epochs") or 0) / epochs if epochs > 0 else math.inf
+    return math.isclose(share(saved), share(current), rel_tol=1e-9)
+
+
 def allowed_change(field: str, saved: dict[str, Any], current: dict[str, Any], *, diverged: bool) -> bool:
     """Whether changing engine ``field`` from ``saved`` to ``current`` keeps a started stage's meaning."""
     rule = ENGINE_RULES.get(field, TRAINING)
     if rule == BATCH_SPLIT:
         return effective_batch(saved) == effective_batch(current)
+    if rule == WARMUP_SHARE:
+        return same_warmup_share(saved, current)
     return rule == FREE or (rule == RECOVERY and diverged)
 
 
