@@ -30,7 +30,7 @@ from src.engine.layout import to_training_layout
 from src.engine.objective import CrossEntropyObjective, Objective
 from src.errors import UserError
 from src.models.checkpointing import require_gradient_checkpointing
-from src.runs.stage_models import build_model
+from src.rundirs.stage_models import build_model
 
 NUM_CLASSES = 10  # CIFAR-10 shapes; the class count barely moves memory or speed
 GPU_CONFIG = "cifar10"  # each preset's GPU configuration: what the product promises to fit in 6 GB

@@ -30,8 +30,8 @@ from _common import (
 from src.config.stage_settings import model_name
 from src.deploy.benchmark import FLOP_CONVENTION
 from src.deploy.cost import CostTable, measure_costs
-from src.runs.inputs import stage_image_size
-from src.runs.stage_models import build_model
+from src.rundirs.inputs import stage_image_size
+from src.rundirs.stage_models import build_model
 
 CHAIN = ("teacher", "assistant", "student")
 

@@ -53,7 +53,7 @@ from src.data.registry import DATASETS
 from src.data.sources import ArrayReader, SourcePart
 from src.data.transforms import Augment, ModelInput, crop_padding, resize_square
 from src.engine.sampling import epoch_order
-from src.runs.inputs import stage_image_size
+from src.rundirs.inputs import stage_image_size
 from src.utils.reproducibility import derive_seed, setup_reproducibility
 
 CIFAR = DATASETS["cifar10"].stats

@@ -40,7 +40,7 @@ from src.config.loader import read_yaml
 from src.config.stages import STAGES
 from src.evidence.stats import holm, mean_and_std
 from src.evidence.verdict import QUESTIONS, RULE, Comparison, compare_stages
-from src.runs.rundir import SEED_PREFIX, RunDirectory
+from src.rundirs.rundir import SEED_PREFIX, RunDirectory
 from src.utils.atomic import atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]

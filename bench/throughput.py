@@ -60,7 +60,7 @@ from src.engine.objective import CrossEntropyObjective
 from src.engine.optim import build_optimizer
 from src.engine.settings import TrainConfig
 from src.engine.step import UpdateStep, resolve_precision
-from src.runs.stage_models import build_model
+from src.rundirs.stage_models import build_model
 
 Runner = Callable[[], None]
 Key = TypeVar("Key", bound=Hashable)

@@ -12,7 +12,7 @@ from src.cli.train import build_parser, default_config_path, load_run_config, ma
 from src.config.loader import dump_config, load_config
 from src.errors import IncompatibleResumeError, TrainingInterrupted, UserError
 from src.pipeline.runner import resolve_device, resume_target
-from src.runs.rundir import RunDirectory, check_stage_plan, prepare_run_directory
+from src.rundirs.rundir import RunDirectory, check_stage_plan, prepare_run_directory
 from src.utils.training_guards import NonFiniteLossError
 
 

@@ -11,8 +11,8 @@ from src.cli.train import build_parser, load_run_config, main
 from src.config.loader import load_config
 from src.data.build import build_datasets
 from src.pipeline.train_stage import save_weights
-from src.runs.rundir import RunDirectory, compare_configs, prepare_run_directory
-from src.runs.stage_models import build_model
+from src.rundirs.rundir import RunDirectory, compare_configs, prepare_run_directory
+from src.rundirs.stage_models import build_model
 
 QUICK = ["--subset", "20", "--epochs", "1", "--image-size", "8", "--device", "cpu", "--stages", "teacher"]
 

@@ -20,7 +20,7 @@ from src.data.settings import DataConfig
 from src.data.sources import ArrayReader, Source, SourcePart
 from src.data.transforms import Normalize
 from src.errors import UserError
-from src.runs.inputs import stage_input
+from src.rundirs.inputs import stage_input
 
 TOY = "stripes"
 TOY_STATS = Normalize((0.25, 0.5, 0.75), (0.2, 0.3, 0.4))

@@ -35,7 +35,7 @@ from src.errors import UserError
 from src.models.factory import create_model
 from src.pipeline.report import print_summary, write_report
 from src.pipeline.train_stage import run_fingerprint, save_weights
-from src.runs.rundir import RunDirectory
+from src.rundirs.rundir import RunDirectory
 
 # Published figures, as MACs (one per multiply-add); torch counts 2 FLOPs per multiply-add.
 # torchvision's ResNet-18 model card: 1.81 "GFLOPS" at 224 px, counted as MACs.

@@ -18,7 +18,7 @@ from src.cli.train import main as train_main
 from src.data.build import build_datasets
 from src.deploy import export as export_module
 from src.evidence.chance import ChanceTest
-from src.runs.rundir import RunDirectory
+from src.rundirs.rundir import RunDirectory
 
 # A 4-epoch labels-only ResNet-18 (the student's architecture) on 8 px digits (30% test accuracy):
 # trained, so its predictions are spread over the classes and "the same accuracy" means something.

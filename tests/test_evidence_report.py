@@ -14,8 +14,8 @@ from src.evidence.seeds_report import seed_table, write_seeds_report
 from src.evidence.stats import Interval, McNemar, holm
 from src.evidence.verdict import QUESTIONS, RULE, Comparison, compare_run, evidence_text
 from src.pipeline.report import print_summary, write_report
-from src.runs.rundir import RunDirectory
-from src.runs.seeds import Chain, chain_config
+from src.rundirs.rundir import RunDirectory
+from src.rundirs.seeds import Chain, chain_config
 
 IMAGES = 200
 

@@ -16,8 +16,8 @@ from src.evidence.chance import ChanceTest
 from src.evidence.seeds_report import write_seeds_report
 from src.pipeline.report import write_report
 from src.pipeline.train_stage import write_predictions
-from src.runs.rundir import RunDirectory
-from src.runs.seeds import Chain
+from src.rundirs.rundir import RunDirectory
+from src.rundirs.seeds import Chain
 
 CLASSES = [str(i) for i in range(10)]
 COSTS = dict(teacher=(2_000, 2_000, 2.0), student=(1_000, 1_000, 1.0), baseline=(1_000, 1_000, 1.0))

@@ -17,7 +17,7 @@ from src.data.imagefolder import ScannedImageFolder
 from src.data.settings import DataConfig
 from src.errors import UserError
 from src.pipeline.report import write_confusion
-from src.runs.rundir import RunDirectory
+from src.rundirs.rundir import RunDirectory
 
 LATIN1 = b"caf\xe9"  # "café" as a Latin-1 zip stores it: not valid UTF-8
 

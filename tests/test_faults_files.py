@@ -10,7 +10,7 @@ import pytest
 
 from src.cli.train import main
 from src.deploy.cost import COST_FILE, _cached
-from src.runs.rundir import RunDirectory
+from src.rundirs.rundir import RunDirectory
 
 # timm's smallest ResNet as the baseline stage: a run takes seconds
 QUICK = ["--subset", "30", "--epochs", "1", "--image-size", "8", "--device", "cpu", "--stages", "baseline",

@@ -10,7 +10,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 # bottom to top: a package may import only from packages listed before it (and from itself)
 LAYERS = ("errors", "utils", "visualization", "models", "data", "engine", "memory", "distillation",
-          "config", "runs", "deploy", "evidence", "pipeline", "cli")
+          "config", "rundirs", "deploy", "evidence", "pipeline", "cli")
 # The guards' import surface (the names users import) re-exports seven guards from their homes in
 # the layers above utils; nothing in src imports it, so it is a facade on top of the graph that
 # happens to live in utils/.

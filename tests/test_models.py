@@ -16,7 +16,7 @@ from src.errors import UserError
 from src.models.factory import check_runs_at, count_parameters, create_model, resolve_model_name
 from src.models.small_input import adapt_conv_stem
 from src.models.vit_patches import default_patch_size
-from src.runs.stage_models import build_model
+from src.rundirs.stage_models import build_model
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_base"])

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from src.cli.train import main
 from src.config.loader import load_config
-from src.runs.stage_models import build_model, stage_seed
+from src.rundirs.stage_models import build_model, stage_seed
 
 TINY = ["--epochs", "1", "--subset", "40", "--image-size", "8", "--device", "cpu",
         "--set", "models.teacher=resnet18"]  # a small teacher: this is about seeds, not capacity

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from src.pipeline.report import COLUMNS, print_summary, write_report
-from src.runs.rundir import RunDirectory
+from src.rundirs.rundir import RunDirectory
 
 CLASSES = ["zero", "one", "two"]
 

@@ -149,7 +149,7 @@ def test_the_advice_for_a_checkpoint_that_cannot_be_used_works(finished_run: Pat
 
 def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from src.runs.lock import RunLock
+    from src.rundirs.lock import RunLock
 
     out = tmp_path / "run"
     with RunLock(out):
@@ -162,7 +162,7 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
 def test_without_flock_the_run_goes_on_unlocked_with_a_warning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Windows has no fcntl: the lock must not crash the import or the run, and must say so."""
-    import src.runs.lock as lock
+    import src.rundirs.lock as lock
 
     monkeypatch.setattr(lock, "fcntl", None)
     with caplog.at_level("WARNING", logger="kd_pipeline.lock"), lock.RunLock(tmp_path / "run"):
@@ -171,10 +171,10 @@ def test_without_flock_the_run_goes_on_unlocked_with_a_warning(
 
 
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
-    from src.runs.lock import LOCK_FILE, RunLock
+    from src.rundirs.lock import LOCK_FILE, RunLock
 
     out = tmp_path / "run"
-    hold = ("import sys, time; from pathlib import Path; from src.runs.lock import RunLock\n"
+    hold = ("import sys, time; from pathlib import Path; from src.rundirs.lock import RunLock\n"
             "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)

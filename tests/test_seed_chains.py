@@ -8,8 +8,8 @@ import pytest
 from src.cli.train import build_parser
 from src.config.loader import load_config
 from src.errors import IncompatibleResumeError, UserError
-from src.runs.rundir import RunDirectory, prepare_run_directory
-from src.runs.seeds import seed_chains
+from src.rundirs.rundir import RunDirectory, prepare_run_directory
+from src.rundirs.seeds import seed_chains
 
 
 def test_one_chain_per_seed_in_its_own_folder_and_one_seed_keeps_the_layout(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from src.cli.train import main
 from src.data.datasets import ImageStore
 from src.errors import UserError
 from src.pipeline.teacher_from import plan_reuse
-from src.runs.rundir import RunDirectory
-from src.runs.seeds import seed_chains
+from src.rundirs.rundir import RunDirectory
+from src.rundirs.seeds import seed_chains
 
 pytestmark = pytest.mark.slow
 

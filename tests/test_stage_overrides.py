@@ -14,7 +14,7 @@ from src.config.presets import PRESETS
 from src.config.stage_settings import stage_config
 from src.errors import IncompatibleResumeError, UserError
 from src.pipeline.train_stage import run_fingerprint
-from src.runs.rundir import RunDirectory, prepare_run_directory
+from src.rundirs.rundir import RunDirectory, prepare_run_directory
 
 
 def test_an_override_changes_its_stage_only_and_config_yaml_lists_only_what_was_set() -> None:

@@ -18,8 +18,8 @@ from src.config.loader import load_config
 from src.data.build import build_datasets
 from src.engine.device import resolve_device
 from src.engine.distributed import DistributedContext
-from src.runs import stage_models
-from src.runs.rundir import RunDirectory, prepare_run_directory
+from src.rundirs import stage_models
+from src.rundirs.rundir import RunDirectory, prepare_run_directory
 from src.utils.training_guards import cleanup_training_state
 
 TINY = ["models.teacher=resnet18", "stages=teacher,direct", "train.epochs=1", "train.batch_size=16",

@@ -18,7 +18,7 @@ from src.data.transforms import ModelInput, Normalize, ViewChange
 from src.distillation.distiller import DistillationObjective
 from src.errors import UserError
 from src.models.settings import ModelsConfig
-from src.runs.inputs import run_data, stage_data, stage_input, teacher_view_change
+from src.rundirs.inputs import run_data, stage_data, stage_input, teacher_view_change
 
 CPU = torch.device("cpu")
 DIGITS = DATASETS["digits"].stats

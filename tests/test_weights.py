@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from src.errors import UserError
-from src.runs import stage_models
-from src.runs.rundir import RunDirectory
-from src.runs.stage_models import verified_weights
+from src.rundirs import stage_models
+from src.rundirs.rundir import RunDirectory
+from src.rundirs.stage_models import verified_weights
 from src.utils.weights import file_sha256, save_weights, tensors_sha256, weights_sha256
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 from src.config.stages import STAGES
 from src.errors import UserError
 from src.pipeline.scoring import SPLITS, evaluate_file, finished_best
-from src.runs.seeds import run_dir_of
+from src.rundirs.seeds import run_dir_of
 from src.utils.cli_args import OneLineParser, user_path
 from src.utils.logger import SPLIT_METRICS
 

@@ -98,7 +98,7 @@ def build_datasets(cfg: DataConfig, run_dir: Path | None, seed: int, *, write: b
 
     With ``run_dir=None`` or ``write=False`` nothing is written (evaluation, benchmarks); an
     existing split.json in ``run_dir`` is still reused so evaluation sees the run's test split.
-    ``normalize`` standardises the model's input (the run's choice, src/runs/inputs.py); without
+    ``normalize`` standardises the model's input (the run's choice, src/rundirs/inputs.py); without
     it, the dataset's own statistics. Images are stored at their native size when they share one and it
     is not above ``cfg.image_size`` (CIFAR at 224 px: stored at 32, resized per batch), else at
     ``cfg.image_size``; all three splits are decoded into memory (and later kept on the training

@@ -32,9 +32,9 @@ from src.deploy.benchmark import (
 from src.engine.device_memory import DeviceMemory
 from src.errors import UserError, error_detail
 from src.models.factory import count_parameters
-from src.runs.inputs import stage_image_size
-from src.runs.rundir import RunDirectory
-from src.runs.stage_models import load_stage_model
+from src.rundirs.inputs import stage_image_size
+from src.rundirs.rundir import RunDirectory
+from src.rundirs.stage_models import load_stage_model
 from src.utils.atomic import atomic_write_json
 
 LOGGER = logging.getLogger("kd_pipeline.cost")

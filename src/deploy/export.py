@@ -31,10 +31,10 @@ from src.data.build import DataBundle
 from src.deploy.onnx_runtime import EXPORT_PACKAGES, OnnxClassifier, require
 from src.engine.evaluation import evaluate_model
 from src.errors import KDPipelineError, UserError, error_detail
-from src.runs.inputs import run_data, stage_data
-from src.runs.rundir import SEED_PREFIX, RunDirectory, open_run
-from src.runs.seeds import chain_for
-from src.runs.stage_models import load_stage_model
+from src.rundirs.inputs import run_data, stage_data
+from src.rundirs.rundir import SEED_PREFIX, RunDirectory, open_run
+from src.rundirs.seeds import chain_for
+from src.rundirs.stage_models import load_stage_model
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.names import readable_name
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from scipy.stats import binomtest
 
 from src.evidence.verdict import stage_outcomes
-from src.runs.rundir import RunDirectory
+from src.rundirs.rundir import RunDirectory
 
 LEVEL = 0.05
 

@@ -29,8 +29,8 @@ from src.evidence.verdict import (
     interval_points,
     write_evidence,
 )
-from src.runs.rundir import RunDirectory
-from src.runs.seeds import Chain
+from src.rundirs.rundir import RunDirectory
+from src.rundirs.seeds import Chain
 from src.utils.atomic import atomic_write_text, atomic_write_with
 from src.utils.tables import markdown_table
 from src.visualization.report_figures import plot_seed_spread

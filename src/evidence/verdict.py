@@ -22,7 +22,7 @@ import pandas as pd
 
 from src.errors import UserError
 from src.evidence.stats import Interval, McNemar, holm, mcnemar_exact, paired_difference_interval
-from src.runs.rundir import RunDirectory
+from src.rundirs.rundir import RunDirectory
 from src.utils.atomic import atomic_write_json
 from src.visualization.report_figures import IntervalPoint
 

@@ -25,7 +25,7 @@ from src.deploy.cost_report import (
 )
 from src.evidence import verdict
 from src.evidence.chance import at_chance, chance_note, chance_tests
-from src.runs.rundir import RunDirectory
+from src.rundirs.rundir import RunDirectory
 from src.utils.atomic import atomic_write_text, atomic_write_with
 from src.utils.metrics import confusion, per_class_report
 from src.utils.names import readable_name

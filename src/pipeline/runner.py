@@ -28,11 +28,11 @@ from src.errors import UserError
 from src.memory.cleanup import cleanup_training_state
 from src.pipeline.teacher_from import apply_reuse, plan_reuse, reuse_data
 from src.pipeline.train_stage import train_stage
-from src.runs.inputs import run_data
-from src.runs.lock import RunLock
-from src.runs.provenance import Staleness, has_provenance, stale_reason
-from src.runs.rundir import RunDirectory, check_output_dir, check_stage_plan, prepare_run_directory
-from src.runs.seeds import Chain, adopt_one_seed_run, seed_chains
+from src.rundirs.inputs import run_data
+from src.rundirs.lock import RunLock
+from src.rundirs.provenance import Staleness, has_provenance, stale_reason
+from src.rundirs.rundir import RunDirectory, check_output_dir, check_stage_plan, prepare_run_directory
+from src.rundirs.seeds import Chain, adopt_one_seed_run, seed_chains
 from src.utils.logger import setup_logging
 from src.utils.reproducibility import determinism_note, setup_reproducibility
 

@@ -19,10 +19,10 @@ from src.engine.checkpoint import BEST, CheckpointStore
 from src.engine.device import resolve_device
 from src.engine.evaluation import EvalResult, evaluate_model
 from src.errors import UserError, error_detail
-from src.runs.inputs import run_data, stage_data
-from src.runs.rundir import RunDirectory, open_run
-from src.runs.seeds import chain_for
-from src.runs.stage_models import build_model, load_weights
+from src.rundirs.inputs import run_data, stage_data
+from src.rundirs.rundir import RunDirectory, open_run
+from src.rundirs.seeds import chain_for
+from src.rundirs.stage_models import build_model, load_weights
 from src.utils.weights import WEIGHTS_FILE
 
 LOGGER = logging.getLogger("kd_pipeline.scoring")  # unconfigured in evaluate.py: stderr

@@ -24,11 +24,11 @@ from src.config.schema import RunConfig
 from src.config.stage_settings import model_name
 from src.data.build import DataBundle
 from src.errors import UserError
-from src.runs.inputs import run_data, stage_image_size
-from src.runs.provenance import stage_budget
-from src.runs.rundir import RunDirectory, open_run
-from src.runs.seeds import Chain, seed_chains
-from src.runs.stage_models import verified_weights
+from src.rundirs.inputs import run_data, stage_image_size
+from src.rundirs.provenance import stage_budget
+from src.rundirs.rundir import RunDirectory, open_run
+from src.rundirs.seeds import Chain, seed_chains
+from src.rundirs.stage_models import verified_weights
 from src.utils.atomic import atomic_link_or_copy, atomic_write_json, atomic_write_with
 
 LOGGER = logging.getLogger("kd_pipeline.runner")

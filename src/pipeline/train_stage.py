@@ -34,10 +34,10 @@ from src.memory.planner import plan_stage
 from src.models.checkpointing import require_gradient_checkpointing
 from src.models.factory import check_runs_at, count_parameters
 from src.models.lr_scale import get_model_specific_lr
-from src.runs.inputs import stage_data, teacher_view_change
-from src.runs.provenance import stage_provenance
-from src.runs.rundir import RunDirectory
-from src.runs.stage_models import build_model, load_stage_model, stage_seed
+from src.rundirs.inputs import stage_data, teacher_view_change
+from src.rundirs.provenance import stage_provenance
+from src.rundirs.rundir import RunDirectory
+from src.rundirs.stage_models import build_model, load_stage_model, stage_seed
 from src.utils.atomic import atomic_write_json, atomic_write_with
 from src.utils.logger import SPLIT_METRICS
 from src.utils.weights import save_weights
@@ -65,7 +65,7 @@ def load_teacher(cfg: RunConfig, run_dir: RunDirectory, teacher_stage: str, num_
 def make_objective(cfg: RunConfig, stage: str, run_dir: RunDirectory, data: DataBundle,
                    device: torch.device, teacher_result: dict[str, Any] | None) -> Objective:
     """Labels only, or KD from the stage's frozen teacher (on ``device``), which sees each
-    training batch converted to its own view (``data``: the run's datasets, src/runs/inputs.py)."""
+    training batch converted to its own view (``data``: the run's datasets, src/rundirs/inputs.py)."""
     teacher_stage = STAGES[stage].teacher_stage
     if teacher_stage is None:
         return CrossEntropyObjective(label_smoothing=cfg.train.label_smoothing)
@@ -167,7 +167,7 @@ def train_stage(cfg: RunConfig, stage: str, run_dir: RunDirectory, run_datasets:
             "image_size": data.image_size,
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
             "num_classes": data.num_classes,
-            # what it was made from: checked before the stage is reused (src/runs/provenance.py)
+            # what it was made from: checked before the stage is reused (src/rundirs/provenance.py)
             "provenance": stage_provenance(cfg, stage, data.split.hash,
                                            teacher_result.get("weights_sha256") if teacher_result else None),
         }

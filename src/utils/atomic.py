@@ -157,7 +157,7 @@ def is_temp_file(path: Path) -> bool:
 def remove_temp_files(folder: Path, targets: str | None = None) -> list[Path]:
     """Delete the temporary files a killed writer left in ``folder``: all of them, or only those
     of the files named by the glob ``targets`` (e.g. ``"checkpoint_*.pt"``). Only safe while no
-    other process writes them: the run directory lock (src.runs.lock) guarantees that."""
+    other process writes them: the run directory lock (src.rundirs.lock) guarantees that."""
     folder = Path(folder)
     if not folder.is_dir():
         return []

@@ -24,7 +24,7 @@ from src.data.split import SPLIT_FILE
 from src.engine.checkpoint import LATEST, PREVIOUS
 from src.engine.divergence import has_diverged
 from src.errors import IncompatibleResumeError, UserError, error_detail
-from src.runs.lock import LOCK_FILE
+from src.rundirs.lock import LOCK_FILE
 from src.utils.atomic import atomic_write_text, is_temp_file, remove_temp_files
 from src.utils.weights import WEIGHTS_FILE
 
@@ -33,7 +33,7 @@ LOGGER = logging.getLogger("kd_pipeline.rundir")
 # writing split.json and config.yaml); any other entry means the folder is not a run.
 OWN_ENTRIES = frozenset({SPLIT_FILE, "pipeline.log", LOCK_FILE})
 RESULT_SCORES = ("accuracy", "f1_score")  # what every report reads of a finished stage
-SEED_PREFIX = "seed-"  # a seed's chain folder: <run>/seed-<n>/ (src/runs/seeds.py)
+SEED_PREFIX = "seed-"  # a seed's chain folder: <run>/seed-<n>/ (src/rundirs/seeds.py)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class RunDirectory:
         return RunDirectory(self.root / f"{SEED_PREFIX}{seed}")
 
     def chain_dirs(self) -> list[RunDirectory]:
-        """This run directory and its seeds' chains (``seed-<n>/``, src/runs/seeds.py)."""
+        """This run directory and its seeds' chains (``seed-<n>/``, src/rundirs/seeds.py)."""
         chains = sorted(folder for folder in self.root.glob(f"{SEED_PREFIX}*") if folder.is_dir())
         return [self, *(RunDirectory(folder) for folder in chains)]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from src.config.schema import RunConfig
 from src.errors import UserError
-from src.runs.rundir import SEED_PREFIX, RunDirectory
+from src.rundirs.rundir import SEED_PREFIX, RunDirectory
 from src.utils.atomic import atomic_link_or_copy
 
 

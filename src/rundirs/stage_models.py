@@ -20,8 +20,8 @@ from src.config.stage_settings import model_name
 from src.config.stages import STAGES
 from src.errors import UserError, error_detail
 from src.models.factory import create_model
-from src.runs.inputs import stage_image_size
-from src.runs.rundir import RunDirectory
+from src.rundirs.inputs import stage_image_size
+from src.rundirs.rundir import RunDirectory
 from src.utils.reproducibility import derive_seed
 from src.utils.weights import file_sha256, tensors_sha256
 
