@@ -24,6 +24,8 @@ from typing import Any, Literal, Optional, TypeVar, Union
 import torch
 from torch import nn
 
+from src.errors import error_detail
+
 CompileMode = Literal["auto", "on", "off"]
 COMPILE_MODES: tuple[CompileMode, ...] = ("auto", "on", "off")
 # A ResNet-18 KD step at 32 px, batch 128, takes some 10-15 ms on an H-class GPU, and compiling
@@ -102,7 +104,5 @@ class CompiledModule:
         return self.run(lambda forward: forward(*args))
 
     def _warn(self, exc: BaseException) -> None:
-        reason = str(exc).strip().splitlines()
-        detail = reason[0][:200] if reason else ""
         self.logger.warning("runtime.compile: could not compile the %s (%s: %s); it runs eager",
-                            self.what, type(exc).__name__, detail)
+                            self.what, type(exc).__name__, error_detail(exc))

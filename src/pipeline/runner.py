@@ -92,12 +92,13 @@ def _prepare(cfg: RunConfig, run_dir: RunDirectory, resume: str, dist: Distribut
     return run_data(cfg, run_dir.root)
 
 
-def _stale(chain: Chain, stage: str, split_sha256: str) -> Staleness | None:
-    """Why the finished ``stage`` of ``chain`` no longer fits (its split, its teacher's weights now)."""
+def _stale(chain: Chain, stage: str, result: dict[str, Any], split_sha256: str) -> Staleness | None:
+    """Why the finished ``stage`` of ``chain`` (its ``result``) no longer fits (its split, its
+    teacher's weights now)."""
     teacher = STAGES[stage].teacher_stage
     teacher_result = (chain.run_dir.read_result(teacher)
                       if teacher is not None and chain.run_dir.result_path(teacher).is_file() else None)
-    return stale_reason(stage, chain.run_dir.read_result(stage), split_sha256, teacher_result)
+    return stale_reason(stage, result, split_sha256, teacher_result)
 
 
 def _refusal(chain: Chain, stale: Staleness, retrain: bool) -> UserError | None:
@@ -123,7 +124,8 @@ def _set_aside(chain: Chain, stale: Staleness) -> None:
 def _reuse_or_set_aside(chain: Chain, stage: str, split_sha256: str, dist: DistributedContext,
                         retrain: bool) -> bool:
     """Whether the finished ``stage`` is reused; a stale one is set aside (or refused)."""
-    stale = _stale(chain, stage, split_sha256)
+    result = chain.run_dir.read_result(stage)
+    stale = _stale(chain, stage, result, split_sha256)
     taught = [s for s in chain.cfg.stages if STAGES[s].teacher_stage == stage]
     if stale is not None and (stage in chain.cfg.stages or taught):
         refusal = _refusal(chain, stale, retrain)
@@ -138,7 +140,7 @@ def _reuse_or_set_aside(chain: Chain, stage: str, split_sha256: str, dist: Distr
     if stale is not None:
         LOGGER.info("stage %s is stale (%s) but neither in --stages nor a teacher of one: kept as it is "
                     "(add it to --stages to train it again)", stage, stale.reason)
-    elif not has_provenance(chain.run_dir.read_result(stage)):
+    elif not has_provenance(result):
         LOGGER.info("stage %s: finished earlier (%s) by a version that recorded no provenance "
                     "(history unknown), reusing it as it is", stage, where)
     elif stage in chain.cfg.stages:
